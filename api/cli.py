@@ -1,0 +1,409 @@
+"""The ``shopsearch`` command line (typer): build, serve, search, snapshots, rollback, demo, bench.
+
+Configures logging and progress bars; everything else is done by the library.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from api.settings import Settings
+from indexer.catalog import CatalogError, ColumnMapping
+from indexer.progress import Advance
+from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
+from retrieval.types import ShopsearchError
+
+app = typer.Typer(
+    name="shopsearch",
+    help="Product search for online shops: build index snapshots, serve the API, search, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+log = logging.getLogger("shopsearch")
+
+DEFAULT_INDEX_DIR = Settings.model_fields["index_dir"].default
+IndexDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--index-dir",
+        help="Directory of snapshots and the CURRENT pointer. Default: $SHOPSEARCH_INDEX_DIR or var/index.",
+    ),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Two-tower model directory. Default: bundled all-MiniLM-L6-v2."),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
+]
+
+
+def sample_catalog_path() -> Path:
+    """The built-in sample catalog shipped with the package."""
+    return Path(str(files("indexer") / "sample_data" / "sample_catalog.jsonl"))
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
+    )
+    for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code)
+
+
+def _settings(index_dir: Path | None, **overrides: object) -> Settings:
+    base = Settings()
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if index_dir is not None:
+        values["index_dir"] = index_dir
+    return base.model_copy(update=values)
+
+
+class _RichProgress:
+    """A :data:`indexer.progress.ProgressFactory` drawing rich progress bars on stderr."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+
+    @contextmanager
+    def __call__(self, description: str, total: int) -> Iterator[Advance]:
+        task = self.progress.add_task(description, total=total)
+        try:
+            yield lambda n: self.progress.advance(task, n)
+        finally:
+            self.progress.update(task, completed=total)
+
+
+def run_build(
+    catalog: Path,
+    mapping: ColumnMapping,
+    settings: Settings,
+    options: BuildOptions,
+    *,
+    skip_bad_rows: bool = False,
+    limit: int | None = None,
+) -> dict[str, object]:
+    """Load a catalog and build (and promote) a snapshot, with progress bars."""
+    from indexer.catalog import load_catalog
+    from indexer.snapshot import build_snapshot
+    from retrieval.encoders import Encoder
+
+    products, report = load_catalog(catalog, mapping, skip_bad_rows=skip_bad_rows, limit=limit)
+    log.info(
+        "catalog %s: %d products (%d rows skipped)", catalog, report.products, len(report.skipped)
+    )
+    encoder = Encoder(settings.model_dir, device=settings.device)
+    bars = _RichProgress()
+    with bars.progress:
+        return build_snapshot(products, report, settings.index_dir, encoder, options, progress=bars)
+
+
+@app.command()
+def build(
+    catalog: Annotated[
+        Path, typer.Option("--catalog", help="Catalog file: .csv, .jsonl or .parquet.")
+    ],
+    index_dir: IndexDirOption = None,
+    id_field: Annotated[str, typer.Option(help="Column with the product id.")] = "id",
+    title_field: Annotated[str, typer.Option(help="Column with the product title.")] = "title",
+    description_field: Annotated[
+        str, typer.Option(help="Column with the description.")
+    ] = "description",
+    brand_field: Annotated[str, typer.Option(help="Column with the brand.")] = "brand",
+    category_field: Annotated[
+        str, typer.Option(help="Column with the category path ('A > B > C').")
+    ] = "category",
+    price_field: Annotated[str, typer.Option(help="Column with the price.")] = "price",
+    in_stock_field: Annotated[str, typer.Option(help="Column with the stock flag.")] = "in_stock",
+    image_url_field: Annotated[str, typer.Option(help="Column with the image URL.")] = "image_url",
+    skip_bad_rows: Annotated[
+        bool,
+        typer.Option(help="Leave out bad rows (counted in the build report) instead of failing."),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Index only the first N rows (for trials).")
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    nprobe: Annotated[
+        int | None,
+        typer.Option(help="IVF lists visited per query. Default: derived from catalog size."),
+    ] = None,
+    refine_factor: Annotated[
+        int, typer.Option(help="PQ candidates re-scored exactly per wanted result (k * factor).")
+    ] = 8,
+    keep: Annotated[int, typer.Option(help="Promoted snapshots kept on disk.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    min_recall: Annotated[
+        float, typer.Option(help="Refuse to promote when approx-vs-exact recall@100 is below this.")
+    ] = 0.0,
+    promote: Annotated[
+        bool, typer.Option(help="Switch CURRENT to the new snapshot after validation.")
+    ] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Build a new index snapshot from a catalog, validate it, and promote it.
+
+    The serving snapshot is only replaced after the new one loads and answers probe
+    queries; a failed or interrupted build leaves it untouched.
+    """
+    mapping = ColumnMapping(
+        id=id_field,
+        title=title_field,
+        description=description_field,
+        brand=brand_field,
+        category=category_field,
+        price=price_field,
+        in_stock=in_stock_field,
+        image_url=image_url_field,
+    )
+    settings = _settings(index_dir, model_dir=model, device=device)
+    options = BuildOptions(
+        nprobe=nprobe,
+        refine_factor=refine_factor,
+        keep=keep,
+        batch_size=batch_size,
+        min_recall=min_recall,
+        promote=promote,
+    )
+    try:
+        manifest = run_build(
+            catalog, mapping, settings, options, skip_bad_rows=skip_bad_rows, limit=limit
+        )
+    except (CatalogError, ShopsearchError) as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
+        return
+    _print_build_summary(manifest, settings.index_dir, promoted=promote)
+
+
+def _print_build_summary(manifest: dict[str, object], index_dir: Path, *, promoted: bool) -> None:
+    m = manifest
+    table = Table(title=f"snapshot {m['version']}", show_header=False)
+    counts = m["counts"]
+    assert isinstance(counts, dict)
+    timings = m["build"]["timings_s"]  # type: ignore[index]
+    vindex = m["vector_index"]
+    table.add_row("index dir", str(index_dir))
+    table.add_row("products", str(counts["products"]))
+    table.add_row("skipped rows", str(counts["skipped_rows"]))
+    table.add_row("vector index", f"{vindex['factory'] if 'factory' in vindex else vindex['kind']}")  # type: ignore[index,operator]
+    table.add_row("approx vs exact", json.dumps(m["approx_vs_exact"]))
+    table.add_row("timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items()))  # type: ignore[union-attr]
+    table.add_row("promoted", "yes" if promoted else "no (--no-promote)")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    index_dir: IndexDirOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: ModelOption = None,
+    reranker: Annotated[
+        Path | None, typer.Option(help="Cross-encoder directory; without it rerank is skipped.")
+    ] = None,
+    device: DeviceOption = "auto",
+    reload_interval: Annotated[
+        float, typer.Option(help="Seconds between checks of CURRENT for a new snapshot (0: never).")
+    ] = 2.0,
+) -> None:
+    """Serve the search API over HTTP (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(
+        index_dir,
+        model_dir=model,
+        reranker_dir=reranker,
+        device=device,
+        reload_interval_s=reload_interval,
+        host=host,
+        port=port,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="The query, as a shopper would type it.")],
+    index_dir: IndexDirOption = None,
+    size: Annotated[int, typer.Option(help="Hits per page.")] = 10,
+    page: Annotated[int, typer.Option(help="1-based page.")] = 1,
+    mode: Annotated[str, typer.Option(help="hybrid, dense or lexical.")] = "hybrid",
+    brand: Annotated[list[str] | None, typer.Option(help="Only these brands (repeatable).")] = None,
+    category: Annotated[str | None, typer.Option(help="Category path prefix.")] = None,
+    min_price: Annotated[float | None, typer.Option(help="Lowest price.")] = None,
+    max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
+    in_stock: Annotated[
+        bool | None, typer.Option("--in-stock/--out-of-stock", help="Stock filter.")
+    ] = None,
+    explain: Annotated[bool, typer.Option(help="Show per-leg ranks and scores.")] = False,
+    model: ModelOption = None,
+    reranker: Annotated[Path | None, typer.Option(help="Cross-encoder directory.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full response as JSON.")
+    ] = False,
+) -> None:
+    """Search the serving snapshot in-process and print the hits."""
+    from pydantic import ValidationError
+
+    from api.schemas import SearchRequest
+    from api.service import SearchService
+
+    settings = _settings(index_dir, model_dir=model, reranker_dir=reranker)
+    filters: dict[str, object] = {}
+    if brand:
+        filters["brand"] = brand
+    if category:
+        filters["category"] = category
+    if min_price is not None or max_price is not None:
+        filters["price"] = {"min": min_price, "max": max_price}
+    if in_stock is not None:
+        filters["in_stock"] = in_stock
+    try:
+        request = SearchRequest(
+            q=query,
+            size=size,
+            page=page,
+            mode=mode,
+            filters=filters or None,
+            explain=explain,  # type: ignore[arg-type]
+        )
+        service = SearchService(settings)
+        service.load()
+        response = service.search(request)
+    except ValidationError as exc:
+        raise _fail(ValueError(exc.errors(include_url=False)), 2) from exc
+    except ShopsearchError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        sys.stdout.write(response.model_dump_json(indent=2, exclude_none=True) + "\n")
+        return
+    out = Console()
+    table = Table(
+        title=f"{response.total} results for {query!r} ({response.mode}, {response.index_version})"
+    )
+    table.add_column("#", justify="right")
+    table.add_column("id")
+    table.add_column("title")
+    table.add_column("brand")
+    table.add_column("price", justify="right")
+    table.add_column("score", justify="right")
+    if explain:
+        table.add_column("dense rank", justify="right")
+        table.add_column("lexical rank", justify="right")
+    for i, hit in enumerate(response.hits, start=(page - 1) * size + 1):
+        row = [
+            str(i),
+            hit.id,
+            hit.title,
+            hit.brand,
+            "" if hit.price is None else f"{hit.price:.2f}",
+            f"{hit.score:.4f}",
+        ]
+        if explain and hit.explain:
+            row += [str(hit.explain.dense_rank or "-"), str(hit.explain.lexical_rank or "-")]
+        table.add_row(*row)
+    out.print(table)
+    out.print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in response.timings_ms.items()))
+    out.print(
+        f"rerank: {response.rerank}"
+        + (f"; degraded: {response.degraded}" if response.degraded else "")
+    )
+
+
+@app.command()
+def snapshots(index_dir: IndexDirOption = None) -> None:
+    """List the snapshots kept on disk (the serving one is marked)."""
+    store = SnapshotStore(index_dir or Settings().index_dir)
+    table = Table(title=f"snapshots in {store.root}")
+    for col in ("", "version", "created", "products"):
+        table.add_column(col)
+    for s in store.list():
+        table.add_row("*" if s.current else "", s.version, s.created_at, str(s.products))
+    Console().print(table)
+
+
+@app.command()
+def rollback(index_dir: IndexDirOption = None) -> None:
+    """Serve the previous snapshot again (a running server picks it up by itself)."""
+    try:
+        version = SnapshotStore(index_dir or Settings().index_dir).rollback()
+    except SnapshotError as exc:
+        raise _fail(exc) from exc
+    console.print(f"CURRENT -> {version}")
+
+
+@app.command()
+def demo(
+    index_dir: Annotated[Path, typer.Option(help="Where the demo snapshot goes.")] = Path(
+        "var/demo-index"
+    ),
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Serve after building.")
+    ] = True,
+) -> None:
+    """Build the built-in sample catalog and serve it on 127.0.0.1:8000.
+
+    Then try: curl '127.0.0.1:8000/v1/search?q=cordless+drill'
+    """
+    settings = _settings(index_dir)
+    try:
+        run_build(sample_catalog_path(), ColumnMapping(), settings, BuildOptions())
+    except ShopsearchError as exc:
+        raise _fail(exc) from exc
+    if serve_after:
+        console.print(
+            f"serving the sample catalog on http://{host}:{port} — try:\n"
+            f"  curl '{host}:{port}/v1/search?q=cordless+drill'"
+        )
+        serve(index_dir=index_dir, host=host, port=port, reload_interval=2.0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

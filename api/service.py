@@ -1,0 +1,492 @@
+"""The search service: composes the stages of the query path over one snapshot.
+
+    q -> normalize -> query tower -> vector index ──┐
+      └──────────────────────────-> lexical index ──┴-> fuse -> filter -> rerank -> page + facets
+
+Used by the HTTP API and, in-process, by evaluation and benchmarks. Every stage is
+timed; a stage that fails is listed in ``degraded`` and the answer is served from the
+stages that worked (only when both retrieval legs fail is it an error).
+
+Thread safety: a request pins the snapshot it started with, so a new snapshot can be
+swapped in (one attribute assignment) while requests are in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from api.schemas import Explain, FacetBucket, FilterSpec, Hit, SearchRequest, SearchResponse
+from api.settings import Settings
+from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
+from rerank.cross_encoder import Reranker
+from retrieval.encoders import Encoder
+from retrieval.filters import Filters, ProductTable
+from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
+from retrieval.item_text import item_text
+from retrieval.types import Candidate, Product, ShopsearchError
+from retrieval.vector_index import FaissIndex
+
+__all__ = [
+    "DEFAULT_FACETS",
+    "DEFAULT_PRICE_RANGES",
+    "Retrieval",
+    "SearchService",
+    "ServiceError",
+    "normalize_query",
+    "to_filters",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FACETS = ("brand", "category", "price", "in_stock")
+DEFAULT_PRICE_RANGES: tuple[tuple[float, float | None], ...] = (
+    (0, 25),
+    (25, 50),
+    (50, 100),
+    (100, 250),
+    (250, 500),
+    (500, None),
+)
+#: Values listed per terms facet.
+FACET_SIZE = 20
+
+
+class ServiceError(ShopsearchError):
+    """The service cannot answer at all (no snapshot, or every retrieval leg failed)."""
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_query(q: str) -> str:
+    """Trim and collapse whitespace; case is left to each leg's analyzer."""
+    return _SPACES.sub(" ", q).strip()
+
+
+def to_filters(spec: FilterSpec | None) -> Filters:
+    """The engine's :class:`Filters` from the API's filter spec."""
+    if spec is None:
+        return Filters()
+    brand: tuple[str, ...] = ()
+    if spec.brand is not None:
+        brand = (spec.brand,) if isinstance(spec.brand, str) else tuple(spec.brand)
+    return Filters(
+        brand=brand,
+        category=spec.category,
+        price_min=spec.price.min if spec.price else None,
+        price_max=spec.price.max if spec.price else None,
+        in_stock=spec.in_stock,
+        attributes=spec.attributes(),
+    )
+
+
+@dataclass(slots=True)
+class Retrieval:
+    """Everything a request's stages produced, before paging (eval reads the stages)."""
+
+    snapshot: LoadedSnapshot
+    query: str
+    dense: list[tuple[int, float]] = field(default_factory=list)
+    lexical: list[tuple[int, float]] = field(default_factory=list)
+    fused: list[Candidate] = field(default_factory=list)
+    filtered: list[Candidate] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+    rerank_status: str = "off"
+    depth: int = 0
+
+
+class SearchService:
+    """Search over the snapshot ``CURRENT`` points to, with the configured models."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        encoder: Encoder | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder = (
+            encoder if encoder is not None else Encoder(settings.model_dir, device=settings.device)
+        )
+        if reranker is None and settings.reranker_dir is not None:
+            reranker = Reranker(
+                settings.reranker_dir, device=settings.device, batch_size=settings.rerank_batch_size
+            )
+        self.reranker = reranker
+        self.store = SnapshotStore(settings.index_dir)
+        self._snapshot: LoadedSnapshot | None = None
+        self._load_lock = threading.Lock()
+        size = settings.query_cache_size
+        self._encode_query = (
+            lru_cache(maxsize=size)(self._encode_uncached) if size > 0 else self._encode_uncached
+        )
+
+    # -- snapshots -------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> LoadedSnapshot:
+        """The serving snapshot (raises :class:`ServiceError` before one is loaded)."""
+        snap = self._snapshot
+        if snap is None:
+            raise ServiceError(
+                f"no snapshot is loaded from {self.settings.index_dir}; run `shopsearch build` first"
+            )
+        return snap
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    def load(self, version: str | None = None) -> str:
+        """Load ``version`` (default: the one ``CURRENT`` names) and start serving it.
+
+        Raises :class:`SnapshotError` when it is missing, damaged, or was built with an
+        item tower other than this service's query tower; the serving snapshot stays.
+        """
+        with self._load_lock:
+            version = version or self.store.current()
+            if version is None:
+                raise SnapshotError(
+                    f"{self.store.current_file} does not exist; build a snapshot with `shopsearch build`"
+                )
+            snap = load_snapshot(self.store.path(version))
+            self._check_models(snap)
+            if isinstance(snap.vectors, FaissIndex):
+                snap.vectors.set_search_params(
+                    nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
+                )
+            self._snapshot = snap  # the swap: in-flight requests keep their pinned snapshot
+            log.info("serving snapshot %s (%d products)", snap.version, snap.table.size)
+            return snap.version
+
+    def reload_if_changed(self) -> bool:
+        """Load the snapshot ``CURRENT`` names if it is not the serving one."""
+        current = self.store.current()
+        if current is None or (self._snapshot is not None and self._snapshot.version == current):
+            return False
+        self.load(current)
+        return True
+
+    def _check_models(self, snap: LoadedSnapshot) -> None:
+        built = snap.item_model
+        ours = self.encoder.info
+        if built["sha256"] != ours.sha256:
+            raise SnapshotError(
+                f"snapshot {snap.version} was built with item tower {built['id']} "
+                f"(sha256 {built['sha256'][:12]}), but this server's query tower is {ours.id} "
+                f"(sha256 {ours.sha256[:12]}); serve with --model {built['path']} or rebuild the snapshot"
+            )
+
+    def product(self, product_id: str) -> Product | None:
+        table = self.snapshot.table
+        row = table.row_of.get(product_id)
+        return None if row is None else table.products[row]
+
+    # -- the query path --------------------------------------------------------------
+
+    def _encode_uncached(self, q: str) -> npt.NDArray[np.float32]:
+        vector = self.encoder.encode_query([q])
+        vector.setflags(write=False)
+        return vector
+
+    def retrieve(self, request: SearchRequest) -> Retrieval:
+        """Run retrieval, fusion, filtering and rerank for ``request`` (no paging)."""
+        snap = self.snapshot
+        table = snap.table
+        filters = to_filters(request.filters)
+        table.check(filters)  # unknown attribute -> InvalidFilterError before any work
+        query = normalize_query(request.q)
+        result = Retrieval(snapshot=snap, query=query)
+        timings = result.timings_ms
+        need = request.page * request.size
+        depth = request.depth or max(self.settings.leg_depth, need)
+        use_dense = request.mode in ("hybrid", "dense")
+        use_lexical = request.mode in ("hybrid", "lexical")
+
+        qvec = None
+        if use_dense:
+            t = time.perf_counter()
+            try:
+                qvec = self._encode_query(query)
+            except Exception:
+                log.exception("query encoding failed; serving without the dense leg")
+                result.degraded.append("dense")
+                use_dense = False
+            timings["encode"] = _ms(t)
+
+        while True:
+            result.depth = depth
+            dense_full = lexical_full = False
+            if use_dense and qvec is not None:
+                t = time.perf_counter()
+                try:
+                    scores, rows = snap.vectors.search(qvec, depth)
+                    keep = rows[0] >= 0
+                    result.dense = list(
+                        zip(rows[0][keep].tolist(), scores[0][keep].tolist(), strict=True)
+                    )
+                    dense_full = len(result.dense) >= depth
+                except Exception:
+                    log.exception("dense search failed; serving without it")
+                    result.degraded.append("dense")
+                    use_dense = False
+                timings["dense"] = timings.get("dense", 0.0) + _ms(t)
+            if use_lexical:
+                t = time.perf_counter()
+                try:
+                    hits = snap.lexical.search(
+                        query, depth, filters=None if filters.is_empty() else filters
+                    )
+                    row_of = table.row_of
+                    result.lexical = [(row_of[h.id], h.score) for h in hits if h.id in row_of]
+                    lexical_full = len(hits) >= depth
+                except Exception:
+                    log.exception("lexical search failed; serving without it")
+                    result.degraded.append("lexical")
+                    use_lexical = False
+                timings["lexical"] = timings.get("lexical", 0.0) + _ms(t)
+            if not use_dense and not use_lexical:
+                raise ServiceError(f"every retrieval leg failed ({', '.join(result.degraded)})")
+
+            t = time.perf_counter()
+            result.fused = self._fuse(result.dense, result.lexical, request)
+            timings["fuse"] = timings.get("fuse", 0.0) + _ms(t)
+
+            t = time.perf_counter()
+            result.filtered = _apply_filters(result.fused, table, filters)
+            timings["filter"] = timings.get("filter", 0.0) + _ms(t)
+
+            more_exists = dense_full or lexical_full
+            if filters.is_empty() or len(result.filtered) >= need or not more_exists:
+                break
+            if depth >= self.settings.max_depth:
+                break
+            depth = min(depth * 4, self.settings.max_depth)  # widen: filters ate the candidates
+
+        self._rerank(request, result)
+        return result
+
+    def _fuse(
+        self,
+        dense: Sequence[tuple[int, float]],
+        lexical: Sequence[tuple[int, float]],
+        request: SearchRequest,
+    ) -> list[Candidate]:
+        method = request.fusion or self.settings.fusion
+        if method == "rrf":
+            fused = reciprocal_rank_fusion([r for r in (dense, lexical) if r])
+        else:
+            weight = request.lexical_weight
+            if weight is None:
+                weight = self.settings.lexical_weight
+            fused = weighted_fusion(dense, lexical, lexical_weight=weight)
+        candidates: dict[int, Candidate] = {
+            row: Candidate(row=row, fused_score=s) for row, s in fused.items()
+        }
+        for rank, (row, score) in enumerate(dense, start=1):
+            candidates[row].dense_rank, candidates[row].dense_score = rank, score
+        for rank, (row, score) in enumerate(lexical, start=1):
+            candidates[row].lexical_rank, candidates[row].lexical_score = rank, score
+        # Ties (same fused score) break by the better leg rank, then row: deterministic.
+        return sorted(
+            candidates.values(),
+            key=lambda c: (
+                -c.fused_score,
+                min(c.dense_rank or 10**9, c.lexical_rank or 10**9),
+                c.row,
+            ),
+        )
+
+    def _rerank(self, request: SearchRequest, result: Retrieval) -> None:
+        wanted = request.rerank if request.rerank is not None else self.reranker is not None
+        if not wanted:
+            result.rerank_status = "off"
+            return
+        if self.reranker is None:
+            result.rerank_status = "skipped (no model)"
+            return
+        depth = request.rerank_depth or self.settings.rerank_depth
+        head = result.filtered[:depth]
+        t = time.perf_counter()
+        try:
+            products = result.snapshot.table.products
+            scores = self.reranker.score(result.query, [item_text(products[c.row]) for c in head])
+        except Exception:
+            log.exception("rerank failed; serving the fused order")
+            result.degraded.append("rerank")
+            result.rerank_status = "skipped (error)"
+            return
+        finally:
+            result.timings_ms["rerank"] = _ms(t)
+        for cand, score in zip(head, scores.tolist(), strict=True):
+            cand.rerank_score = score
+        head.sort(key=lambda c: -(c.rerank_score or 0.0))
+        result.filtered = head + result.filtered[depth:]
+        result.rerank_status = f"applied ({len(head)} candidates)"
+
+    def search(self, request: SearchRequest) -> SearchResponse:
+        """Answer one search request (raises InvalidFilterError, ServiceError)."""
+        started = time.perf_counter()
+        result = self.retrieve(request)
+        table = result.snapshot.table
+        t = time.perf_counter()
+        facets = compute_facets(
+            table,
+            [c.row for c in result.filtered],
+            request.facets if request.facets is not None else DEFAULT_FACETS,
+            request.price_ranges or DEFAULT_PRICE_RANGES,
+        )
+        result.timings_ms["facets"] = _ms(t)
+        start = (request.page - 1) * request.size
+        page = result.filtered[start : start + request.size]
+        hits = [_hit(table.products[c.row], c, request.explain) for c in page]
+        result.timings_ms["total"] = _ms(started)
+        snap = result.snapshot
+        return SearchResponse(
+            query_id=uuid.uuid4().hex,
+            q=result.query,
+            mode=request.mode,
+            hits=hits,
+            total=len(result.filtered),
+            page=request.page,
+            size=request.size,
+            facets=facets,
+            timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
+            index_version=snap.version,
+            models=self.models(),
+            rerank=result.rerank_status,
+            degraded=result.degraded,
+        )
+
+    def models(self) -> dict[str, dict[str, str] | None]:
+        """Ids and short checksums of the models answering queries."""
+
+        def short(info: dict[str, str]) -> dict[str, str]:
+            return {"id": info["id"], "sha256": info["sha256"][:12]}
+
+        snap = self._snapshot
+        return {
+            "query_tower": short(self.encoder.info.to_dict()),
+            "item_tower": short(snap.item_model) if snap else None,
+            "reranker": short(self.reranker.info.to_dict()) if self.reranker else None,
+        }
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _apply_filters(
+    candidates: list[Candidate], table: ProductTable, filters: Filters
+) -> list[Candidate]:
+    if filters.is_empty() or not candidates:
+        return list(candidates)
+    rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
+    keep = table.mask(filters, rows)
+    return [c for c, ok in zip(candidates, keep.tolist(), strict=True) if ok]
+
+
+def _hit(product: Product, cand: Candidate, explain: bool) -> Hit:
+    score = cand.rerank_score if cand.rerank_score is not None else cand.fused_score
+    return Hit(
+        id=product.id,
+        score=score,
+        title=product.title,
+        description=product.description,
+        brand=product.brand,
+        category=product.category,
+        price=product.price,
+        in_stock=product.in_stock,
+        image_url=product.image_url,
+        attributes=dict(product.attributes),
+        explain=Explain(
+            dense_rank=cand.dense_rank,
+            dense_score=cand.dense_score,
+            lexical_rank=cand.lexical_rank,
+            lexical_score=cand.lexical_score,
+            fused_score=cand.fused_score,
+            rerank_score=cand.rerank_score,
+        )
+        if explain
+        else None,
+    )
+
+
+def _price_label(lo: float, hi: float | None) -> str:
+    return f"{lo:g}+" if hi is None else f"{lo:g}-{hi:g}"
+
+
+def compute_facets(
+    table: ProductTable,
+    rows: Sequence[int],
+    fields: Sequence[str],
+    price_ranges: Sequence[tuple[float, float | None]],
+) -> dict[str, list[FacetBucket]]:
+    """Counts over ``rows`` (the filtered candidate set) for each facet field.
+
+    Terms facets list the :data:`FACET_SIZE` most common values (ties by value);
+    ``price`` counts each ``[min, max)`` range, in the order given. Unknown fields raise
+    :class:`retrieval.filters.InvalidFilterError`.
+    """
+    from retrieval.filters import InvalidFilterError
+
+    out: dict[str, list[FacetBucket]] = {}
+    products = table.products
+    for name in fields:
+        if name == "price":
+            prices = table.price[np.asarray(rows, dtype=np.int64)] if rows else np.zeros(0)
+            out[name] = [
+                FacetBucket(
+                    value=_price_label(lo, hi),
+                    count=int(((prices >= lo) & ((prices < hi) if hi is not None else True)).sum()),
+                )
+                for lo, hi in price_ranges
+            ]
+            continue
+        counts: Counter[str] = Counter()
+        if name == "brand":
+            counts.update(products[r].brand for r in rows if products[r].brand)
+        elif name == "category":
+            counts.update(products[r].category for r in rows if products[r].category)
+        elif name == "in_stock":
+            counts.update(
+                str(products[r].in_stock).lower() for r in rows if products[r].in_stock is not None
+            )
+        elif name in table.attributes:
+            counts.update(
+                products[r].attributes[name] for r in rows if name in products[r].attributes
+            )
+        else:
+            valid = ", ".join(("price", *table.filter_fields))
+            raise InvalidFilterError(
+                f"facets.{name}", f"unknown facet field; valid fields are: {valid}"
+            )
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_SIZE]
+        out[name] = [FacetBucket(value=v, count=c) for v, c in ranked]
+    return out
+
+
+def open_service(settings: Settings, *, require_snapshot: bool = True) -> SearchService:
+    """A service with its snapshot loaded (``require_snapshot=False``: load if there is one)."""
+    service = SearchService(settings)
+    if require_snapshot or service.store.current() is not None:
+        service.load()
+    return service
+
+
+def index_dir_of(path: Path | None, settings: Settings) -> Path:
+    return Path(path) if path is not None else settings.index_dir

@@ -1,0 +1,290 @@
+"""Catalog readers: CSV, JSON Lines and Parquet with a column mapping.
+
+Every row is checked; bad rows (missing id or title, duplicate id, a price or stock
+value that is not one) are collected with their row numbers and reasons. By default
+they stop the build with a :class:`CatalogError` that lists them; with
+``skip_bad_rows=True`` they are left out and reported in :class:`CatalogReport`.
+Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from retrieval.types import Product, ShopsearchError
+
+__all__ = [
+    "CatalogError",
+    "CatalogReport",
+    "ColumnMapping",
+    "RowProblem",
+    "file_sha256",
+    "load_catalog",
+]
+
+log = logging.getLogger(__name__)
+
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+}
+_TRUE = {"true", "1", "yes", "y", "t", "in stock", "instock"}
+_FALSE = {"false", "0", "no", "n", "f", "out of stock", "outofstock"}
+#: How many bad rows an error message lists before it says "and N more".
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMapping:
+    """Which catalog column holds each product field (``None``: the catalog has none)."""
+
+    id: str = "id"
+    title: str = "title"
+    description: str | None = "description"
+    brand: str | None = "brand"
+    category: str | None = "category"
+    price: str | None = "price"
+    in_stock: str | None = "in_stock"
+    image_url: str | None = "image_url"
+
+    def used_columns(self) -> set[str]:
+        return {
+            c
+            for c in (
+                self.id,
+                self.title,
+                self.description,
+                self.brand,
+                self.category,
+                self.price,
+                self.in_stock,
+                self.image_url,
+            )
+            if c
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    """A rejected row: its 1-based data row number (header excluded), id if any, reason."""
+
+    row: int
+    id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        who = f" (id {self.id})" if self.id else ""
+        return f"row {self.row}{who}: {self.reason}"
+
+
+class CatalogError(ShopsearchError):
+    """The catalog cannot be read, or has bad rows and skipping was not asked for."""
+
+    def __init__(self, message: str, problems: list[RowProblem] | None = None) -> None:
+        self.problems = problems or []
+        if self.problems:
+            listed = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED])
+            more = len(self.problems) - MAX_LISTED
+            tail = f"\n  ... and {more} more" if more > 0 else ""
+            message = f"{message}\n{listed}{tail}"
+        super().__init__(message)
+
+
+@dataclass(slots=True)
+class CatalogReport:
+    """What loading a catalog found: counts, skipped rows and the file's checksum."""
+
+    path: str
+    format: str
+    sha256: str
+    rows_read: int = 0
+    products: int = 0
+    skipped: list[RowProblem] = field(default_factory=list)
+    attribute_columns: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "sha256": self.sha256,
+            "rows_read": self.rows_read,
+            "products": self.products,
+            "skipped": len(self.skipped),
+            "skipped_rows": [str(p) for p in self.skipped[:100]],
+            "attribute_columns": self.attribute_columns,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_frame(path: Path, fmt: str) -> pd.DataFrame:
+    try:
+        if fmt == "csv":
+            # Everything as text: ids like "00123" keep their zeros; prices are parsed below
+            # so that a bad one can be reported by row instead of failing the whole column.
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        if fmt == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        return pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot read {path} as {fmt}: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _price(value: Any) -> tuple[float | None, str | None]:
+    text = _text(value)
+    if text == "":
+        return None, None
+    try:
+        price = float(text.replace(",", "").lstrip("$"))
+    except ValueError:
+        return None, f"price {text!r} is not a number (write it like 19.99, or leave it empty)"
+    if math.isnan(price) or math.isinf(price) or price < 0:
+        return None, f"price {text!r} must be a non-negative number"
+    return price, None
+
+
+def _stock(value: Any) -> tuple[bool | None, str | None]:
+    if isinstance(value, bool):
+        return value, None
+    text = _text(value).casefold()
+    if text == "":
+        return None, None
+    if text in _TRUE:
+        return True, None
+    if text in _FALSE:
+        return False, None
+    return None, f"in_stock {text!r} is not a boolean (use true/false, 1/0 or yes/no)"
+
+
+def _iter_rows(frame: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, record in enumerate(frame.to_dict(orient="records"), start=1):
+        yield number, record
+
+
+def load_catalog(
+    path: Path,
+    mapping: ColumnMapping | None = None,
+    *,
+    skip_bad_rows: bool = False,
+    limit: int | None = None,
+) -> tuple[list[Product], CatalogReport]:
+    """Read a catalog file into products, in file order.
+
+    The format follows the suffix (``.csv``, ``.jsonl``/``.ndjson``/``.json`` (JSON Lines),
+    ``.parquet``). Columns not in ``mapping`` become keyword attributes. ``limit`` keeps
+    only the first N data rows (for trying things out).
+
+    Raises :class:`CatalogError` when the file cannot be read, the id or title column is
+    missing (the message lists the columns found and the option to set), or any row is bad
+    and ``skip_bad_rows`` is False.
+    """
+    mapping = mapping or ColumnMapping()
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog file {path} does not exist")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise CatalogError(
+            f"{path}: unknown catalog format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}"
+        )
+    frame = _read_frame(path, fmt)
+    if limit is not None:
+        frame = frame.head(limit)
+    columns = [str(c) for c in frame.columns]
+    for field_name, column, option in (
+        ("id", mapping.id, "--id-field"),
+        ("title", mapping.title, "--title-field"),
+    ):
+        if column not in columns:
+            raise CatalogError(
+                f"{path}: the {field_name} column {column!r} is missing; columns found: "
+                f"{', '.join(columns)}. Name the right one with {option}"
+            )
+    # Optional mapped columns that the file lacks are simply absent, unless the user asked
+    # for a non-default name (then a typo must not go unnoticed).
+    defaults = ColumnMapping()
+    for name in ("description", "brand", "category", "price", "in_stock", "image_url"):
+        column = getattr(mapping, name)
+        if column and column not in columns and column != getattr(defaults, name):
+            raise CatalogError(
+                f"{path}: the {name} column {column!r} is missing; columns found: {', '.join(columns)}"
+            )
+    attribute_columns = [c for c in columns if c not in mapping.used_columns()]
+    report = CatalogReport(
+        path=str(path), format=fmt, sha256=file_sha256(path), attribute_columns=attribute_columns
+    )
+    problems: list[RowProblem] = []
+    products: list[Product] = []
+    seen: dict[str, int] = {}
+
+    def col(record: dict[str, Any], name: str | None) -> Any:
+        return record.get(name) if name else None
+
+    for number, record in _iter_rows(frame):
+        report.rows_read += 1
+        pid = _text(record.get(mapping.id))
+        title = _text(record.get(mapping.title))
+        reasons = []
+        if not pid:
+            reasons.append(f"missing id (column {mapping.id!r})")
+        if not title:
+            reasons.append(f"missing title (column {mapping.title!r})")
+        if pid and pid in seen:
+            reasons.append(f"duplicate id {pid!r} (first seen in row {seen[pid]})")
+        price, price_error = _price(col(record, mapping.price))
+        in_stock, stock_error = _stock(col(record, mapping.in_stock))
+        reasons += [e for e in (price_error, stock_error) if e]
+        if reasons:
+            problems.append(RowProblem(row=number, id=pid or None, reason="; ".join(reasons)))
+            continue
+        seen[pid] = number
+        attributes = {c: _text(record.get(c)) for c in attribute_columns if _text(record.get(c))}
+        products.append(
+            Product(
+                id=pid,
+                title=title,
+                description=_text(col(record, mapping.description)),
+                brand=_text(col(record, mapping.brand)),
+                category=_text(col(record, mapping.category)),
+                price=price,
+                in_stock=in_stock,
+                image_url=_text(col(record, mapping.image_url)),
+                attributes=attributes,
+            )
+        )
+    if problems and not skip_bad_rows:
+        raise CatalogError(
+            f"{path}: {len(problems)} bad row(s); fix them or pass --skip-bad-rows to leave them out",
+            problems,
+        )
+    if problems:
+        log.warning("%s: skipped %d bad row(s), first: %s", path, len(problems), problems[0])
+    report.skipped = problems
+    report.products = len(products)
+    if not products:
+        raise CatalogError(f"{path}: no usable products ({report.rows_read} rows read)")
+    return products, report

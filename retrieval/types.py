@@ -1,0 +1,76 @@
+"""Shared domain types: products, candidates and the errors raised inside the engine.
+
+Notation (kept the same everywhere): a *product id* is the catalog's string id; a
+*row* is the product's position (0..n-1) in a snapshot's product store, which is
+also the id the vector index uses. ``-1`` means "no result" in row arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Candidate",
+    "Product",
+    "ShopsearchError",
+]
+
+
+class ShopsearchError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """One catalog product as the engine sees it.
+
+    ``category`` is a path like ``"Tools > Power Tools > Drills"``; ``attributes``
+    holds any extra keyword attributes of the catalog (colour, material, ...), with
+    string values so they can be filtered and faceted on.
+    """
+
+    id: str
+    title: str
+    description: str = ""
+    brand: str = ""
+    category: str = ""
+    price: float | None = None
+    in_stock: bool | None = None
+    image_url: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def category_path(self) -> list[str]:
+        """The category split into its levels, outermost first (``[]`` when unset)."""
+        return [part.strip() for part in self.category.split(">") if part.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the product's fields."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "brand": self.brand,
+            "category": self.category,
+            "price": self.price,
+            "in_stock": self.in_stock,
+            "image_url": self.image_url,
+            "attributes": dict(self.attributes),
+        }
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A product on its way through the query path, with what each stage said of it.
+
+    Ranks are 1-based; ``None`` means the leg did not return the product.
+    """
+
+    row: int
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    lexical_rank: int | None = None
+    lexical_score: float | None = None
+    fused_score: float = 0.0
+    rerank_score: float | None = None

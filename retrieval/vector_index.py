@@ -1,0 +1,457 @@
+"""Vector indexes over L2-normalised embeddings, scored by inner product (= cosine).
+
+Two implementations of one :class:`VectorIndex` protocol:
+
+* :class:`ExactIndex` — a NumPy brute-force scan; the oracle in tests and the index
+  of small catalogs.
+* :class:`FaissIndex` — FAISS IVF-PQ (4-bit fast-scan PQ on CPU, 8-bit PQ on GPU)
+  followed by a *refine* stage that re-scores the top ``k * refine_factor`` candidates
+  with the stored float32 vectors, so PQ's coarse distances do not cost recall. Below
+  :data:`IVF_MIN_SIZE` vectors IVF cannot train well and an exact FAISS Flat index is
+  used instead. The GPU is used when faiss-gpu is installed and sees one.
+
+Notation: ``vectors`` and ``queries`` are float32 arrays of shape ``(n, d)``; results
+are ``(scores, rows)`` of shape ``(nq, k)``, best first, with ``rows == -1`` (score
+``-inf``) where fewer than ``k`` results exist. Rows are int64 ids (the product's row
+in the snapshot's store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.types import ShopsearchError
+
+__all__ = [
+    "IVF_MIN_SIZE",
+    "ExactIndex",
+    "FaissIndex",
+    "FaissParams",
+    "VectorIndex",
+    "VectorIndexError",
+    "faiss_gpu_available",
+    "load_vector_index",
+    "recall_at_k",
+]
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+RowArray = npt.NDArray[np.int64]
+
+#: Below this many vectors the index is exact: IVF's k-means would have too few points
+#: per list, and an exact scan of 20k x 384 floats takes about 1 ms anyway.
+IVF_MIN_SIZE = 20_000
+
+
+class VectorIndexError(ShopsearchError):
+    """Wrong shapes, unknown rows, or an index file that does not match its metadata."""
+
+
+class VectorIndex(Protocol):
+    """What the engine needs from a vector index."""
+
+    kind: str
+
+    @property
+    def size(self) -> int:
+        """Number of vectors stored."""
+        ...
+
+    def search(
+        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[FloatArray, RowArray]:
+        """Top ``k`` rows per query. ``id_filter`` is a boolean mask over rows; only
+        rows where it is True may be returned."""
+        ...
+
+    def add(self, vectors: FloatArray, rows: RowArray) -> None:
+        """Add (or replace) vectors under the given rows."""
+        ...
+
+    def remove(self, rows: RowArray) -> None:
+        """Remove rows; unknown rows are ignored."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write the index into ``directory`` (created if missing)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters for the snapshot manifest."""
+        ...
+
+
+def _check_2d(name: str, array: npt.NDArray[Any], dim: int | None = None) -> FloatArray:
+    if array.ndim != 2:
+        raise VectorIndexError(f"{name} must be 2-D (n, d), got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise VectorIndexError(f"{name} has dimension {array.shape[1]}, the index has {dim}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _topk(scores: FloatArray, k: int) -> tuple[FloatArray, RowArray]:
+    """Best ``k`` columns of each row of ``scores`` (nq, n), padded with -inf / -1."""
+    nq, n = scores.shape
+    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    out_r = np.full((nq, k), -1, dtype=np.int64)
+    if n == 0 or k == 0:
+        return out_s, out_r
+    kk = min(k, n)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    out_r[:, :kk] = np.take_along_axis(part, order, axis=1)
+    out_s[:, :kk] = np.take_along_axis(part_scores, order, axis=1)
+    invalid = ~np.isfinite(out_s)
+    out_r[invalid] = -1
+    return out_s, out_r
+
+
+class ExactIndex:
+    """Brute-force inner-product search over a dense ``(n, d)`` matrix; row ``i`` is id ``i``.
+
+    Removed rows stay in the matrix but are masked out.
+    """
+
+    kind = "exact"
+
+    def __init__(self, vectors: FloatArray) -> None:
+        self.vectors = _check_2d("vectors", vectors)
+        self.alive = np.ones(len(self.vectors), dtype=bool)
+
+    @property
+    def size(self) -> int:
+        return int(self.alive.sum())
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def search(
+        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[FloatArray, RowArray]:
+        queries = _check_2d("queries", queries, self.dim)
+        allowed = self.alive if id_filter is None else self.alive & id_filter[: len(self.alive)]
+        scores = queries @ self.vectors.T
+        scores[:, ~allowed] = -np.inf
+        return _topk(scores, k)
+
+    def add(self, vectors: FloatArray, rows: RowArray) -> None:
+        vectors = _check_2d("vectors", vectors, self.dim)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(vectors):
+            raise VectorIndexError(f"{len(vectors)} vectors but {len(rows)} rows")
+        top = int(rows.max(initial=-1)) + 1
+        if top > len(self.vectors):
+            grow = top - len(self.vectors)
+            self.vectors = np.vstack([self.vectors, np.zeros((grow, self.dim), np.float32)])
+            self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
+        self.vectors[rows] = vectors
+        self.alive[rows] = True
+
+    def remove(self, rows: RowArray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self.alive))]
+        self.alive[rows] = False
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "vectors.npy", self.vectors)
+        np.save(directory / "alive.npy", self.alive)
+        (directory / "vector_index.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": self.size, "dim": self.dim}
+
+    @classmethod
+    def load(cls, directory: Path) -> ExactIndex:
+        index = cls(np.load(directory / "vectors.npy", mmap_mode="r"))
+        index.vectors = np.array(index.vectors)  # writable copy, so add() works
+        index.alive = np.load(directory / "alive.npy")
+        return index
+
+
+@dataclass(frozen=True, slots=True)
+class FaissParams:
+    """How a :class:`FaissIndex` is laid out and searched.
+
+    ``nlist == 0`` means an exact Flat index (no IVF, no PQ). ``pq_m`` sub-quantizers of
+    4 bits (fast-scan) on CPU. ``nprobe`` lists are visited per query and the best
+    ``k * refine_factor`` PQ candidates are re-scored exactly.
+    """
+
+    nlist: int
+    pq_m: int
+    nprobe: int
+    refine_factor: int
+
+    @property
+    def factory(self) -> str:
+        """The FAISS index-factory string of the coarse (approximate) stage."""
+        if self.nlist == 0:
+            return "Flat"
+        return f"IVF{self.nlist},PQ{self.pq_m}x4fs"
+
+    @classmethod
+    def for_size(
+        cls, n: int, dim: int, *, nprobe: int | None = None, refine_factor: int = 8
+    ) -> FaissParams:
+        """Parameters derived from the catalog size and the embedding dimension.
+
+        * ``nlist`` ~ 4 * sqrt(n), a power of two, with at least 39 training points per
+          list (FAISS's own minimum) — 1024 lists at 55k products, 4096 at 1M;
+        * ``pq_m`` = d / 8 sub-quantizers (48 for 384-d MiniLM) when it divides d;
+        * ``nprobe`` = nlist / 16 by default, at least 16 (recall over speed: the refine
+          stage makes the visited lists cheap to re-score).
+        """
+        if n < IVF_MIN_SIZE:
+            return cls(nlist=0, pq_m=0, nprobe=0, refine_factor=1)
+        nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+        while nlist > 16 and n < 39 * nlist:
+            nlist //= 2
+        pq_m = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if m > 0 and dim % m == 0)
+        if pq_m % 2:  # fast-scan packs two 4-bit codes per byte
+            pq_m = dim
+        probe = nprobe if nprobe is not None else max(16, nlist // 16)
+        return cls(nlist=nlist, pq_m=pq_m, nprobe=min(probe, nlist), refine_factor=refine_factor)
+
+
+def faiss_gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees at least one GPU."""
+    import faiss
+
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return bool(get_num_gpus is not None and get_num_gpus() > 0)
+
+
+class FaissIndex:
+    """FAISS IVF-PQ (or Flat) candidate search plus an exact refine over stored vectors.
+
+    Row ``i`` of ``vectors`` is id ``i``. The coarse stage runs on the GPU when
+    ``use_gpu`` resolves to True (``None``: whenever :func:`faiss_gpu_available`).
+    """
+
+    kind = "faiss"
+
+    def __init__(
+        self,
+        vectors: FloatArray,
+        params: FaissParams,
+        *,
+        coarse: Any = None,
+        alive: npt.NDArray[np.bool_] | None = None,
+        use_gpu: bool | None = None,
+        train_size: int = 100_000,
+        seed: int = 1234,
+    ) -> None:
+        import faiss
+
+        self.vectors = _check_2d("vectors", vectors)
+        self.params = params
+        self.alive = np.ones(len(self.vectors), dtype=bool) if alive is None else alive
+        self.on_gpu = faiss_gpu_available() if use_gpu is None else use_gpu
+        dim = self.vectors.shape[1]
+        if coarse is None:
+            factory = params.factory
+            if self.on_gpu and params.nlist:
+                factory = f"IVF{params.nlist},PQ{params.pq_m}"  # GPU IVF-PQ has no fast-scan
+            coarse = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            if params.nlist:
+                rng = np.random.default_rng(seed)
+                sample = self.vectors
+                if len(sample) > train_size:
+                    sample = sample[np.sort(rng.choice(len(sample), train_size, replace=False))]
+                coarse.cp.seed = seed
+                coarse = self._to_device(coarse)
+                coarse.train(sample)
+            else:
+                coarse = self._to_device(coarse)
+            if params.nlist:
+                live = np.flatnonzero(self.alive).astype(np.int64)
+                coarse.add_with_ids(self.vectors[live], live)
+            else:
+                coarse.add(self.vectors)
+        else:
+            coarse = self._to_device(coarse)
+        self.coarse = coarse
+        if params.nlist:
+            faiss.extract_index_ivf(coarse).nprobe = params.nprobe
+
+    def _to_device(self, index: Any) -> Any:
+        if not self.on_gpu:
+            return index
+        import faiss
+
+        res = faiss.StandardGpuResources()
+        self._gpu_resources = res  # must outlive the GPU index
+        return faiss.index_cpu_to_gpu(res, 0, index)
+
+    @property
+    def size(self) -> int:
+        return int(self.alive.sum())
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def set_search_params(
+        self, *, nprobe: int | None = None, refine_factor: int | None = None
+    ) -> None:
+        """Change search-time parameters (no rebuild needed)."""
+        import faiss
+
+        params = self.params
+        if nprobe is not None and params.nlist:
+            params = FaissParams(
+                params.nlist, params.pq_m, min(nprobe, params.nlist), params.refine_factor
+            )
+            faiss.extract_index_ivf(self.coarse).nprobe = params.nprobe
+        if refine_factor is not None:
+            if refine_factor < 1:
+                raise VectorIndexError(f"refine_factor must be >= 1, got {refine_factor}")
+            params = FaissParams(params.nlist, params.pq_m, params.nprobe, refine_factor)
+        self.params = params
+
+    def search(
+        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
+    ) -> tuple[FloatArray, RowArray]:
+        queries = _check_2d("queries", queries, self.dim)
+        if k <= 0:
+            return _topk(np.zeros((len(queries), 0), np.float32), 0)
+        if self.params.nlist == 0:
+            # Flat: the coarse stage is already exact. Removed/filtered rows are masked by
+            # over-fetching and dropping, falling back to a full scan when too few survive.
+            allowed = self.alive if id_filter is None else self.alive & id_filter
+            fetch = min(len(self.vectors), k if allowed.all() else k * 4)
+            scores, rows = self.coarse.search(queries, fetch)
+            return self._keep_allowed(queries, scores, rows, allowed, k)
+        allowed = self.alive if id_filter is None else self.alive & id_filter
+        fetch = min(len(self.vectors), k * self.params.refine_factor)
+        _, cand = self.coarse.search(queries, fetch)
+        # Refine: exact inner products against the stored vectors of the candidates.
+        safe = np.where(cand >= 0, cand, 0)
+        exact = np.einsum("qd,qkd->qk", queries, self.vectors[safe])
+        ok = (cand >= 0) & allowed[safe]
+        exact = np.where(ok, exact, -np.inf).astype(np.float32)
+        return self._keep_allowed(queries, exact, cand, allowed, k)
+
+    def _keep_allowed(
+        self,
+        queries: FloatArray,
+        scores: FloatArray,
+        rows: RowArray,
+        allowed: npt.NDArray[np.bool_],
+        k: int,
+    ) -> tuple[FloatArray, RowArray]:
+        safe = np.where(rows >= 0, rows, 0)
+        scores = np.where((rows >= 0) & allowed[safe], scores, -np.inf).astype(np.float32)
+        top_s, pos = _topk(scores, k)
+        top_r = np.where(pos >= 0, np.take_along_axis(rows, np.where(pos >= 0, pos, 0), 1), -1)
+        # A selective filter can leave fewer than k candidates although more allowed rows
+        # exist: answer those queries with an exact scan of the allowed rows.
+        short = (top_r < 0).any(axis=1) & (allowed.sum() > (top_r >= 0).sum(axis=1))
+        if short.any():
+            exact_s = queries[short] @ self.vectors.T
+            exact_s[:, ~allowed] = -np.inf
+            top_s[short], top_r[short] = _topk(exact_s, k)
+        return top_s, top_r
+
+    def add(self, vectors: FloatArray, rows: RowArray) -> None:
+        vectors = _check_2d("vectors", vectors, self.dim)
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(vectors):
+            raise VectorIndexError(f"{len(vectors)} vectors but {len(rows)} rows")
+        if self.params.nlist == 0 and (rows < len(self.vectors)).any():
+            raise VectorIndexError("a Flat index can only append new rows; rebuild to replace")
+        if self.params.nlist:
+            self.remove(rows)
+        top = int(rows.max(initial=-1)) + 1
+        if top > len(self.vectors):
+            grow = top - len(self.vectors)
+            self.vectors = np.vstack([self.vectors, np.zeros((grow, self.dim), np.float32)])
+            self.alive = np.concatenate([self.alive, np.zeros(grow, dtype=bool)])
+        self.vectors[rows] = vectors
+        self.alive[rows] = True
+        if self.params.nlist:
+            self.coarse.add_with_ids(vectors, rows)
+        else:
+            self.coarse.add(vectors)
+
+    def remove(self, rows: RowArray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self.alive))]
+        self.alive[rows] = False
+        if self.params.nlist and len(rows):
+            import faiss
+
+            self.coarse.remove_ids(faiss.IDSelectorBatch(rows))
+
+    def save(self, directory: Path) -> None:
+        import faiss
+
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "vectors.npy", self.vectors)
+        np.save(directory / "alive.npy", self.alive)
+        coarse = faiss.index_gpu_to_cpu(self.coarse) if self.on_gpu else self.coarse
+        faiss.write_index(coarse, str(directory / "coarse.faiss"))
+        (directory / "vector_index.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "size": self.size,
+            "dim": self.dim,
+            "factory": self.params.factory,
+            "params": asdict(self.params),
+            "gpu": self.on_gpu,
+        }
+
+    @classmethod
+    def load(cls, directory: Path, *, use_gpu: bool | None = None) -> FaissIndex:
+        import faiss
+
+        meta = json.loads((directory / "vector_index.json").read_text())
+        params = FaissParams(**meta["params"])
+        vectors = np.load(directory / "vectors.npy")
+        coarse = faiss.read_index(str(directory / "coarse.faiss"))
+        alive = np.load(directory / "alive.npy")
+        if coarse.ntotal != int(alive.sum()) and params.nlist:
+            raise VectorIndexError(
+                f"{directory}: coarse index holds {coarse.ntotal} vectors, metadata says "
+                f"{int(alive.sum())}; the snapshot is damaged, rebuild it"
+            )
+        return cls(vectors, params, coarse=coarse, alive=alive, use_gpu=use_gpu)
+
+
+def load_vector_index(directory: Path, *, use_gpu: bool | None = None) -> VectorIndex:
+    """Open whichever index ``directory`` holds (see ``vector_index.json``)."""
+    meta_path = directory / "vector_index.json"
+    if not meta_path.exists():
+        raise VectorIndexError(f"{meta_path} is missing: not a vector index directory")
+    kind = json.loads(meta_path.read_text())["kind"]
+    if kind == ExactIndex.kind:
+        return ExactIndex.load(directory)
+    if kind == FaissIndex.kind:
+        return FaissIndex.load(directory, use_gpu=use_gpu)
+    raise VectorIndexError(f"{meta_path}: unknown index kind {kind!r}; expected 'exact' or 'faiss'")
+
+
+def recall_at_k(approx_rows: RowArray, exact_rows: RowArray, k: int) -> float:
+    """Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k| (ignoring -1)."""
+    if approx_rows.shape[0] != exact_rows.shape[0]:
+        raise ValueError("approx and exact results cover different numbers of queries")
+    total = 0.0
+    for a, e in zip(approx_rows[:, :k], exact_rows[:, :k], strict=True):
+        truth = set(e[e >= 0].tolist())
+        if truth:
+            total += len(truth & set(a[a >= 0].tolist())) / len(truth)
+    return total / max(1, len(approx_rows))
