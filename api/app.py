@@ -6,7 +6,8 @@ promote, rollback). A background thread watches ``CURRENT`` and swaps in a newly
 promoted snapshot without dropping in-flight requests.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must see the real types of the
+# endpoint parameters, which refer to dependencies defined inside create_app().
 
 import logging
 import threading
@@ -237,7 +238,7 @@ def create_app(
                 "products": s.products,
                 "current": s.current,
             }
-            for s in SnapshotStore(settings.index_dir).list()
+            for s in SnapshotStore(settings.index_dir).list_snapshots()
         ]
 
     @app.post("/v1/admin/promote/{version}", dependencies=[Depends(admin)])

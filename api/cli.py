@@ -362,7 +362,7 @@ def snapshots(index_dir: IndexDirOption = None) -> None:
     table = Table(title=f"snapshots in {store.root}")
     for col in ("", "version", "created", "products"):
         table.add_column(col)
-    for s in store.list():
+    for s in store.list_snapshots():
         table.add_row("*" if s.current else "", s.version, s.created_at, str(s.products))
     Console().print(table)
 

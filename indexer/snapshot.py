@@ -154,7 +154,7 @@ class SnapshotStore:
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
         )
 
-    def list(self) -> list[SnapshotInfo]:
+    def list_snapshots(self) -> list[SnapshotInfo]:
         current = self.current()
         out = []
         for version in self.versions():

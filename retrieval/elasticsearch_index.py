@@ -29,6 +29,7 @@ Example (needs a running node)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -154,7 +155,13 @@ class ElasticsearchIndex:
         replicas: int = 0,
         chunk_size: int = 500,
     ) -> None:
-        from elasticsearch import Elasticsearch
+        try:
+            from elasticsearch import Elasticsearch
+        except ImportError as exc:
+            raise LexicalIndexError(
+                "the Elasticsearch backend needs the official client: "
+                "pip install 'elasticsearch>=8.19,<9' (the version pinned in pyproject.toml)"
+            ) from exc
 
         _check_index_name(index, "index")
         if (client is None) == (url is None):
@@ -194,6 +201,7 @@ class ElasticsearchIndex:
         self._analyzer_choice = analyzer
         self._analyzer: str | None = None  # of the existing index, once read
         self._cluster_analyzer: str | None = None  # what "auto" found the cluster offers
+        self._fresh = False  # True while self.index is empty as create_versioned_index made it
         self._options: dict[str, Any] = {
             "analyzer": analyzer,
             "field_boosts": boosts,
@@ -207,7 +215,7 @@ class ElasticsearchIndex:
         if client is not None:
             self._client = client
             self._owns_client = False
-            self._where = "the given Elasticsearch client"
+            self._where = _client_hosts(client)
         elif url is not None:
             kwargs: dict[str, Any] = {"request_timeout": admin_timeout}
             if api_key is not None:
@@ -258,7 +266,7 @@ class ElasticsearchIndex:
                 "or set SHOPSEARCH_ES_URL)"
             )
         elif isinstance(exc, ApiError):
-            why = f"HTTP {exc.status_code}: {exc.message}: {_error_reason(exc.body)}"
+            why = f"HTTP {exc.status_code}: {_error_reason(exc.body) or exc.message}"
         else:
             why = str(exc)
         return LexicalIndexError(f"Elasticsearch at {self._where}, {doing}: {why}")
@@ -417,20 +425,23 @@ class ElasticsearchIndex:
         from elasticsearch import NotFoundError
 
         admin = self._admin()
-        if self._call("checking aliases", admin.indices.exists_alias, name=self.index):
-            raise LexicalIndexError(
-                f"{self.index!r} is an alias; build into a new index "
-                f"(create_versioned_index) and promote it to the alias instead"
-            )
-        try:
-            admin.indices.delete(index=self.index)
-            log.info("dropped existing Elasticsearch index %s before the build", self.index)
-        except NotFoundError:
-            pass
-        except Exception as exc:
-            raise self._error(f"dropping {self.index!r} before the build", exc) from exc
-        self._analyzer = None
-        self._create(self.index)
+        if self._fresh:
+            self._fresh = False  # made empty, with this mapping, by create_versioned_index
+        else:
+            if self._call("checking aliases", admin.indices.exists_alias, name=self.index):
+                raise LexicalIndexError(
+                    f"{self.index!r} is an alias; build into a new index "
+                    f"(create_versioned_index) and promote it to the alias instead"
+                )
+            try:
+                admin.indices.delete(index=self.index)
+                log.info("dropped existing Elasticsearch index %s before the build", self.index)
+            except NotFoundError:
+                pass
+            except Exception as exc:
+                raise self._error(f"dropping {self.index!r} before the build", exc) from exc
+            self._analyzer = None
+            self._create(self.index)
         # No refreshes while bulk loading; the default interval comes back at the end.
         self._call(
             "pausing refreshes for the bulk load",
@@ -438,21 +449,34 @@ class ElasticsearchIndex:
             index=self.index,
             settings={"index": {"refresh_interval": "-1"}},
         )
-        rejected = self._bulk(
-            ({"_op_type": "index", "_id": p.id, "_source": self._document(p)} for p in products),
-            doing=f"bulk indexing into {self.index!r}",
-            progress=progress,
-            refresh=False,
-        )
-        self._call(
-            "restoring the refresh interval",
-            admin.indices.put_settings,
-            index=self.index,
-            settings={"index": {"refresh_interval": None}},
-        )
+        try:
+            rejected = self._bulk(
+                (
+                    {"_op_type": "index", "_id": p.id, "_source": self._document(p)}
+                    for p in products
+                ),
+                doing=f"bulk indexing into {self.index!r}",
+                progress=progress,
+                refresh=False,
+            )
+        except BaseException:
+            # An interrupted build leaves a normal (if incomplete) index behind, never one
+            # that stopped refreshing; the original error is the one worth raising.
+            with contextlib.suppress(LexicalIndexError):
+                self._restore_refresh()
+            raise
+        self._restore_refresh()
         self._call(f"refreshing {self.index!r}", admin.indices.refresh, index=self.index)
         if rejected:
             raise _rejected_error(f"build of {self.index!r}", rejected)
+
+    def _restore_refresh(self) -> None:
+        self._call(
+            "restoring the refresh interval",
+            self._admin().indices.put_settings,
+            index=self.index,
+            settings={"index": {"refresh_interval": None}},
+        )
 
     def _bulk(
         self,
@@ -465,6 +489,8 @@ class ElasticsearchIndex:
     ) -> list[tuple[str, str]]:
         """Send ``actions`` in chunks; return ``(id, reason)`` of every rejected one."""
         from elasticsearch import ApiError, TransportError, helpers
+
+        self._fresh = False
 
         rejected: list[tuple[str, str]] = []
         pending = 0
@@ -702,6 +728,7 @@ class ElasticsearchIndex:
                 "pick a new version (or delete the old index first)"
             )
         handle._create(name)
+        handle._fresh = True
         self._cluster_analyzer = handle._cluster_analyzer
         return handle
 
@@ -819,6 +846,15 @@ class ElasticsearchIndex:
             allow_no_indices=True,
         )
         return {name for name, body in resp.body.items() if body.get("aliases")}
+
+
+def _client_hosts(client: Elasticsearch) -> str:
+    """The client's node URLs (no credentials: the client keeps those in headers)."""
+    try:
+        urls = [_redact(str(node.base_url)) for node in client.transport.node_pool.all()]
+    except Exception:  # a client of another shape; the name is only for messages
+        return "the given Elasticsearch client"
+    return ", ".join(urls) or "the given Elasticsearch client"
 
 
 def _error_reason(error: Any) -> str:

@@ -1,0 +1,43 @@
+# shopsearch — the two commands of the quickstart are `make demo` and `make test`.
+# Everything installs into .venv (pinned versions from pyproject.toml); run once per machine.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install when pyproject.toml changes.
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install demo test test-fast lint typecheck clean es-start es-stop
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install shopsearch with its pinned dependencies
+
+demo: install  ## build the sample catalog and serve it on 127.0.0.1:8000
+	$(BIN)/shopsearch demo
+
+lint: install
+	$(BIN)/ruff check retrieval rerank indexer api eval tests
+	$(BIN)/ruff format --check retrieval rerank indexer api eval tests
+
+typecheck: install
+	$(BIN)/mypy
+
+# The whole suite, slow tests included, against a real Elasticsearch node that this
+# target downloads (Maven Central, cached), starts, and always stops.
+test: install lint typecheck
+	@set -e; \
+	trap '.ci/elasticsearch.sh stop' EXIT; \
+	.ci/elasticsearch.sh start; \
+	SHOPSEARCH_ES_URL=$$(.ci/elasticsearch.sh url) $(BIN)/python -m pytest
+
+test-fast: install  ## unit tests only (no slow, no Elasticsearch)
+	$(BIN)/python -m pytest -m 'not slow and not elasticsearch'
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,162 @@
+"""HTTP load generator against a tiny local server; loopback-only guard."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from eval.loadtest import LoadTestError, check_loopback, run_load_test, summarize_latencies
+
+
+class SearchHandler(BaseHTTPRequestHandler):
+    """``/v1/search``: 200 with JSON; 500 for q=boom; q=slow sleeps 50 ms; 404 elsewhere."""
+
+    seen: ClassVar[list[tuple[str, str]]] = []
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        params = parse_qs(url.query)
+        query, size = params.get("q", [""])[0], params.get("size", [""])[0]
+        SearchHandler.seen.append((query, size))
+        if url.path != "/v1/search":
+            status, body = 404, b"{}"
+        elif query == "boom":
+            status, body = 500, b'{"error": "boom"}'
+        else:
+            if query == "slow":
+                time.sleep(0.05)
+            status, body = 200, json.dumps({"hits": [], "q": query}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.fixture()
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SearchHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    SearchHandler.seen = []
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def test_levels_counts_and_errors(server: str) -> None:
+    results = run_load_test(
+        server,
+        ["drill", "boom", "toliet seat"],
+        concurrency_levels=(1, 4),
+        max_requests=30,
+        max_seconds=10.0,
+        warmup_requests=2,
+    )
+    assert [r.concurrency for r in results] == [1, 4]
+    for result in results:
+        assert result.n_requests == 30
+        assert result.n_errors == 10  # every third query is "boom"
+        assert result.latency.n == 20 and result.qps > 0
+        p50, p95, p99 = result.latency.p50_ms, result.latency.p95_ms, result.latency.p99_ms
+        assert p50 is not None and p95 is not None and p99 is not None
+        assert p50 <= p95 <= p99
+    assert len(SearchHandler.seen) == 2 + 30 + 30
+    assert ("toliet seat", "10") in SearchHandler.seen
+
+
+def test_time_bound_stops_a_level(server: str) -> None:
+    start = time.perf_counter()
+    (result,) = run_load_test(
+        server,
+        ["slow"],
+        concurrency_levels=(2,),
+        max_requests=10_000,
+        max_seconds=0.3,
+        warmup_requests=0,
+    )
+    assert time.perf_counter() - start < 2.0
+    assert 2 <= result.n_requests < 40 and result.n_errors == 0
+    assert result.latency.p50_ms is not None and result.latency.p50_ms >= 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_connection_errors_are_counted() -> None:
+    (result,) = run_load_test(
+        f"http://127.0.0.1:{free_port()}",
+        ["x"],
+        concurrency_levels=(1,),
+        max_requests=3,
+        warmup_requests=0,
+        timeout_s=1.0,
+    )
+    assert (result.n_requests, result.n_errors, result.latency.n) == (3, 3, 0)
+    assert result.latency.p50_ms is None and result.qps == 0.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:8000",
+        "http://127.0.0.1:8000",
+        "http://127.1.2.3",
+        "http://[::1]:8000/",
+        "https://LOCALHOST",
+    ],
+)
+def test_loopback_accepted(url: str) -> None:
+    check_loopback(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com",
+        "http://10.0.0.1:8000",
+        "http://192.168.1.5",
+        "http://0.0.0.0:8000",
+        "http://[2001:db8::1]",
+        "http://localhost.example.com",
+        "ftp://127.0.0.1",
+        "127.0.0.1:8000",
+    ],
+)
+def test_non_loopback_refused(url: str) -> None:
+    with pytest.raises(LoadTestError, match=r"loopback only|scheme must be"):
+        run_load_test(url, ["q"], max_requests=1)
+
+
+def test_invalid_arguments(server: str) -> None:
+    with pytest.raises(LoadTestError, match="queries is empty"):
+        run_load_test(server, [])
+    with pytest.raises(LoadTestError, match=">= 1"):
+        run_load_test(server, ["q"], concurrency_levels=(0,))
+    with pytest.raises(LoadTestError, match="must be positive"):
+        run_load_test(server, ["q"], max_seconds=0)
+
+
+def test_summarize_latencies() -> None:
+    summary = summarize_latencies([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (summary.n, summary.mean_ms, summary.p50_ms) == (5, 3.0, 3.0)
+    assert summary.p95_ms == pytest.approx(4.8) and summary.p99_ms == pytest.approx(4.96)
+    assert summarize_latencies([]).p95_ms is None

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from retrieval.fusion import minmax_normalize, reciprocal_rank_fusion, weighted_fusion
+
+
+def test_rrf_on_hand_made_rankings() -> None:
+    dense = [("a", 0.9), ("b", 0.8), ("c", 0.1)]
+    lexical = [("c", 12.0), ("a", 3.0)]
+    fused = reciprocal_rank_fusion([dense, lexical], k=60)
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["b"] == pytest.approx(1 / 62)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    order = sorted(fused, key=lambda key: -fused[key])
+    assert order == ["a", "c", "b"]  # in both lists beats one list; rank 1+2 beats 1+3
+
+
+def test_rrf_ignores_scores_only_ranks() -> None:
+    a = reciprocal_rank_fusion([[("x", 100.0), ("y", 0.0)]])
+    b = reciprocal_rank_fusion([[("x", 0.2), ("y", 0.1)]])
+    assert a == b
+
+
+def test_rrf_rejects_negative_k() -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        reciprocal_rank_fusion([], k=-1)
+
+
+def test_minmax_normalize() -> None:
+    assert minmax_normalize([("a", 5.0), ("b", 3.0), ("c", 1.0)]) == {"a": 1.0, "b": 0.5, "c": 0.0}
+    assert minmax_normalize([("a", 2.0), ("b", 2.0)]) == {"a": 1.0, "b": 1.0}
+    assert minmax_normalize([]) == {}
+
+
+def test_weighted_fusion_weights_and_missing_keys() -> None:
+    dense = [("a", 0.9), ("b", 0.5)]  # normalised: a 1, b 0
+    lexical = [("b", 10.0), ("c", 5.0)]  # normalised: b 1, c 0
+    fused = weighted_fusion(dense, lexical, lexical_weight=0.7)
+    assert fused == pytest.approx({"a": 0.3, "b": 0.7, "c": 0.0})
+    only_dense = weighted_fusion(dense, lexical, lexical_weight=0.0)
+    assert only_dense["a"] == pytest.approx(1.0) and only_dense["b"] == pytest.approx(0.0)
+
+
+def test_weighted_fusion_rejects_bad_weight() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        weighted_fusion([], [], lexical_weight=1.5)

@@ -1,0 +1,134 @@
+"""The query path in-process over the sample catalog: legs, fusion, filters, facets, rerank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api.schemas import SearchRequest
+from api.service import SearchService
+from api.settings import Settings
+from indexer.snapshot import SnapshotError
+from retrieval.encoders import Encoder, ModelInfo
+from retrieval.filters import InvalidFilterError
+from retrieval.lexical_index import filters_hold
+from retrieval.types import Product
+
+
+@pytest.fixture(scope="module")
+def service(sample_index: Path, encoder: Encoder) -> SearchService:
+    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
+    svc.load()
+    return svc
+
+
+def test_cordless_drill_finds_drills_first(service: SearchService) -> None:
+    for mode in ("hybrid", "dense", "lexical"):
+        response = service.search(SearchRequest(q="cordless drill", size=5, mode=mode))
+        assert len(response.hits) == 5
+        assert all(h.category == "Tools > Power Tools > Drills" for h in response.hits[:3]), mode
+        assert response.index_version == service.snapshot.version
+        assert response.rerank == "off"
+
+
+def test_timings_and_models_are_reported(service: SearchService) -> None:
+    response = service.search(SearchRequest(q="garden hose 50 ft", explain=True))
+    assert {"encode", "dense", "lexical", "fuse", "filter", "facets", "total"} <= set(
+        response.timings_ms
+    )
+    assert response.timings_ms["total"] >= response.timings_ms["dense"]
+    assert response.models["query_tower"]["sha256"] == response.models["item_tower"]["sha256"]
+    top = response.hits[0]
+    assert top.explain is not None and top.explain.fused_score == pytest.approx(top.score)
+    assert top.explain.dense_rank is not None or top.explain.lexical_rank is not None
+
+
+def test_filters_never_leak_and_widen(
+    service: SearchService, sample_products: list[Product]
+) -> None:
+    by_id = {p.id: p for p in sample_products}
+    cases = [
+        {"brand": "Ryobi"},
+        {"category": "Kitchen > Small Appliances"},
+        {"price": {"min": 10, "max": 30}},
+        {"in_stock": False},
+        {"color": ["Red", "Blue"]},
+        {"brand": ["DeWalt", "Milwaukee"], "in_stock": True, "price": {"max": 200}},
+    ]
+    from api.schemas import FilterSpec
+    from api.service import to_filters
+
+    for spec in cases:
+        request = SearchRequest(q="cordless drill", size=20, filters=spec)
+        response = service.search(request)
+        filters = to_filters(FilterSpec.model_validate(spec))
+        assert response.hits, f"no hits for {spec}"
+        for hit in response.hits:
+            assert filters_hold(by_id[hit.id], filters), (spec, hit.id)
+        matching = sum(filters_hold(p, filters) for p in sample_products)
+        # Widening: a selective filter still fills the page when enough products match.
+        assert len(response.hits) == min(20, matching), spec
+
+
+def test_facets_count_the_filtered_candidates(service: SearchService) -> None:
+    response = service.search(
+        SearchRequest(
+            q="drill", size=5, filters={"category": "Tools"}, facets=["brand", "price", "color"]
+        )
+    )
+    brand_total = sum(b.count for b in response.facets["brand"])
+    assert brand_total <= response.total
+    assert (
+        sum(b.count for b in response.facets["price"]) == response.total
+    )  # every sample product is priced
+    assert response.facets["price"][0].value == "0-25"
+    counts = [b.count for b in response.facets["brand"]]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_paging_is_consistent(service: SearchService) -> None:
+    first = service.search(SearchRequest(q="led light bulb", size=5, page=1))
+    second = service.search(SearchRequest(q="led light bulb", size=5, page=2))
+    both = service.search(SearchRequest(q="led light bulb", size=10, page=1))
+    assert [h.id for h in first.hits + second.hits] == [h.id for h in both.hits]
+
+
+def test_unknown_filter_and_facet_fields(service: SearchService) -> None:
+    with pytest.raises(InvalidFilterError, match="unknown filter field") as info:
+        service.search(SearchRequest(q="drill", filters={"colour": "red"}))
+    assert info.value.field == "filters.colour"
+    with pytest.raises(InvalidFilterError, match="unknown facet field"):
+        service.search(SearchRequest(q="drill", facets=["weight"]))
+
+
+def test_lexical_failure_degrades_to_dense(
+    service: SearchService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("lexical engine down")
+
+    monkeypatch.setattr(service.snapshot.lexical, "search", broken)
+    response = service.search(SearchRequest(q="cordless drill"))
+    assert response.degraded == ["lexical"]
+    assert response.hits and response.hits[0].category.startswith("Tools")
+
+
+def test_refuses_snapshot_of_another_item_tower(sample_index: Path, encoder: Encoder) -> None:
+    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
+    original = encoder.info
+    try:
+        encoder.info = ModelInfo(id="other-tower", path="/models/other", sha256="0" * 64)
+        with pytest.raises(
+            SnapshotError, match=r"built with item tower .* query tower is other-tower"
+        ):
+            svc.load()
+    finally:
+        encoder.info = original
+    assert not svc.ready
+
+
+def test_rerank_skipped_without_model(service: SearchService) -> None:
+    response = service.search(SearchRequest(q="cordless drill", rerank=True))
+    assert response.rerank == "skipped (no model)"
+    assert "rerank" not in response.timings_ms
