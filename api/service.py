@@ -169,6 +169,10 @@ class SearchService:
                 snap.vectors.set_search_params(
                     nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
                 )
+            # Warm up on the new snapshot before it takes traffic: the first query through
+            # torch and FAISS pays one-off allocation costs (~250 ms here).
+            snap.vectors.search(self.encoder.encode_query(["warm up"]), 10)
+            snap.lexical.search("warm up", 10)
             self._snapshot = snap  # the swap: in-flight requests keep their pinned snapshot
             log.info("serving snapshot %s (%d products)", snap.version, snap.table.size)
             return snap.version

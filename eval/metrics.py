@@ -31,8 +31,8 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from indexer.judgments import EvalDataset, JudgedQuery
 from eval.runs import Run, ranked_ids
+from indexer.judgments import EvalDataset, JudgedQuery
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -181,8 +181,8 @@ def _stock(value: Any) -> tuple[bool | None, str | None]:
 
 
 def _iter_rows(frame: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, record in enumerate(frame.to_dict(orient="records"), start=1):
-        yield number, record
+    """(1-based data row number, record) pairs."""
+    yield from enumerate(frame.to_dict(orient="records"), start=1)
 
 
 def load_catalog(

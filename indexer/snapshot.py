@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from indexer.catalog import CatalogReport
+from indexer.embedding_cache import EmbeddingCache
 from indexer.product_store import read_products, write_products
 from indexer.progress import ProgressFactory, no_progress
 from retrieval.encoders import Encoder
@@ -85,6 +86,9 @@ class BuildOptions:
     use_gpu: bool | None = None
     seed: int = 1234
     promote: bool = True
+    #: Reuse vectors of unchanged item texts (None: ``<index-dir>/embedding-cache``).
+    cache_dir: Path | None = None
+    use_cache: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,9 +399,23 @@ def _build_into(
 
     t = time.perf_counter()
     texts = [item_text(p) for p in products]
+    cache_hits = 0
     with progress("encoding products", len(texts)) as advance:
-        vectors = encoder.encode_document(texts, batch_size=options.batch_size, progress=advance)
+
+        def encode(batch: Sequence[str]) -> np.ndarray:
+            return encoder.encode_document(batch, batch_size=options.batch_size, progress=advance)
+
+        if options.use_cache:
+            cache_dir = options.cache_dir or work.parent.parent / "embedding-cache"
+            cache = EmbeddingCache(cache_dir, encoder.info.sha256, encoder.dim)
+            vectors, cache_hits = cache.encode(texts, encode)
+            advance(cache_hits)
+        else:
+            vectors = encode(texts)
     timings["encode_s"] = time.perf_counter() - t
+    log.info(
+        "encoded %d products (%d from the embedding cache)", len(texts) - cache_hits, cache_hits
+    )
 
     t = time.perf_counter()
     with progress("building vector index", 1) as advance:
@@ -449,6 +467,7 @@ def _build_into(
         },
         "build": {
             "timings_s": {},
+            "embedding_cache_hits": cache_hits,
             "device": encoder.device,
             "threads": _torch_threads(),
         },

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.metrics import evaluate_protocol_a, evaluate_protocol_b
 from indexer.judgments import (
     HOMEDEPOT_GAIN_OFFSET,
     DatasetError,
@@ -17,7 +18,6 @@ from indexer.judgments import (
     load_generic,
     load_homedepot,
 )
-from eval.metrics import evaluate_protocol_a, evaluate_protocol_b
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HOMEDEPOT = DATASETS / "homedepot"

@@ -134,7 +134,7 @@ def test_flat_index_add_with_gap() -> None:
     x = clustered(10, 16, seed=4)
     index = FaissIndex(x[:5], FaissParams.for_size(5, 16), use_gpu=False)
     index.add(x[9:10], np.array([7]))  # rows 5 and 6 are a gap: never returned
-    scores, rows = index.search(x[9:10], 8)
+    _, rows = index.search(x[9:10], 8)
     assert rows[0, 0] == 7 and not ({5, 6} & set(rows[0].tolist()))
     assert index.size == 6
 
