@@ -405,5 +405,24 @@ def demo(
         serve(index_dir=index_dir, host=host, port=port, reload_interval=2.0)
 
 
-if __name__ == "__main__":  # pragma: no cover
+def mount_plugins(target: typer.Typer) -> None:
+    """Mount the commands that packages above ``api`` register (``eval``: eval, bench).
+
+    Imports flow one way (``api`` <- ``eval``), so ``api`` never imports ``eval``; each
+    plugin is an entry point in the ``shopsearch.commands`` group (see pyproject.toml)
+    naming a ``register(app)`` function.
+    """
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="shopsearch.commands"):
+        entry.load()(target)
+
+
+def main() -> None:
+    """Console-script entry point: the core commands plus registered plugins."""
+    mount_plugins(app)
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -177,6 +177,12 @@ class SearchService:
             log.info("serving snapshot %s (%d products)", snap.version, snap.table.size)
             return snap.version
 
+    def use_snapshot(self, snap: LoadedSnapshot) -> None:
+        """Serve an already-loaded snapshot (e.g. one whose vector index eval swapped for
+        the exact oracle). Raises :class:`SnapshotError` on a model mismatch."""
+        self._check_models(snap)
+        self._snapshot = snap
+
     def reload_if_changed(self) -> bool:
         """Load the snapshot ``CURRENT`` names if it is not the serving one."""
         current = self.store.current()

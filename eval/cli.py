@@ -1,0 +1,15 @@
+"""``shopsearch eval`` and ``shopsearch bench``: registered into the CLI as a plugin."""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation commands to the ``shopsearch`` app."""
+    from eval.commands import bench_command, eval_app
+
+    app.add_typer(eval_app, name="eval")
+    app.command("bench")(bench_command)
