@@ -174,7 +174,8 @@ class ExactIndex:
         queries = _check_2d("queries", queries, self.dim)
         allowed = self.alive if id_filter is None else self.alive & id_filter[: len(self.alive)]
         scores = queries @ self.vectors.T
-        scores[:, ~allowed] = -np.inf
+        if not allowed.all():  # masking costs a full pass; skip it when nothing is excluded
+            scores[:, ~allowed] = -np.inf
         return _topk(scores, k)
 
     def add(self, vectors: FloatArray, rows: RowArray) -> None:
@@ -238,8 +239,9 @@ class FaissParams:
           made the coarse quantizer, not PQ, the recall bottleneck;
         * ``pq_m`` = d / 4 sub-quantizers of 4 bits (96 for 384-d MiniLM, 48 bytes a
           vector) when it divides d; d / 8 lost 0.04 recall@100 that refine cannot win back;
-        * ``nprobe`` = nlist / 4 (at least 32, at most 256) by default: 0.97 recall@100 at
-          about 0.7 ms a query at 55k.
+        * ``nprobe`` = 3/8 of nlist (at least 32, at most 512) by default: at 55k, recall@100
+          against exact search is 0.96 on short probe queries and 0.98 on the dev queries,
+          at about 0.9 ms a query (nlist/4 gave 0.94 / 0.97).
         """
         if n < IVF_MIN_SIZE:
             return cls(nlist=0, pq_m=0, nprobe=0, refine_factor=1)
@@ -249,7 +251,7 @@ class FaissParams:
         pq_m = next(m for m in (dim // 4, dim // 8, dim // 2, dim) if m > 0 and dim % m == 0)
         if pq_m % 2:  # fast-scan packs two 4-bit codes per byte
             pq_m = dim
-        probe = nprobe if nprobe is not None else min(256, max(32, nlist // 4))
+        probe = nprobe if nprobe is not None else min(512, max(32, 3 * nlist // 8))
         return cls(nlist=nlist, pq_m=pq_m, nprobe=min(probe, nlist), refine_factor=refine_factor)
 
 
@@ -440,10 +442,13 @@ class FaissIndex:
         vectors = np.load(directory / "vectors.npy")
         coarse = faiss.read_index(str(directory / "coarse.faiss"))
         alive = np.load(directory / "alive.npy")
-        if coarse.ntotal != int(alive.sum()) and params.nlist:
+        # Removed rows are tombstones (still in the coarse index, not alive), so the coarse
+        # index holds between the live rows and every row ever added.
+        if params.nlist and not int(alive.sum()) <= coarse.ntotal <= len(alive):
             raise VectorIndexError(
                 f"{directory}: coarse index holds {coarse.ntotal} vectors, metadata says "
-                f"{int(alive.sum())}; the snapshot is damaged, rebuild it"
+                f"{int(alive.sum())} alive of {len(alive)} rows; the snapshot is damaged, "
+                "rebuild it"
             )
         return cls(vectors, params, coarse=coarse, alive=alive, use_gpu=use_gpu)
 

@@ -52,10 +52,10 @@ def ivf(base: np.ndarray) -> FaissIndex:
 def test_params_follow_catalog_size() -> None:
     assert FaissParams.for_size(500, 384).nlist == 0  # exact below IVF_MIN_SIZE
     p = FaissParams.for_size(54_667, 384)
-    assert p.nlist == 512 and p.pq_m == 96 and p.nprobe == 128 and p.factory == "IVF512,PQ96x4fs"
+    assert p.nlist == 512 and p.pq_m == 96 and p.nprobe == 192 and p.factory == "IVF512,PQ96x4fs"
     assert 39 * p.nlist <= 54_667
     big = FaissParams.for_size(1_000_000, 384)
-    assert big.nlist == 2048 and big.nprobe == 256
+    assert big.nlist == 2048 and big.nprobe == 512
 
 
 def test_ivfpq_recall_floor_against_exact(

@@ -1,0 +1,443 @@
+"""The ``shopsearch eval`` and ``shopsearch bench`` commands (mounted by eval/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from api.settings import Settings
+
+__all__ = ["bench_command", "eval_app"]
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+DEFAULT_HOMEDEPOT = Path("../shared/datasets/homedepot")
+
+eval_app = typer.Typer(
+    help="Offline evaluation on judged queries: protocol A/B metrics for several configurations, "
+    "TREC runs, metrics.json, a Markdown/HTML report with plots, and a quality gate.",
+    no_args_is_help=False,
+)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _load_dataset(
+    homedepot_dir: Path, split: str, queries: Path | None, qrels: Path | None, limit: int | None
+):  # type: ignore[no-untyped-def]
+    from indexer.judgments import EvalDataset, load_generic, load_homedepot
+
+    if queries is not None or qrels is not None:
+        if queries is None or qrels is None:
+            raise typer.BadParameter(
+                "--queries and --qrels go together (TSV qid<TAB>text and TREC qrels)"
+            )
+        dataset = load_generic(queries, qrels)
+    else:
+        split_csv = homedepot_dir / f"{split}.csv"
+        if not split_csv.is_file():
+            raise typer.BadParameter(
+                f"{split_csv} not found; pass --homedepot-dir or --queries/--qrels"
+            )
+        dataset = load_homedepot(split_csv)
+    if limit is not None:
+        dataset = EvalDataset(
+            dataset.name, dataset.queries[:limit], dataset.gain_offset, dataset.catalog_ids
+        )
+    return dataset
+
+
+@contextmanager
+def _bars() -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        yield progress
+
+
+@eval_app.callback(invoke_without_command=True)
+def evaluate(
+    ctx: typer.Context,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="Index dir whose CURRENT snapshot is evaluated.")
+    ] = None,
+    homedepot_dir: Annotated[
+        Path, typer.Option(help="Home Depot data (products/train/dev CSV).")
+    ] = DEFAULT_HOMEDEPOT,
+    split: Annotated[str, typer.Option(help="Home Depot split: dev or train.")] = "dev",
+    queries: Annotated[Path | None, typer.Option(help="Generic format: TSV qid<TAB>text.")] = None,
+    qrels: Annotated[
+        Path | None, typer.Option(help="Generic format: TREC qrels 'qid 0 docid grade'.")
+    ] = None,
+    configs: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated configuration names (default: all that apply)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N queries.")] = None,
+    depth: Annotated[
+        int, typer.Option(help="Candidates per leg and run depth (recall@1000 needs 1000).")
+    ] = 1000,
+    reranker: Annotated[
+        Path | None, typer.Option(help="Cross-encoder dir: adds '+rerank' configurations.")
+    ] = None,
+    rerank_depth: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 50,
+    model: Annotated[
+        Path | None, typer.Option(help="Two-tower model dir (must match the snapshot).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output dir (default var/eval/<UTC time>).")
+    ] = None,
+    gate: Annotated[
+        Path | None,
+        typer.Option(help="Baseline metrics.json: exit 1 when nDCG@10 or recall@100 drop."),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="Allowed drop below the baseline.")] = 0.01,
+    gate_config: Annotated[
+        str, typer.Option(help="Configuration the gate compares.")
+    ] = "hybrid-rrf",
+) -> None:
+    """Evaluate the serving snapshot on judged queries (protocol A and B).
+
+    Writes runs/<config>.trec, metrics.json, report.md and report.html (with plots) to --out,
+    prints the table, and with --gate fails when quality fell below the baseline.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from api.service import SearchService
+    from eval.gate import check_gate, load_gate_metrics
+    from eval.report import write_report
+    from eval.runner import default_configurations, evaluate_configurations
+    from eval.runs import write_run
+    from retrieval.types import ShopsearchError
+
+    settings = Settings()
+    updates: dict[str, object] = {"reload_interval_s": 0.0}
+    if index_dir is not None:
+        updates["index_dir"] = index_dir
+    if model is not None:
+        updates["model_dir"] = model
+    if reranker is not None:
+        updates["reranker_dir"] = reranker
+    settings = settings.model_copy(update=updates)
+    dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit)
+    try:
+        service = SearchService(settings)
+        service.load()
+    except ShopsearchError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    available = default_configurations(with_reranker=service.reranker is not None)
+    if configs:
+        wanted = [c.strip() for c in configs.split(",") if c.strip()]
+        by_name = {c.name: c for c in available}
+        unknown = [w for w in wanted if w not in by_name]
+        if unknown:
+            raise typer.BadParameter(
+                f"unknown configuration(s) {unknown}; choose from {sorted(by_name)}"
+            )
+        chosen = [by_name[w] for w in wanted]
+    else:
+        chosen = available
+    out = out or Path("var/eval") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with _bars() as bars:
+
+        def progress(name: str, total: int):  # type: ignore[no-untyped-def]
+            task = bars.add_task(name, total=total)
+            return lambda n: bars.advance(task, n)
+
+        outcomes = evaluate_configurations(
+            service, dataset, chosen, depth=depth, rerank_depth=rerank_depth, progress=progress
+        )
+    for outcome in outcomes:
+        write_run(
+            outcome.run, out / "runs" / f"{outcome.config.name}.trec", tag=outcome.config.name
+        )
+    import torch
+
+    meta = {
+        "dataset": dataset.name,
+        "queries": len(dataset.queries),
+        "index_version": service.snapshot.version,
+        "models": service.models(),
+        "command": " ".join(["shopsearch", *sys.argv[1:]]),
+        "commit": _commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "depth": depth,
+        "threads": torch.get_num_threads(),
+        "latency_note": f"per-query in-process latency at depth {depth} (serving uses 100); see `shopsearch bench`",
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    results = [o.result() for o in outcomes]
+    paths = write_report(results, out, title=f"shopsearch evaluation — {dataset.name}", meta=meta)
+    table = Table(
+        title=f"{dataset.name}: protocol A ({len(dataset.queries)} queries, snapshot {service.snapshot.version})"
+    )
+    for col in (
+        "configuration",
+        "nDCG@10",
+        "R@10",
+        "R@100",
+        "R@1000",
+        "MRR@10",
+        "B nDCG@10",
+        "p50 ms",
+    ):
+        table.add_column(col, justify="right" if col != "configuration" else "left")
+    for r in results:
+        m = r.metrics
+
+        def f(key: str, metrics: dict[str, float] = m) -> str:
+            return f"{metrics[key]:.4f}" if key in metrics else "—"
+
+        p50 = f"{r.latency_p50_ms:.1f}" if r.latency_p50_ms is not None else "—"
+        table.add_row(
+            r.name,
+            f("ndcg@10"),
+            f("recall@10"),
+            f("recall@100"),
+            f("recall@1000"),
+            f("mrr@10"),
+            f("b.ndcg@10"),
+            p50,
+        )
+    Console().print(table)
+    left_out = outcomes[0].protocol_a.n_left_out if outcomes else 0
+    console.print(f"{left_out} queries without a relevant product were left out of recall and MRR")
+    console.print(
+        f"wrote {paths.metrics_json}, {paths.markdown}, {paths.html} ({meta['wall_s']} s)"
+    )
+    if gate is not None:
+        result = check_gate(
+            load_gate_metrics(paths.metrics_json, gate_config),
+            load_gate_metrics(gate, gate_config),
+            tolerance,
+        )
+        if not result.passed:
+            for failure in result.failures:
+                console.print(f"[bold red]gate failed:[/] {failure}")
+            raise typer.Exit(1)
+        console.print(f"[green]gate passed[/] ({gate_config}, tolerance {tolerance})")
+
+
+@eval_app.command("convert")
+def convert(
+    out: Annotated[Path, typer.Option(help="Directory for queries.tsv and qrels.txt.")],
+    homedepot_dir: Annotated[
+        Path, typer.Option(help="Home Depot data directory.")
+    ] = DEFAULT_HOMEDEPOT,
+    split: Annotated[str, typer.Option(help="dev or train.")] = "dev",
+) -> None:
+    """Convert a Home Depot split into the generic format (queries TSV + TREC qrels).
+
+    The catalog is products.csv, read with --id-field product_uid --title-field product_title.
+    """
+    from indexer.judgments import convert_homedepot
+
+    queries_path, qrels_path = convert_homedepot(homedepot_dir / f"{split}.csv", out)
+    console.print(f"wrote {queries_path} and {qrels_path}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_command(
+    index_dir: Annotated[
+        Path | None, typer.Option(help="Index dir whose CURRENT snapshot is measured.")
+    ] = None,
+    homedepot_dir: Annotated[
+        Path, typer.Option(help="Queries come from this split's search terms.")
+    ] = DEFAULT_HOMEDEPOT,
+    split: Annotated[str, typer.Option(help="Home Depot split for the queries.")] = "dev",
+    queries_file: Annotated[
+        Path | None, typer.Option("--queries", help="TSV qid<TAB>text instead.")
+    ] = None,
+    n: Annotated[int, typer.Option(help="Queries measured (after --warmup).")] = 500,
+    warmup: Annotated[int, typer.Option(help="Queries run first and not measured.")] = 50,
+    mode: Annotated[str, typer.Option(help="hybrid, dense or lexical.")] = "hybrid",
+    rerank: Annotated[bool, typer.Option(help="Rerank (needs --reranker).")] = False,
+    reranker: Annotated[Path | None, typer.Option(help="Cross-encoder dir.")] = None,
+    rerank_depth: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 50,
+    http: Annotated[
+        bool,
+        typer.Option(
+            help="Also start a server on a free loopback port and load-test it over HTTP."
+        ),
+    ] = False,
+    concurrency: Annotated[str, typer.Option(help="HTTP concurrency levels.")] = "1,4,16",
+    max_requests: Annotated[int, typer.Option(help="HTTP requests per level, at most.")] = 1000,
+    max_seconds: Annotated[float, typer.Option(help="Seconds per HTTP level, at most.")] = 30.0,
+    out: Annotated[Path | None, typer.Option(help="Write the numbers as JSON here.")] = None,
+) -> None:
+    """Latency: in-process per-stage p50/p95/p99, and optionally HTTP QPS at several concurrencies.
+
+    Queries are distinct (the query-embedding cache is cleared first, so encode is measured);
+    the thread count is recorded. Medians are what to compare: this machine is shared.
+    """
+    import torch
+
+    from api.schemas import SearchRequest
+    from api.service import SearchService
+    from eval.loadtest import run_load_test, summarize_latencies
+
+    if queries_file is not None:
+        texts = [
+            line.split("\t", 1)[1].strip()
+            for line in queries_file.read_text().splitlines()
+            if "\t" in line
+        ]
+    else:
+        from indexer.judgments import load_homedepot
+
+        texts = [q.text for q in load_homedepot(homedepot_dir / f"{split}.csv").queries]
+    texts = list(dict.fromkeys(texts))
+    settings = Settings().model_copy(
+        update={
+            k: v
+            for k, v in {"index_dir": index_dir, "reranker_dir": reranker}.items()
+            if v is not None
+        }
+        | {"reload_interval_s": 0.0, "query_cache_size": 0}
+    )
+    service = SearchService(settings)
+    service.load()
+    stages: dict[str, list[float]] = {}
+    for i, text in enumerate(texts[: warmup + n]):
+        request = SearchRequest(
+            q=text, size=10, mode=mode, rerank=rerank, rerank_depth=rerank_depth
+        )  # type: ignore[arg-type]
+        response = service.search(request)
+        if i >= warmup:
+            for stage, ms in response.timings_ms.items():
+                stages.setdefault(stage, []).append(ms)
+    report: dict[str, object] = {
+        "snapshot": service.snapshot.version,
+        "products": service.snapshot.table.size,
+        "mode": mode,
+        "rerank": rerank,
+        "queries": len(stages.get("total", [])),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "in_process_ms": {},
+    }
+    table = Table(
+        title=f"in-process latency, {report['queries']} queries, mode {mode}, {report['threads']} threads"
+    )
+    for col in ("stage", "p50 ms", "p95 ms", "p99 ms", "mean ms"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for stage, samples in stages.items():
+        s = summarize_latencies(samples)
+        report["in_process_ms"][stage] = {
+            "p50": s.p50_ms,
+            "p95": s.p95_ms,
+            "p99": s.p99_ms,
+            "mean": s.mean_ms,
+        }  # type: ignore[index]
+        table.add_row(
+            stage, f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.mean_ms:.2f}"
+        )
+    Console().print(table)
+    if http:
+        port = _free_port()
+        env = {**os.environ, "SHOPSEARCH_QUERY_CACHE_SIZE": "0"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "api.cli",
+            "serve",
+            "--index-dir",
+            str(settings.index_dir),
+            "--port",
+            str(port),
+        ]
+        server = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            levels = [int(c) for c in concurrency.split(",")]
+            results = run_load_test(
+                f"http://127.0.0.1:{port}",
+                texts,
+                concurrency_levels=levels,
+                max_requests=max_requests,
+                max_seconds=max_seconds,
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        http_table = Table(title="HTTP load test (loopback, GET /v1/search, size 10)")
+        for col in ("concurrency", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms"):
+            http_table.add_column(col, justify="right")
+        report["http"] = []
+        for r in results:
+            lat = r.latency
+            report["http"].append(  # type: ignore[attr-defined]
+                {
+                    "concurrency": r.concurrency,
+                    "requests": r.n_requests,
+                    "errors": r.n_errors,
+                    "qps": r.qps,
+                    "p50": lat.p50_ms,
+                    "p95": lat.p95_ms,
+                    "p99": lat.p99_ms,
+                }
+            )
+            http_table.add_row(
+                str(r.concurrency),
+                str(r.n_requests),
+                str(r.n_errors),
+                f"{r.qps:.1f}",
+                f"{lat.p50_ms or 0:.2f}",
+                f"{lat.p95_ms or 0:.2f}",
+                f"{lat.p99_ms or 0:.2f}",
+            )
+        Console().print(http_table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {out}")
