@@ -5,11 +5,14 @@ measurement (see README "Results"). Protocol A relevance: grade >= 2.5.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from api.cli import app, mount_plugins
 from api.service import SearchService
 from api.settings import Settings
 from eval.runner import default_configurations, evaluate_configurations
@@ -66,21 +69,14 @@ def test_recall_at_100_floors(subset: tuple[Path, EvalDataset], encoder: Encoder
 
 
 def test_eval_command_writes_report_and_gates(
-    subset: tuple[Path, EvalDataset], tmp_path: Path
+    subset: tuple[Path, EvalDataset], homedepot_dir: Path, tmp_path: Path
 ) -> None:
     """`shopsearch eval` end to end on the subset: table, runs, metrics.json, report, gate."""
-    import json
-
-    from typer.testing import CliRunner
-
-    from api.cli import app, mount_plugins
-    from conftest import DATASETS
-
     index_dir, _ = subset
     mount_plugins(app)
     out = tmp_path / "eval"
     args = [
-        "eval", "--index-dir", str(index_dir), "--homedepot-dir", str(DATASETS / "homedepot"),
+        "eval", "--index-dir", str(index_dir), "--homedepot-dir", str(homedepot_dir),
         "--limit", "40", "--depth", "100", "--configs", "lexical,dense-exact,hybrid-rrf", "--out", str(out),
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
