@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,7 +218,7 @@ def evaluate(
     for r in results:
         m = r.metrics
 
-        def f(key: str, metrics: dict[str, float] = m) -> str:
+        def f(key: str, metrics: Mapping[str, float] = m) -> str:
             return f"{metrics[key]:.4f}" if key in metrics else "—"
 
         p50 = f"{r.latency_p50_ms:.1f}" if r.latency_p50_ms is not None else "—"
@@ -302,13 +302,28 @@ def bench_command(
     max_requests: Annotated[int, typer.Option(help="HTTP requests per level, at most.")] = 1000,
     max_seconds: Annotated[float, typer.Option(help="Seconds per HTTP level, at most.")] = 30.0,
     out: Annotated[Path | None, typer.Option(help="Write the numbers as JSON here.")] = None,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            help="Scale mode: comma-separated catalog sizes (e.g. 10000,100000,1000000) scaled from "
+            "the Home Depot titles; reports build time, index size, memory and latency per size."
+        ),
+    ] = None,
+    scale_dir: Annotated[
+        Path, typer.Option(help="Work dir of scale mode (catalogs, indexes, cache).")
+    ] = Path("var/scale"),
 ) -> None:
     """Latency: in-process per-stage p50/p95/p99, and optionally HTTP QPS at several concurrencies.
 
-    Queries are distinct (the query-embedding cache is cleared first, so encode is measured);
-    the thread count is recorded. Medians are what to compare: this machine is shared.
+    Queries are distinct (the query-embedding cache is off, so encode is measured); the
+    thread count is recorded. Medians are what to compare: this machine is shared. With
+    --scale, measures how build time, memory and latency grow with catalog size instead.
     """
     import torch
+
+    if scale is not None:
+        _bench_scale(scale, scale_dir, homedepot_dir, split, n, out)
+        return
 
     from api.schemas import SearchRequest
     from api.service import SearchService
@@ -353,8 +368,9 @@ def bench_command(
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "in_process_ms": {},
     }
+    in_process: dict[str, dict[str, float | None]] = {}
+    report["in_process_ms"] = in_process
     table = Table(
         title=f"in-process latency, {report['queries']} queries, mode {mode}, {report['threads']} threads"
     )
@@ -362,12 +378,12 @@ def bench_command(
         table.add_column(col, justify="right" if col != "stage" else "left")
     for stage, samples in stages.items():
         s = summarize_latencies(samples)
-        report["in_process_ms"][stage] = {
+        in_process[stage] = {
             "p50": s.p50_ms,
             "p95": s.p95_ms,
             "p99": s.p99_ms,
             "mean": s.mean_ms,
-        }  # type: ignore[index]
+        }
         table.add_row(
             stage, f"{s.p50_ms:.2f}", f"{s.p95_ms:.2f}", f"{s.p99_ms:.2f}", f"{s.mean_ms:.2f}"
         )
@@ -441,3 +457,52 @@ def bench_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {out}")
+
+
+def _bench_scale(
+    sizes_text: str, work_dir: Path, homedepot_dir: Path, split: str, n: int, out: Path | None
+) -> None:
+    import pandas as pd
+
+    from eval.scale_bench import run_scale_bench
+    from indexer.judgments import load_homedepot
+    from retrieval.encoders import Encoder
+
+    sizes = [int(s) for s in sizes_text.split(",") if s.strip()]
+    base = pd.read_csv(homedepot_dir / "products.csv", dtype=str).to_dict("records")
+    queries = list(
+        dict.fromkeys(q.text for q in load_homedepot(homedepot_dir / f"{split}.csv").queries)
+    )[:n]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    encoder = Encoder()
+    from api.cli import _RichProgress
+
+    bars = _RichProgress()
+    with bars.progress:
+        points = run_scale_bench(
+            base, sizes, work_dir, encoder, queries, id_field="product_uid", title_field="product_title",
+            progress=bars,
+        )  # fmt: skip
+    table = Table(title=f"cost by catalog size ({len(queries)} queries, p50 total ms in-process)")
+    for col in (
+        "products",
+        "build s",
+        "encoded",
+        "index",
+        "approx R@100",
+        "disk MiB",
+        "RSS MiB",
+        "hybrid",
+        "dense",
+        "lexical",
+    ):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            f"{p.products:,}", f"{p.build_s}", f"{p.encoded:,}", p.index_factory, f"{p.approx_recall_at_100:.3f}",
+            f"{p.disk_mib}", f"{p.rss_growth_mib}", f"{p.p50_ms['hybrid']}", f"{p.p50_ms['dense']}", f"{p.p50_ms['lexical']}",
+        )  # fmt: skip
+    Console().print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([p.to_dict() for p in points], indent=2))

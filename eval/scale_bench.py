@@ -1,0 +1,133 @@
+"""How cost grows with catalog size: build time, index size and memory, query latency.
+
+For each size, a catalog is scaled from a real one (``eval.scale``: perturbed titles),
+indexed into its own snapshot, loaded, and queried. Item embeddings are cached per model
+under ``work_dir/embedding-cache``, so the sizes share the vectors of the titles they
+have in common and a rerun encodes nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from api.schemas import SearchRequest
+from api.service import SearchService
+from api.settings import Settings
+from eval.loadtest import summarize_latencies
+from eval.scale import scale_catalog, write_catalog
+from indexer.catalog import ColumnMapping, load_catalog
+from indexer.progress import ProgressFactory, no_progress
+from indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
+from retrieval.encoders import Encoder
+
+__all__ = ["ScalePoint", "run_scale_bench"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePoint:
+    """Measurements at one catalog size (times in seconds, sizes in MiB, latency in ms)."""
+
+    products: int
+    build_s: float
+    encode_s: float
+    encoded: int
+    index_factory: str
+    approx_recall_at_100: float
+    disk_mib: float
+    rss_growth_mib: float
+    p50_ms: dict[str, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _dir_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def _rss_mib() -> float:
+    # ru_maxrss is the peak (KiB on Linux); current RSS from /proc is what a load adds.
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_scale_bench(
+    base_rows: Sequence[dict[str, object]],
+    sizes: Sequence[int],
+    work_dir: Path,
+    encoder: Encoder,
+    queries: Sequence[str],
+    *,
+    id_field: str = "id",
+    title_field: str = "title",
+    progress: ProgressFactory = no_progress,
+) -> list[ScalePoint]:
+    """Scale ``base_rows`` to each size, build, load and query it; return the measurements.
+
+    ``queries`` are run once per mode (hybrid, dense, lexical) after 20 warm-up queries.
+    """
+    points = []
+    for size in sizes:
+        catalog = work_dir / f"catalog-{size}.parquet"
+        if not catalog.is_file():
+            rows = scale_catalog(base_rows, size, id_field=id_field, title_field=title_field)
+            write_catalog(rows, catalog)
+        products, report = load_catalog(catalog, ColumnMapping(id=id_field, title=title_field))
+        index_dir = work_dir / f"index-{size}"
+        started = time.perf_counter()
+        manifest = build_snapshot(
+            products,
+            report,
+            index_dir,
+            encoder,
+            BuildOptions(cache_dir=work_dir / "embedding-cache", keep=1),
+            progress=progress,
+        )
+        build_s = time.perf_counter() - started
+        del products
+        before = _rss_mib()
+        service = SearchService(
+            Settings(index_dir=index_dir, reload_interval_s=0, query_cache_size=0), encoder=encoder
+        )
+        service.load()
+        rss_growth = _rss_mib() - before
+        p50: dict[str, float] = {}
+        for mode in ("hybrid", "dense", "lexical"):
+            for q in queries[:20]:
+                service.search(SearchRequest(q=q, mode=mode))  # type: ignore[arg-type]
+            totals = [
+                service.search(SearchRequest(q=q, mode=mode)).timings_ms["total"]  # type: ignore[arg-type]
+                for q in queries
+            ]
+            p50[mode] = round(float(summarize_latencies(totals).p50_ms or np.nan), 2)
+        snapshot_dir = SnapshotStore(index_dir).path(manifest["version"])
+        timings = manifest["build"]["timings_s"]
+        point = ScalePoint(
+            products=size,
+            build_s=round(build_s, 1),
+            encode_s=round(timings["encode_s"], 1),
+            encoded=size - int(manifest["build"]["embedding_cache_hits"]),
+            index_factory=str(
+                manifest["vector_index"].get("factory", manifest["vector_index"]["kind"])
+            ),
+            approx_recall_at_100=float(manifest["approx_vs_exact"]["recall@100"]),
+            disk_mib=round(_dir_mib(snapshot_dir), 1),
+            rss_growth_mib=round(rss_growth, 1),
+            p50_ms=p50,
+        )
+        log.info("scale %d: %s", size, point)
+        points.append(point)
+        del service
+    return points
