@@ -323,7 +323,11 @@ class FaissIndex:
 
         res = faiss.StandardGpuResources()
         self._gpu_resources = res  # must outlive the GPU index
-        return faiss.index_cpu_to_gpu(res, 0, index)
+        options = faiss.GpuClonerOptions()
+        # float16 lookup tables: GPU IVF-PQ needs them for 96 sub-quantizers (shared memory
+        # limit); the refine stage re-scores in float32, so recall does not depend on them.
+        options.useFloat16 = True
+        return faiss.index_cpu_to_gpu(res, 0, index, options)
 
     @property
     def size(self) -> int:
