@@ -2,8 +2,10 @@
 
 Endpoints: ``GET/POST /v1/search``, ``GET /v1/products/{id}``, ``/healthz``, ``/readyz``,
 ``/metrics`` (Prometheus) and token-protected ``/v1/admin/*`` (reload, snapshots,
-promote, rollback). A background thread watches ``CURRENT`` and swaps in a newly
-promoted snapshot without dropping in-flight requests.
+promote, rollback, and incremental updates: ``POST /v1/admin/products`` with a JSON list
+of products to upsert, ``DELETE /v1/admin/products/{id}``). A background thread watches
+``CURRENT`` (and the serving snapshot's update generation) and swaps in a newly promoted
+or updated snapshot without dropping in-flight requests.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types of the
@@ -25,13 +27,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.schemas import MAX_QUERY_CHARS, MAX_SIZE, SearchRequest, SearchResponse
 from api.service import SearchService, ServiceError
 from api.settings import Settings
 from indexer.snapshot import SnapshotError, SnapshotStore
+from indexer.updates import UpdateError, UpdateReport
 from retrieval.filters import InvalidFilterError
+from retrieval.lexical_index import LexicalIndexError
+from retrieval.types import Product
 
 __all__ = ["create_app"]
 
@@ -40,6 +45,41 @@ log = logging.getLogger(__name__)
 # Latency buckets (seconds) from 0.5 ms to 2.5 s: stages range from microseconds (fuse)
 # to hundreds of milliseconds (rerank on CPU).
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ProductIn(BaseModel):
+    """A product to upsert through ``POST /v1/admin/products``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    title: str = Field(min_length=1)
+    description: str = ""
+    brand: str = ""
+    category: str = Field("", description="Category path, e.g. 'Tools > Power Tools'.")
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    in_stock: bool | None = None
+    image_url: str = ""
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    def to_product(self) -> Product:
+        return Product(**self.model_dump())
+
+
+#: Products one ``POST /v1/admin/products`` may carry (bigger batches: `shopsearch update`).
+MAX_UPSERTS = 10_000
+
+
+def _update_response(report: UpdateReport, index_version: str) -> JSONResponse:
+    """200 with the report, or 422 naming every rejected product (the rest was applied)."""
+    body: dict[str, Any] = {"index_version": index_version, **report.to_dict()}
+    if report.rejected:
+        body["detail"] = (
+            f"{len(report.rejected)} product(s) rejected and not applied; the others were: "
+            + ", ".join(f"{pid} ({reason})" for pid, reason in report.rejected[:20])
+        )
+        return JSONResponse(status_code=422, content=body)
+    return JSONResponse(content=body)
 
 
 class _Metrics:
@@ -120,6 +160,8 @@ def create_app(
         stop.set()
         if watcher is not None:
             watcher.join(timeout=5)
+        if service is None:  # the app opened it, so the app closes it
+            state["service"].close()
 
     app = FastAPI(
         title="shopsearch",
@@ -159,6 +201,15 @@ def create_app(
     @app.exception_handler(SnapshotError)
     async def _snapshot_error(request: Request, exc: SnapshotError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(UpdateError)
+    async def _update_error(request: Request, exc: UpdateError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(LexicalIndexError)
+    async def _lexical_error(request: Request, exc: LexicalIndexError) -> JSONResponse:
+        # Only admin calls get here (searches degrade instead): the cluster is unavailable.
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     def run_search(svc: SearchService, req: SearchRequest, endpoint: str) -> SearchResponse:
         response = svc.search(req)
@@ -216,7 +267,12 @@ def create_app(
             )
         snap = svc.snapshot
         return JSONResponse(
-            content={"status": "ready", "index_version": snap.version, "products": snap.table.size}
+            content={
+                "status": "ready",
+                "index_version": snap.version,
+                "generation": snap.generation,
+                "products": snap.live_count,
+            }
         )
 
     @app.get("/metrics")
@@ -241,17 +297,44 @@ def create_app(
             for s in SnapshotStore(settings.index_dir).list_snapshots()
         ]
 
+    @app.post("/v1/admin/products", dependencies=[Depends(admin)])
+    def admin_upsert_products(
+        products: list[ProductIn],
+        svc: Annotated[SearchService, Depends(get_service)],
+    ) -> JSONResponse:
+        """Upsert products into the serving snapshot (both legs), persisted and served at
+        once. A price or stock change is applied without re-encoding. 422 lists the
+        products that were rejected (and not applied); the rest was."""
+        if len(products) > MAX_UPSERTS:
+            raise HTTPException(
+                status_code=413,
+                detail=f"{len(products)} products in one request; send at most {MAX_UPSERTS} "
+                "(or use `shopsearch update` for bulk changes)",
+            )
+        report = svc.apply_updates([p.to_product() for p in products], [])
+        return _update_response(report, svc.snapshot.version)
+
+    @app.delete("/v1/admin/products/{product_id}", dependencies=[Depends(admin)])
+    def admin_delete_product(
+        product_id: str, svc: Annotated[SearchService, Depends(get_service)]
+    ) -> JSONResponse:
+        """Delete a product from the serving snapshot (both legs); 404 when it has none."""
+        report = svc.apply_updates([], [product_id])
+        if report.not_found:
+            raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
+        return _update_response(report, svc.snapshot.version)
+
     @app.post("/v1/admin/promote/{version}", dependencies=[Depends(admin)])
     def admin_promote(
         version: str, svc: Annotated[SearchService, Depends(get_service)]
     ) -> dict[str, Any]:
         svc.load(version)  # load first: a snapshot that does not load is never promoted
-        SnapshotStore(settings.index_dir).promote(version)
+        svc.store.promote(version)  # CURRENT, and the alias of an Elasticsearch snapshot
         return {"index_version": version}
 
     @app.post("/v1/admin/rollback", dependencies=[Depends(admin)])
     def admin_rollback(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
-        version = SnapshotStore(settings.index_dir).rollback()
+        version = svc.store.rollback()
         svc.load(version)
         return {"index_version": version}
 

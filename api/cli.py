@@ -1,6 +1,13 @@
-"""The ``shopsearch`` command line (typer): build, serve, search, snapshots, rollback, demo, bench.
+"""The ``shopsearch`` command line (typer): build, update, serve, search, snapshots, rollback,
+demo, bench.
 
 Configures logging and progress bars; everything else is done by the library.
+
+Elasticsearch: ``build --lexical elasticsearch --es-url URL`` puts the lexical leg of the
+snapshot on the cluster; ``serve``, ``search``, ``update`` and ``rollback`` then take the
+same ``--es-*`` connection options (or ``SHOPSEARCH_ES_*`` variables; prefer those for
+secrets, since a command line is visible to other users of the machine). Secrets are
+never printed or logged.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -57,6 +65,49 @@ ModelOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
 ]
+EsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-url",
+        help="Elasticsearch URL, e.g. http://127.0.0.1:9200. Default: $SHOPSEARCH_ES_URL.",
+    ),
+]
+EsPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-index-prefix",
+        help="Indices are <prefix>-<version>, the alias <prefix>; one prefix per index dir. "
+        "Default: $SHOPSEARCH_ES_INDEX_PREFIX or shopsearch.",
+    ),
+]
+EsApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-api-key",
+        help="API key (prefer $SHOPSEARCH_ES_API_KEY: command lines are visible to others).",
+    ),
+]
+EsUserOption = Annotated[
+    str | None, typer.Option("--es-username", help="Basic-auth user (with --es-password).")
+]
+EsPasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-password",
+        help="Basic-auth password (prefer $SHOPSEARCH_ES_PASSWORD).",
+    ),
+]
+EsCaCertsOption = Annotated[
+    Path | None, typer.Option("--es-ca-certs", help="CA certificate bundle for https.")
+]
+EsTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--es-timeout",
+        help="Seconds a lexical query may take before the answer degrades to the dense leg. "
+        "Default: $SHOPSEARCH_ES_TIMEOUT or 0.5.",
+    ),
+]
 
 
 def sample_catalog_path() -> Path:
@@ -65,7 +116,7 @@ def sample_catalog_path() -> Path:
 
 
 @app.callback()
-def main(
+def configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     logging.basicConfig(
@@ -73,7 +124,15 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("httpx", "sentence_transformers", "transformers", "faiss", "urllib3"):
+    for noisy in (
+        "httpx",
+        "sentence_transformers",
+        "transformers",
+        "faiss",
+        "urllib3",
+        "elastic_transport",  # logs every request at INFO
+        "elasticsearch",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -83,11 +142,37 @@ def _fail(exc: Exception, code: int = 1) -> typer.Exit:
 
 
 def _settings(index_dir: Path | None, **overrides: object) -> Settings:
-    base = Settings()
+    """``SHOPSEARCH_*`` settings with the options given on the command line (not None)
+    on top, validated (a bad combination exits with the reason)."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if index_dir is not None:
         values["index_dir"] = index_dir
-    return base.model_copy(update=values)
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reasons = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+        raise _fail(ValueError(reasons), 2) from exc
+
+
+def _es_overrides(
+    url: str | None,
+    prefix: str | None = None,
+    api_key: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    ca_certs: Path | None = None,
+    timeout: float | None = None,
+) -> dict[str, object]:
+    """The ``--es-*`` options as :class:`Settings` overrides (secrets as SecretStr)."""
+    return {
+        "es_url": url,
+        "es_index_prefix": prefix,
+        "es_api_key": SecretStr(api_key) if api_key is not None else None,
+        "es_username": username,
+        "es_password": SecretStr(password) if password is not None else None,
+        "es_ca_certs": ca_certs,
+        "es_timeout": timeout,
+    }
 
 
 class _RichProgress:
@@ -132,8 +217,15 @@ def run_build(
     )
     encoder = Encoder(settings.model_dir, device=settings.device)
     bars = _RichProgress()
-    with bars.progress:
-        return build_snapshot(products, report, settings.index_dir, encoder, options, progress=bars)
+    es = settings.elasticsearch()
+    try:
+        with bars.progress:
+            return build_snapshot(
+                products, report, settings.index_dir, encoder, options, progress=bars, es=es
+            )
+    finally:
+        if es is not None:
+            es.close()
 
 
 @app.command()
@@ -178,14 +270,38 @@ def build(
     promote: Annotated[
         bool, typer.Option(help="Switch CURRENT to the new snapshot after validation.")
     ] = True,
+    embedding_cache: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse item vectors of unchanged texts from <index-dir>/embedding-cache "
+            "(--no-embedding-cache re-encodes everything)."
+        ),
+    ] = True,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")
     ] = False,
+    lexical: Annotated[
+        str | None,
+        typer.Option(
+            "--lexical",
+            help="Lexical backend: tantivy (embedded) or elasticsearch (needs --es-url). "
+            "Default: $SHOPSEARCH_LEXICAL or tantivy.",
+        ),
+    ] = None,
+    es_url: EsUrlOption = None,
+    es_index_prefix: EsPrefixOption = None,
+    es_api_key: EsApiKeyOption = None,
+    es_username: EsUserOption = None,
+    es_password: EsPasswordOption = None,
+    es_ca_certs: EsCaCertsOption = None,
+    es_timeout: EsTimeoutOption = None,
 ) -> None:
     """Build a new index snapshot from a catalog, validate it, and promote it.
 
     The serving snapshot is only replaced after the new one loads and answers probe
-    queries; a failed or interrupted build leaves it untouched.
+    queries; a failed or interrupted build leaves it untouched. With
+    --lexical elasticsearch the lexical leg is a new index <prefix>-<version> on the
+    cluster, and promotion also moves the alias <prefix> to it.
     """
     mapping = ColumnMapping(
         id=id_field,
@@ -197,7 +313,15 @@ def build(
         in_stock=in_stock_field,
         image_url=image_url_field,
     )
-    settings = _settings(index_dir, model_dir=model, device=device)
+    settings = _settings(
+        index_dir,
+        model_dir=model,
+        device=device,
+        lexical=lexical,
+        **_es_overrides(
+            es_url, es_index_prefix, es_api_key, es_username, es_password, es_ca_certs, es_timeout
+        ),
+    )
     options = BuildOptions(
         nprobe=nprobe,
         refine_factor=refine_factor,
@@ -205,6 +329,9 @@ def build(
         batch_size=batch_size,
         min_recall=min_recall,
         promote=promote,
+        use_cache=embedding_cache,
+        lexical=settings.lexical,
+        es_index_prefix=settings.es_index_prefix,
     )
     try:
         manifest = run_build(
@@ -230,6 +357,10 @@ def _print_build_summary(manifest: dict[str, object], index_dir: Path, *, promot
     table.add_row("skipped rows", str(counts["skipped_rows"]))
     table.add_row("vector index", f"{vindex['factory'] if 'factory' in vindex else vindex['kind']}")  # type: ignore[index,operator]
     table.add_row("approx vs exact", json.dumps(m["approx_vs_exact"]))
+    lexical = m["lexical_index"]
+    assert isinstance(lexical, dict)
+    where = f" index {lexical['index']} (alias {lexical['alias']})" if "index" in lexical else ""
+    table.add_row("lexical index", f"{lexical['backend']}, analyzer {lexical['analyzer']}{where}")
     table.add_row("timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items()))  # type: ignore[union-attr]
     table.add_row("promoted", "yes" if promoted else "no (--no-promote)")
     console.print(table)
@@ -248,8 +379,19 @@ def serve(
     reload_interval: Annotated[
         float, typer.Option(help="Seconds between checks of CURRENT for a new snapshot (0: never).")
     ] = 2.0,
+    es_url: EsUrlOption = None,
+    es_api_key: EsApiKeyOption = None,
+    es_username: EsUserOption = None,
+    es_password: EsPasswordOption = None,
+    es_ca_certs: EsCaCertsOption = None,
+    es_timeout: EsTimeoutOption = None,
 ) -> None:
-    """Serve the search API over HTTP (FastAPI + uvicorn)."""
+    """Serve the search API over HTTP (FastAPI + uvicorn).
+
+    A snapshot built with --lexical elasticsearch needs the cluster's --es-url; when the
+    cluster is down or slower than --es-timeout, answers come from the dense leg with
+    degraded: ["lexical"].
+    """
     import uvicorn
 
     from api.app import create_app
@@ -262,6 +404,9 @@ def serve(
         reload_interval_s=reload_interval,
         host=host,
         port=port,
+        **_es_overrides(
+            es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
+        ),
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
@@ -286,14 +431,25 @@ def search(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the full response as JSON.")
     ] = False,
+    es_url: EsUrlOption = None,
+    es_api_key: EsApiKeyOption = None,
+    es_username: EsUserOption = None,
+    es_password: EsPasswordOption = None,
+    es_ca_certs: EsCaCertsOption = None,
+    es_timeout: EsTimeoutOption = None,
 ) -> None:
     """Search the serving snapshot in-process and print the hits."""
-    from pydantic import ValidationError
-
     from api.schemas import SearchRequest
     from api.service import SearchService
 
-    settings = _settings(index_dir, model_dir=model, reranker_dir=reranker)
+    settings = _settings(
+        index_dir,
+        model_dir=model,
+        reranker_dir=reranker,
+        **_es_overrides(
+            es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
+        ),
+    )
     filters: dict[str, object] = {}
     if brand:
         filters["brand"] = brand
@@ -313,8 +469,11 @@ def search(
             explain=explain,  # type: ignore[arg-type]
         )
         service = SearchService(settings)
-        service.load()
-        response = service.search(request)
+        try:
+            service.load()
+            response = service.search(request)
+        finally:
+            service.close()
     except ValidationError as exc:
         raise _fail(ValueError(exc.errors(include_url=False)), 2) from exc
     except ShopsearchError as exc:
@@ -368,13 +527,150 @@ def snapshots(index_dir: IndexDirOption = None) -> None:
 
 
 @app.command()
-def rollback(index_dir: IndexDirOption = None) -> None:
-    """Serve the previous snapshot again (a running server picks it up by itself)."""
+def rollback(
+    index_dir: IndexDirOption = None,
+    es_url: EsUrlOption = None,
+    es_api_key: EsApiKeyOption = None,
+    es_username: EsUserOption = None,
+    es_password: EsPasswordOption = None,
+    es_ca_certs: EsCaCertsOption = None,
+) -> None:
+    """Serve the previous snapshot again (a running server picks it up by itself).
+
+    For Elasticsearch snapshots the alias moves back too (give the cluster's --es-url).
+    """
+    settings = _settings(
+        index_dir, **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs)
+    )
+    es = settings.elasticsearch()
     try:
-        version = SnapshotStore(index_dir or Settings().index_dir).rollback()
+        version = SnapshotStore(settings.index_dir, es=es).rollback()
     except SnapshotError as exc:
         raise _fail(exc) from exc
+    finally:
+        if es is not None:
+            es.close()
     console.print(f"CURRENT -> {version}")
+
+
+@app.command()
+def update(
+    index_dir: IndexDirOption = None,
+    upserts: Annotated[
+        Path | None,
+        typer.Option(
+            "--upserts",
+            help="Products to add or replace: .csv, .jsonl or .parquet, read like a catalog.",
+        ),
+    ] = None,
+    deletes: Annotated[
+        Path | None,
+        typer.Option("--deletes", help="Product ids to delete, one a line ('#' comments)."),
+    ] = None,
+    id_field: Annotated[str, typer.Option(help="Column with the product id.")] = "id",
+    title_field: Annotated[str, typer.Option(help="Column with the product title.")] = "title",
+    description_field: Annotated[
+        str, typer.Option(help="Column with the description.")
+    ] = "description",
+    brand_field: Annotated[str, typer.Option(help="Column with the brand.")] = "brand",
+    category_field: Annotated[
+        str, typer.Option(help="Column with the category path ('A > B > C').")
+    ] = "category",
+    price_field: Annotated[str, typer.Option(help="Column with the price.")] = "price",
+    in_stock_field: Annotated[str, typer.Option(help="Column with the stock flag.")] = "in_stock",
+    image_url_field: Annotated[str, typer.Option(help="Column with the image URL.")] = "image_url",
+    skip_bad_rows: Annotated[
+        bool,
+        typer.Option(help="Leave out bad rows of --upserts instead of failing."),
+    ] = False,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    es_url: EsUrlOption = None,
+    es_api_key: EsApiKeyOption = None,
+    es_username: EsUserOption = None,
+    es_password: EsPasswordOption = None,
+    es_ca_certs: EsCaCertsOption = None,
+    es_refresh: Annotated[
+        str | None,
+        typer.Option(
+            "--es-refresh",
+            help="Refresh policy: wait_for (searchable on return), true or false. "
+            "Default: $SHOPSEARCH_ES_REFRESH or wait_for.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the update report as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Upsert and delete products in the serving snapshot, on both legs, between builds.
+
+    A product whose item text is unchanged (price, stock, image, attributes) is updated
+    without re-encoding. The change is persisted in the snapshot (a new generation,
+    logged in its manifest) and a running server picks it up at its next reload check.
+    Rejected products are listed by id (exit code 1); the others are applied.
+    """
+    from indexer.catalog import load_catalog
+    from indexer.updates import UpdateError, apply_updates, read_delete_ids
+    from retrieval.encoders import Encoder
+
+    if upserts is None and deletes is None:
+        raise _fail(ValueError("nothing to do: give --upserts FILE and/or --deletes FILE"), 2)
+    settings = _settings(
+        index_dir,
+        model_dir=model,
+        device=device,
+        es_refresh=es_refresh,
+        **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs),
+    )
+    mapping = ColumnMapping(
+        id=id_field,
+        title=title_field,
+        description=description_field,
+        brand=brand_field,
+        category=category_field,
+        price=price_field,
+        in_stock=in_stock_field,
+        image_url=image_url_field,
+    )
+    es = settings.elasticsearch()
+    try:
+        products = load_catalog(upserts, mapping, skip_bad_rows=skip_bad_rows)[0] if upserts else []
+        ids = read_delete_ids(deletes) if deletes else []
+        store = SnapshotStore(settings.index_dir, es=es)
+        version = store.current()
+        if version is None:
+            raise SnapshotError(
+                f"{store.current_file} does not exist; build a snapshot with `shopsearch build`"
+            )
+        encoder = Encoder(settings.model_dir, device=settings.device)
+        result = apply_updates(
+            store.path(version), products, ids, encoder, es=es, batch_size=batch_size
+        )
+    except (CatalogError, UpdateError, ShopsearchError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        if es is not None:
+            es.close()
+    report = result.report
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        console.print(
+            f"snapshot {report.version} generation {report.generation}: "
+            f"{len(report.added)} added, {len(report.reencoded)} re-encoded, "
+            f"{len(report.fields_only)} updated without re-encoding, "
+            f"{len(report.unchanged)} unchanged, "
+            f"{len(report.deleted)} deleted, {len(report.not_found)} ids to delete not found"
+        )
+    if report.rejected:
+        lines = "\n".join(f"  {pid}: {reason}" for pid, reason in report.rejected[:50])
+        more = len(report.rejected) - 50
+        console.print(
+            f"[bold red]rejected {len(report.rejected)} product(s)[/] (not applied):\n{lines}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

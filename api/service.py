@@ -9,6 +9,12 @@ stages that worked (only when both retrieval legs fail is it an error).
 
 Thread safety: a request pins the snapshot it started with, so a new snapshot can be
 swapped in (one attribute assignment) while requests are in flight.
+
+Elasticsearch: a snapshot built with the Elasticsearch lexical leg is searched through
+the service's one cluster connection (``Settings.es_*``), on the snapshot's own index.
+An unreachable cluster, or one slower than ``es_timeout``, makes the lexical leg fail
+fast: the answer comes from the dense leg with ``degraded: ["lexical"]``. A snapshot
+also loads while the cluster is down (its warm-up query is then skipped).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ import numpy.typing as npt
 from api.schemas import Explain, FacetBucket, FilterSpec, Hit, SearchRequest, SearchResponse
 from api.settings import Settings
 from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
+from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
 from retrieval.encoders import Encoder
 from retrieval.filters import Filters, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
 from retrieval.item_text import item_text
+from retrieval.lexical_index import LexicalIndexError
 from retrieval.types import Candidate, Product, ShopsearchError
 from retrieval.vector_index import FaissIndex
 
@@ -127,9 +135,12 @@ class SearchService:
                 settings.reranker_dir, device=settings.device, batch_size=settings.rerank_batch_size
             )
         self.reranker = reranker
-        self.store = SnapshotStore(settings.index_dir)
+        #: The cluster connection for Elasticsearch snapshots (None without ``es_url``).
+        self.es = settings.elasticsearch()
+        self.store = SnapshotStore(settings.index_dir, es=self.es)
         self._snapshot: LoadedSnapshot | None = None
-        self._load_lock = threading.Lock()
+        # Re-entrant: an update reloads first when CURRENT moved on.
+        self._load_lock = threading.RLock()
         size = settings.query_cache_size
         self._encode_query = (
             lru_cache(maxsize=size)(self._encode_uncached) if size > 0 else self._encode_uncached
@@ -163,19 +174,54 @@ class SearchService:
                 raise SnapshotError(
                     f"{self.store.current_file} does not exist; build a snapshot with `shopsearch build`"
                 )
-            snap = load_snapshot(self.store.path(version))
-            self._check_models(snap)
-            if isinstance(snap.vectors, FaissIndex):
-                snap.vectors.set_search_params(
-                    nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
-                )
-            # Warm up on the new snapshot before it takes traffic: the first query through
-            # torch and FAISS pays one-off allocation costs (~250 ms here).
-            snap.vectors.search(self.encoder.encode_query(["warm up"]), 10)
-            snap.lexical.search("warm up", 10)
+            snap = load_snapshot(self.store.path(version), es=self.es)
+            self._prepare(snap)
             self._snapshot = snap  # the swap: in-flight requests keep their pinned snapshot
-            log.info("serving snapshot %s (%d products)", snap.version, snap.table.size)
+            log.info(
+                "serving snapshot %s generation %d (%d products)",
+                snap.version,
+                snap.generation,
+                snap.live_count,
+            )
             return snap.version
+
+    def _prepare(self, snap: LoadedSnapshot) -> None:
+        """Check models, apply search settings and warm up ``snap`` before it serves."""
+        self._check_models(snap)
+        if isinstance(snap.vectors, FaissIndex):
+            snap.vectors.set_search_params(
+                nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
+            )
+        # Warm up on the new snapshot before it takes traffic: the first query through
+        # torch and FAISS pays one-off allocation costs (~250 ms here).
+        snap.vectors.search(self.encoder.encode_query(["warm up"]), 10)
+        try:
+            snap.lexical.search("warm up", 10)
+        except LexicalIndexError as exc:
+            # Serve anyway: every answer degrades to the dense leg until the cluster is back.
+            log.warning("lexical leg of %s unavailable at load: %s", snap.version, exc)
+
+    def apply_updates(self, upserts: Sequence[Product], deletes: Sequence[str]) -> UpdateReport:
+        """Upsert and delete products in the snapshot ``CURRENT`` names, on both legs,
+        persist them (see :mod:`indexer.updates`) and serve the result at once.
+
+        Raises :class:`indexer.updates.UpdateError` for an ambiguous request or a failure
+        that committed nothing (the serving snapshot stays); rejected products are in the
+        report.
+        """
+        with self._load_lock:
+            self.reload_if_changed()
+            snap = self.snapshot
+            result = apply_updates(snap, upserts, deletes, self.encoder, es=self.es)
+            if result.report.generation != snap.generation:
+                self._prepare(result.snapshot)
+                self._snapshot = result.snapshot
+            return result.report
+
+    def close(self) -> None:
+        """Release the cluster connection (the service cannot search Elasticsearch after)."""
+        if self.es is not None:
+            self.es.close()
 
     def use_snapshot(self, snap: LoadedSnapshot) -> None:
         """Serve an already-loaded snapshot (e.g. one whose vector index eval swapped for
@@ -184,12 +230,21 @@ class SearchService:
         self._snapshot = snap
 
     def reload_if_changed(self) -> bool:
-        """Load the snapshot ``CURRENT`` names if it is not the serving one."""
-        current = self.store.current()
-        if current is None or (self._snapshot is not None and self._snapshot.version == current):
-            return False
-        self.load(current)
-        return True
+        """Load the snapshot ``CURRENT`` names if it is not the serving one, or if an
+        update committed a newer generation of it (``shopsearch update``)."""
+        with self._load_lock:
+            current = self.store.current()
+            if current is None:
+                return False
+            snap = self._snapshot
+            if snap is not None and snap.version == current:
+                try:
+                    if self.store.generation(current) <= snap.generation:
+                        return False
+                except SnapshotError:
+                    return False  # being pruned or rewritten; the next check will tell
+            self.load(current)
+            return True
 
     def _check_models(self, snap: LoadedSnapshot) -> None:
         built = snap.item_model
@@ -264,6 +319,10 @@ class SearchService:
                     row_of = table.row_of
                     result.lexical = [(row_of[h.id], h.score) for h in hits if h.id in row_of]
                     lexical_full = len(hits) >= depth
+                except LexicalIndexError as exc:  # e.g. the cluster is down: no traceback
+                    log.warning("lexical search failed; serving without it: %s", exc)
+                    result.degraded.append("lexical")
+                    use_lexical = False
                 except Exception:
                     log.exception("lexical search failed; serving without it")
                     result.degraded.append("lexical")

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+if TYPE_CHECKING:
+    from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
+
+__all__ = ["LEXICAL_BACKENDS", "Settings"]
+
+#: Lexical backend a snapshot is built with (``--lexical`` / ``SHOPSEARCH_LEXICAL``).
+LexicalBackend = Literal["tantivy", "elasticsearch"]
+LEXICAL_BACKENDS: tuple[str, ...] = get_args(LexicalBackend)
 
 
 class Settings(BaseSettings):
@@ -17,7 +24,10 @@ class Settings(BaseSettings):
     Each field reads ``SHOPSEARCH_<NAME>`` (e.g. ``SHOPSEARCH_INDEX_DIR``).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SHOPSEARCH_", extra="ignore")
+    # hide_input_in_errors: a validation error never echoes a secret it was given.
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPSEARCH_", extra="ignore", hide_input_in_errors=True
+    )
 
     index_dir: Path = Field(
         Path("var/index"), description="Directory holding CURRENT and snapshots/."
@@ -57,3 +67,74 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+
+    # -- Elasticsearch (the lexical leg of snapshots built with --lexical elasticsearch) --
+    # Which backend a snapshot uses is recorded in its manifest; these settings say how
+    # to reach the cluster. Secrets are SecretStr: never logged, printed or written to a
+    # manifest.
+    lexical: LexicalBackend = Field(
+        "tantivy", description="Lexical backend of new builds (serving follows the manifest)."
+    )
+    es_url: str | None = Field(
+        None,
+        description="Elasticsearch URL, e.g. http://127.0.0.1:9200 (put credentials in "
+        "es_api_key or es_username/es_password, not in the URL).",
+    )
+    es_index_prefix: str = Field(
+        "shopsearch",
+        description="Index names <prefix>-<version>; the alias <prefix> names the serving one. "
+        "Use one prefix per index directory.",
+    )
+    es_api_key: SecretStr | None = Field(None, description="API key (base64 'id:key' form).")
+    es_username: str | None = Field(None, description="Basic-auth user name.")
+    es_password: SecretStr | None = Field(None, description="Basic-auth password.")
+    es_ca_certs: Path | None = Field(None, description="CA certificate bundle for https.")
+    es_timeout: float = Field(
+        0.5, gt=0, description="Seconds a lexical query may take before it degrades to dense."
+    )
+    es_admin_timeout: float = Field(
+        120.0, gt=0, description="Seconds for builds, alias moves and other admin calls."
+    )
+    es_refresh: Literal["wait_for", "true", "false"] = Field(
+        "wait_for",
+        description="Refresh policy of incremental updates: wait_for (visible on return), "
+        "true (force a refresh), false (visible within the refresh interval).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> Settings:
+        if (self.es_username is None) != (self.es_password is None):
+            raise ValueError(
+                "Elasticsearch basic auth needs both es_username and es_password "
+                "(--es-username/--es-password or SHOPSEARCH_ES_USERNAME/_PASSWORD); one is unset"
+            )
+        if self.es_api_key is not None and self.es_username is not None:
+            raise ValueError(
+                "give either an Elasticsearch API key (es_api_key) or basic auth "
+                "(es_username/es_password), not both"
+            )
+        return self
+
+    def es_refresh_policy(self) -> RefreshPolicy:
+        """``es_refresh`` as the client's refresh argument."""
+        return {"wait_for": "wait_for", "true": True, "false": False}[self.es_refresh]  # type: ignore[return-value]
+
+    def elasticsearch(self) -> ElasticsearchConnection | None:
+        """A new connection on ``es_url`` with the configured credentials, or None when
+        ``es_url`` is unset. The caller closes it. Makes no request."""
+        if not self.es_url:
+            return None
+        from retrieval.elasticsearch_index import ElasticsearchConnection
+
+        basic_auth = None
+        if self.es_username is not None and self.es_password is not None:
+            basic_auth = (self.es_username, self.es_password.get_secret_value())
+        return ElasticsearchConnection(
+            self.es_url,
+            api_key=self.es_api_key.get_secret_value() if self.es_api_key else None,
+            basic_auth=basic_auth,
+            ca_certs=self.es_ca_certs,
+            timeout=self.es_timeout,
+            admin_timeout=self.es_admin_timeout,
+            refresh=self.es_refresh_policy(),
+        )

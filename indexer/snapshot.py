@@ -12,6 +12,30 @@ A build writes everything into ``.building-<version>``, loads it back and answer
 probe queries, and only then renames it into place and switches ``CURRENT`` with an
 atomic ``os.replace``. A build that fails or is killed leaves ``CURRENT`` and every
 promoted snapshot untouched; its half-written directory is removed by the next build.
+
+**Elasticsearch lexical leg** (``BuildOptions(lexical="elasticsearch")``): instead of
+``lexical/`` the build writes the index ``<prefix>-<version>`` (version lower-cased) on
+the cluster, and the manifest records its name, the alias ``<prefix>`` and the analyzer
+chosen. Promotion switches ``CURRENT`` *and* moves the alias in one ``_aliases`` request
+(remove + add, so external readers of the alias never see a missing or half-built
+index); rollback moves both back; pruning a snapshot deletes its index (never the
+aliased one nor the current one's). A failed or interrupted build drops its half-built
+index; one killed outright leaves an orphan that the next Elasticsearch build deletes
+(every ``<prefix>-<timestamp>-*`` index that no kept snapshot names and no alias points
+at): use one prefix per index directory.
+
+The *serving path searches the snapshot's own index by name, never the alias*: a
+snapshot's product table, vectors and lexical index must answer for the same products,
+so a server (or a replica) still on the previous snapshot keeps answering from the
+previous index until it swaps, and one that swapped answers from the new one; neither
+sees the other's rows. The alias exists for external readers (dashboards, other
+services). Keep ``keep >= 2`` so a lagging replica's index is not deleted under it.
+
+**Incremental updates** (:mod:`indexer.updates`) write a new *generation* of a
+snapshot's files (``products.g<N>.parquet``, ``vectors.g<N>/``, ``tombstones.g<N>.npy``,
+``lexical.g<N>/``) and commit it by replacing ``manifest.json`` (which names the files
+of its generation) atomically; dead rows stay in the product store and are listed in
+the tombstones file, so rows keep matching vector ids.
 """
 
 from __future__ import annotations
@@ -21,26 +45,29 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from indexer.catalog import CatalogReport
 from indexer.embedding_cache import EmbeddingCache
 from indexer.product_store import read_products, write_products
 from indexer.progress import ProgressFactory, no_progress
+from retrieval.elasticsearch_index import ElasticsearchConnection, ElasticsearchIndex
 from retrieval.encoders import Encoder
 from retrieval.filters import ProductTable
 from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndex, TantivyIndex
+from retrieval.lexical_index import LexicalIndex, LexicalIndexError, TantivyIndex
 from retrieval.types import Product, ShopsearchError
 from retrieval.vector_index import (
     ExactIndex,
@@ -52,20 +79,34 @@ from retrieval.vector_index import (
 )
 
 __all__ = [
+    "LEXICAL_BACKENDS",
     "BuildOptions",
     "LoadedSnapshot",
     "SnapshotError",
     "SnapshotInfo",
     "SnapshotStore",
     "build_snapshot",
+    "es_index_name",
     "load_snapshot",
+    "make_table",
     "probe_queries",
+    "snapshot_files",
+    "write_manifest",
 ]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+#: Lexical backends a snapshot can be built with.
+LEXICAL_BACKENDS = ("tantivy", "elasticsearch")
+#: Files of generation 0 (a fresh build); updates write ``<name>.g<N>`` siblings.
+BASE_FILES: dict[str, str | None] = {
+    "products": "products.parquet",
+    "vectors": "vectors",
+    "lexical": "lexical",
+    "tombstones": None,
+}
 
 
 class SnapshotError(ShopsearchError):
@@ -89,6 +130,10 @@ class BuildOptions:
     #: Reuse vectors of unchanged item texts (None: ``<index-dir>/embedding-cache``).
     cache_dir: Path | None = None
     use_cache: bool = True
+    #: ``"tantivy"`` (embedded, in the snapshot) or ``"elasticsearch"`` (needs ``es=``).
+    lexical: str = "tantivy"
+    #: Elasticsearch index names are ``<prefix>-<version>``; the alias is ``<prefix>``.
+    es_index_prefix: str = "shopsearch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +149,12 @@ class SnapshotInfo:
 
 @dataclass(slots=True)
 class LoadedSnapshot:
-    """A snapshot opened for serving: products, both indexes and the manifest."""
+    """A snapshot opened for serving: products, both indexes and the manifest.
+
+    ``table`` holds every row of the product store, dead ones included (so rows match
+    vector ids); ``tombstones`` lists the dead rows, and ``table.row_of`` maps each live
+    product id to its one live row (dead ids are absent), so a dead row is never served.
+    """
 
     version: str
     path: Path
@@ -113,19 +163,64 @@ class LoadedSnapshot:
     vectors: VectorIndex
     lexical: LexicalIndex
     extra: dict[str, Any] = field(default_factory=dict)
+    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def item_model(self) -> dict[str, str]:
         """``{"id", "sha256", "path"}`` of the item tower that encoded this snapshot."""
         return dict(self.manifest["models"]["item_tower"])
 
+    @property
+    def generation(self) -> int:
+        """0 for a fresh build; incremented by every committed update."""
+        return int(self.manifest.get("generation", 0))
+
+    @property
+    def live_count(self) -> int:
+        """Products that can be returned (rows minus tombstones)."""
+        return len(self.table.row_of)
+
+    @property
+    def lexical_backend(self) -> str:
+        return str(self.manifest.get("lexical_index", {}).get("backend", "tantivy"))
+
+
+def es_index_name(prefix: str, version: str) -> str:
+    """The Elasticsearch index of snapshot ``version``: ``<prefix>-<version lower-cased>``."""
+    return f"{prefix}-{version.lower()}"
+
+
+def _es_target(manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """``(alias, index)`` of an Elasticsearch snapshot's manifest, None for tantivy."""
+    meta = manifest.get("lexical_index", {})
+    if meta.get("backend") != "elasticsearch":
+        return None
+    return str(meta["alias"]), str(meta["index"])
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Replace ``path/manifest.json`` atomically (temp file, fsync, rename)."""
+    tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
+    with tmp.open("w") as fh:
+        fh.write(json.dumps(manifest, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / MANIFEST)
+
 
 class SnapshotStore:
-    """The snapshots under one index directory and its ``CURRENT`` pointer."""
+    """The snapshots under one index directory and its ``CURRENT`` pointer.
 
-    def __init__(self, index_dir: Path) -> None:
+    ``es`` is needed to promote, roll back to or prune snapshots whose lexical leg lives
+    in Elasticsearch (their alias moves and their indices are deleted with them); without
+    it those operations raise :class:`SnapshotError` saying so (pruning only warns and
+    leaves the index for the next Elasticsearch build to delete).
+    """
+
+    def __init__(self, index_dir: Path, *, es: ElasticsearchConnection | None = None) -> None:
         self.root = Path(index_dir)
         self.snapshots_dir = self.root / "snapshots"
+        self.es = es
 
     @property
     def current_file(self) -> Path:
@@ -147,6 +242,27 @@ class SnapshotStore:
                 "`shopsearch snapshots` lists what exists"
             )
         return path
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        """The manifest of snapshot ``version`` (raises :class:`SnapshotError`)."""
+        path = self.path(version) / MANIFEST
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{path} cannot be read: {exc}") from exc
+        return data
+
+    def generation(self, version: str) -> int:
+        """The committed update generation of ``version`` (0 until an update)."""
+        return int(self.manifest(version).get("generation", 0))
+
+    def _require_es(self, version: str, doing: str) -> ElasticsearchConnection:
+        if self.es is None:
+            raise SnapshotError(
+                f"snapshot {version} keeps its lexical leg in Elasticsearch; {doing} it needs "
+                "the cluster: give --es-url (or set SHOPSEARCH_ES_URL)"
+            )
+        return self.es
 
     def versions(self) -> list[str]:
         """Promotable snapshots, oldest first (versions sort by creation time)."""
@@ -175,14 +291,40 @@ class SnapshotStore:
         return out
 
     def promote(self, version: str) -> None:
-        """Point ``CURRENT`` at ``version`` atomically (write a temp file, fsync, rename)."""
-        self.path(version)  # raises if it does not exist
-        tmp = self.root / f".CURRENT.{os.getpid()}.tmp"
-        with tmp.open("w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.current_file)
+        """Point ``CURRENT`` at ``version`` atomically (write a temp file, fsync, rename).
+
+        For an Elasticsearch snapshot the alias moves to its index first, in one
+        ``_aliases`` request; if that fails nothing changed (:class:`SnapshotError`), and
+        if ``CURRENT`` then cannot be written the alias is moved back.
+        A tantivy snapshot leaves any alias where it is.
+        """
+        manifest = self.manifest(version)  # raises if it does not exist
+        target = _es_target(manifest)
+        previous: str | None = None
+        admin: ElasticsearchIndex | None = None
+        if target is not None:
+            alias, index = target
+            admin = self._require_es(version, "promoting").index(alias)
+            try:
+                previous = admin.current_index(alias)
+                admin.promote(alias, index)
+            except LexicalIndexError as exc:
+                raise SnapshotError(
+                    f"cannot promote {version}: moving alias {alias!r} to {index!r} failed "
+                    f"({exc}); CURRENT still names {self.current()}"
+                ) from exc
+        try:
+            tmp = self.root / f".CURRENT.{os.getpid()}.tmp"
+            with tmp.open("w") as fh:
+                fh.write(version + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.current_file)
+        except BaseException:
+            if admin is not None and target is not None and previous not in (None, target[1]):
+                with suppress(LexicalIndexError):
+                    admin.promote(target[0], str(previous))
+            raise
         log.info("promoted snapshot %s", version)
 
     def rollback(self) -> str:
@@ -202,15 +344,75 @@ class SnapshotStore:
         return previous
 
     def prune(self, keep: int) -> list[str]:
-        """Delete promoted snapshots beyond the newest ``keep`` (never the current one)."""
+        """Delete promoted snapshots beyond the newest ``keep`` (never the current one),
+        with their Elasticsearch indices (never one an alias points at).
+
+        An index that cannot be deleted (cluster unreachable, no ``es``) is logged and
+        left: the next Elasticsearch build deletes such orphans.
+        """
         if keep < 1:
             raise SnapshotError(f"keep must be >= 1, got {keep}")
         current = self.current()
         versions = self.versions()
         doomed = [v for v in versions[:-keep] if v != current]
         for version in doomed:
+            try:
+                target = _es_target(self.manifest(version))
+            except SnapshotError:  # unreadable: nothing to learn about an index
+                target = None
+            if target is not None:
+                self._drop_es_index(version, target[1])
             shutil.rmtree(self.snapshots_dir / version, ignore_errors=True)
             log.info("pruned snapshot %s", version)
+        return doomed
+
+    def _drop_es_index(self, version: str, index: str) -> None:
+        if self.es is None:
+            log.warning(
+                "pruned snapshot %s without a cluster connection: its Elasticsearch index %s "
+                "stays until the next Elasticsearch build deletes orphans",
+                version,
+                index,
+            )
+            return
+        try:
+            self.es.index(index).drop_index(index)
+        except LexicalIndexError as exc:
+            log.warning(
+                "could not delete Elasticsearch index %s of pruned snapshot %s (%s); the next "
+                "Elasticsearch build deletes it",
+                index,
+                version,
+                exc,
+            )
+
+    def es_indices(self) -> set[str]:
+        """Elasticsearch indices named by the snapshots kept on disk."""
+        names = set()
+        for version in self.versions():
+            target = _es_target(self.manifest(version))  # unreadable: raise, delete nothing
+            if target is not None:
+                names.add(target[1])
+        return names
+
+    def remove_orphan_indices(self, prefix: str) -> list[str]:
+        """Delete ``<prefix>-<timestamp>-*`` indices that no kept snapshot names and no
+        alias points at (left by builds that were killed, or prunes that could not reach
+        the cluster). Returns the deleted names. Needs ``es``."""
+        if self.es is None:
+            raise SnapshotError("removing orphan Elasticsearch indices needs the cluster (es=)")
+        admin = self.es.index(prefix)
+        pattern = re.compile(rf"^{re.escape(prefix)}-\d{{8}}t\d{{6}}z-")
+        kept = self.es_indices()
+        aliased = admin.aliased_indices(prefix)
+        doomed = [
+            name
+            for name in admin.versions(prefix)
+            if pattern.match(name) and name not in kept and name not in aliased
+        ]
+        for name in doomed:
+            admin.drop_index(name)
+            log.info("deleted orphan Elasticsearch index %s (no kept snapshot names it)", name)
         return doomed
 
     def clean_partial(self) -> None:
@@ -289,8 +491,70 @@ def _make_vector_index(
     return FaissIndex(vectors, params, use_gpu=options.use_gpu, seed=options.seed), params
 
 
-def load_snapshot(path: Path, *, use_gpu: bool | None = None) -> LoadedSnapshot:
-    """Open the snapshot in ``path`` for serving (raises :class:`SnapshotError`)."""
+def snapshot_files(manifest: dict[str, Any]) -> dict[str, str | None]:
+    """The files of the manifest's generation (``products``, ``vectors``, ``lexical`` --
+    None for Elasticsearch --, ``tombstones`` -- None before the first delete)."""
+    files = dict(BASE_FILES)
+    files.update(manifest.get("files", {}))
+    if manifest.get("lexical_index", {}).get("backend") == "elasticsearch":
+        files["lexical"] = None
+    return files
+
+
+def make_table(products: Sequence[Product], tombstones: npt.NDArray[np.int64]) -> ProductTable:
+    """The :class:`ProductTable` of a snapshot whose ``tombstones`` rows are dead: every
+    row stays (rows are vector ids) but ``row_of`` maps only live ids, each to its live
+    row. Raises :class:`SnapshotError` when an id has two live rows."""
+    table = ProductTable(products)
+    row_of = table.row_of
+    dead = set(tombstones.tolist())
+    for row in dead:
+        pid = table.products[row].id
+        if row_of.get(pid) == row:
+            del row_of[pid]
+    live = len(table.products) - len(dead)
+    if len(row_of) != live:
+        raise SnapshotError(
+            f"{len(table.products)} rows, {len(dead)} dead, but {len(row_of)} live ids: some "
+            "product id has two live rows; the snapshot is damaged, rebuild it"
+        )
+    return table
+
+
+def _open_lexical(
+    path: Path,
+    manifest: dict[str, Any],
+    files: dict[str, str | None],
+    es: ElasticsearchConnection | None,
+) -> LexicalIndex:
+    target = _es_target(manifest)
+    if target is None:
+        return TantivyIndex.load(path / str(files["lexical"]))
+    index = target[1]
+    if es is None:
+        cluster = manifest["lexical_index"].get("cluster", "its cluster")
+        raise SnapshotError(
+            f"{path}: snapshot {manifest['version']} keeps its lexical leg in Elasticsearch "
+            f"index {index!r} (built on {cluster}); give the connection with --es-url "
+            "(or SHOPSEARCH_ES_URL, and credentials if the cluster needs them)"
+        )
+    return es.index(index)
+
+
+def load_snapshot(
+    path: Path,
+    *,
+    use_gpu: bool | None = None,
+    es: ElasticsearchConnection | None = None,
+) -> LoadedSnapshot:
+    """Open the snapshot in ``path`` for serving (raises :class:`SnapshotError`).
+
+    ``es`` is the cluster connection for snapshots built with the Elasticsearch lexical
+    leg (the manifest says which); their index is searched by its own name, not through
+    the alias. Opening makes no request to the cluster, so a snapshot loads (and serves
+    degraded answers) while the cluster is down; its document count is therefore not
+    checked here (the build validates it; updates and refresh lag move it).
+    """
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
@@ -300,25 +564,38 @@ def load_snapshot(path: Path, *, use_gpu: bool | None = None) -> LoadedSnapshot:
         raise SnapshotError(
             f"{path}: snapshot format {manifest.get('format_version')} is not {FORMAT_VERSION}; rebuild it"
         )
+    files = snapshot_files(manifest)
     try:
-        products = read_products(path / "products.parquet")
-        vectors = load_vector_index(path / "vectors", use_gpu=use_gpu)
-        lexical = TantivyIndex.load(path / "lexical")
+        products = read_products(path / str(files["products"]))
+        vectors = load_vector_index(path / str(files["vectors"]), use_gpu=use_gpu)
+        tombstones = (
+            np.load(path / files["tombstones"]).astype(np.int64)
+            if files["tombstones"]
+            else np.zeros(0, np.int64)
+        )
+        lexical = _open_lexical(path, manifest, files, es)
     except (OSError, ValueError, ShopsearchError) as exc:
+        if isinstance(exc, SnapshotError):
+            raise
         raise SnapshotError(f"{path}: cannot load snapshot: {exc}") from exc
     counts = manifest["counts"]
-    if not (len(products) == vectors.size == lexical.count() == counts["products"]):
+    rows = int(counts.get("rows", counts["products"]))
+    live = len(products) - len(tombstones)
+    lexical_count = lexical.count() if files["lexical"] is not None else live
+    if not (len(products) == rows and live == vectors.size == lexical_count == counts["products"]):
         raise SnapshotError(
-            f"{path}: counts disagree (products {len(products)}, vectors {vectors.size}, "
-            f"lexical {lexical.count()}, manifest {counts['products']}); rebuild it"
+            f"{path}: counts disagree (product rows {len(products)} of which "
+            f"{len(tombstones)} dead, vectors {vectors.size}, lexical {lexical_count}, manifest "
+            f"{counts['products']} live of {rows}); rebuild it"
         )
     return LoadedSnapshot(
         version=manifest["version"],
         path=path,
         manifest=manifest,
-        table=ProductTable(products),
+        table=make_table(products, tombstones),
         vectors=vectors,
         lexical=lexical,
+        tombstones=tombstones,
     )
 
 
@@ -339,6 +616,12 @@ def _validate(
         raise SnapshotError(
             f"validation failed: lexical leg answered {lexical_answered:.0%} of probe queries (< 90%)"
         )
+    lexical_count = snapshot.lexical.count()
+    if lexical_count != snapshot.live_count:
+        raise SnapshotError(
+            f"validation failed: the lexical index holds {lexical_count} documents, the "
+            f"snapshot {snapshot.live_count} products"
+        )
     return {
         "probe_queries": len(probes),
         "dense_answered": dense_answered,
@@ -354,35 +637,73 @@ def build_snapshot(
     options: BuildOptions | None = None,
     *,
     progress: ProgressFactory = no_progress,
+    es: ElasticsearchConnection | None = None,
 ) -> dict[str, Any]:
     """Build, validate and (unless ``options.promote`` is False) promote a new snapshot.
 
-    Returns the manifest. Raises :class:`SnapshotError` when validation fails; in that
-    case, and when the process dies midway, the serving snapshot is untouched.
+    With ``options.lexical == "elasticsearch"`` the lexical leg is the new index
+    ``<options.es_index_prefix>-<version>`` on ``es`` (required), and promotion also moves
+    the alias ``<prefix>`` (see the module docstring).
+
+    Returns the manifest. Raises :class:`SnapshotError` when validation or promotion
+    fails, :class:`~retrieval.lexical_index.LexicalIndexError` (its subclass
+    ``RejectedDocumentsError`` names rejected products) when the cluster fails; in those
+    cases, and when the process dies midway, ``CURRENT``, the alias and the serving
+    snapshot are untouched and the half-built directory and index are removed.
     """
     options = options or BuildOptions()
-    store = SnapshotStore(index_dir)
+    if options.lexical not in LEXICAL_BACKENDS:
+        raise SnapshotError(
+            f"lexical backend {options.lexical!r} is not one of {', '.join(LEXICAL_BACKENDS)}"
+        )
+    use_es = options.lexical == "elasticsearch"
+    if use_es and es is None:
+        raise SnapshotError(
+            "--lexical elasticsearch needs the cluster: give --es-url (or SHOPSEARCH_ES_URL)"
+        )
+    store = SnapshotStore(index_dir, es=es)
     timings: dict[str, float] = {}
     with store.build_lock():
         store.clean_partial()
+        if use_es:
+            store.remove_orphan_indices(options.es_index_prefix)
         version = store.new_version(report.sha256)
         work = store.snapshots_dir / f".building-{version}"
+        final = store.snapshots_dir / version
         work.mkdir(parents=True)
         log.info("building snapshot %s from %d products in %s", version, len(products), work)
         try:
             manifest = _build_into(
-                work, version, products, report, encoder, options, progress, timings
+                work, version, products, report, encoder, options, progress, timings, es
             )
-            final = store.snapshots_dir / version
             os.replace(work, final)
+            if options.promote:
+                store.promote(version)
         except BaseException:
-            # Includes KeyboardInterrupt: never leave a half-built directory that looks real.
+            # Includes KeyboardInterrupt: never leave a half-built directory (or index)
+            # that looks real. A snapshot that failed to promote is removed too.
             shutil.rmtree(work, ignore_errors=True)
+            if store.current() != version:
+                shutil.rmtree(final, ignore_errors=True)
+                if use_es and es is not None:
+                    _drop_quietly(es, es_index_name(options.es_index_prefix, version))
             raise
         if options.promote:
-            store.promote(version)
             store.prune(options.keep)
     return manifest
+
+
+def _drop_quietly(es: ElasticsearchConnection, index: str) -> None:
+    """Delete a failed build's index; if the cluster cannot, the next build's orphan
+    sweep will (the build's own error is the one worth raising)."""
+    try:
+        es.index(index).drop_index(index)
+    except LexicalIndexError as exc:
+        log.warning(
+            "could not delete the failed build's index %s (%s); the next build deletes it",
+            index,
+            exc,
+        )
 
 
 def _build_into(
@@ -394,6 +715,7 @@ def _build_into(
     options: BuildOptions,
     progress: ProgressFactory,
     timings: dict[str, float],
+    es: ElasticsearchConnection | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
 
@@ -441,9 +763,19 @@ def _build_into(
         )
 
     t = time.perf_counter()
-    lexical = TantivyIndex(work / "lexical")
-    with progress("building lexical index", len(products)) as advance:
-        lexical.build(products, progress=advance)
+    files = dict(BASE_FILES)
+    if options.lexical == "elasticsearch" and es is not None:
+        prefix = options.es_index_prefix
+        remote = es.index(prefix).create_versioned_index(prefix, version.lower())
+        with progress(f"indexing into {remote.index}", len(products)) as advance:
+            remote.build(products, progress=advance)
+        lexical_meta = {**remote.describe(), "alias": prefix, "cluster": es.where}
+        files["lexical"] = None
+    else:
+        embedded = TantivyIndex(work / "lexical")
+        with progress("building lexical index", len(products)) as advance:
+            embedded.build(products, progress=advance)
+        lexical_meta = embedded.describe()
     timings["lexical_index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -459,7 +791,9 @@ def _build_into(
         "counts": {"products": len(products), "skipped_rows": len(report.skipped)},
         "models": {"item_tower": encoder.info.to_dict(), "query_tower": encoder.info.to_dict()},
         "vector_index": {**index.describe(), "exact_below": params.nlist == 0},
-        "lexical_index": lexical.describe(),
+        "lexical_index": lexical_meta,
+        "files": files,
+        "generation": 0,
         "approx_vs_exact": {
             f"recall@{k}": round(recall, 4),
             "probe_queries": len(probes),
@@ -476,7 +810,7 @@ def _build_into(
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     t = time.perf_counter()
-    loaded = load_snapshot(work, use_gpu=options.use_gpu)
+    loaded = load_snapshot(work, use_gpu=options.use_gpu, es=es)
     manifest["validation"] = _validate(loaded, probes, probe_vectors)
     timings["validate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started

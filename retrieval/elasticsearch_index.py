@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANALYZER_CHOICES",
+    "ElasticsearchConnection",
     "ElasticsearchIndex",
     "FacetCounts",
     "RefreshPolicy",
@@ -846,6 +847,112 @@ class ElasticsearchIndex:
             allow_no_indices=True,
         )
         return {name for name, body in resp.body.items() if body.get("aliases")}
+
+    def aliased_indices(self, prefix: str) -> set[str]:
+        """The ``<prefix>-*`` indices some alias points at (they are never dropped)."""
+        _check_index_name(prefix, "prefix")
+        return self._aliased(f"{prefix}-*")
+
+    def drop_index(self, name: str) -> bool:
+        """Delete the concrete index ``name``; returns False when it does not exist.
+
+        Refuses (:class:`LexicalIndexError`) an index that an alias points at, and a name
+        that is an alias: move the alias first (:meth:`promote`).
+        """
+        from elasticsearch import NotFoundError
+
+        _check_index_name(name, "index")
+        admin = self._admin()
+        if self._call("checking aliases", admin.indices.exists_alias, name=name):
+            raise LexicalIndexError(f"cannot drop {name!r}: it is an alias, not an index")
+        holders = self._call(
+            f"reading aliases of {name!r}",
+            admin.indices.get_alias,
+            index=name,
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        aliases = sorted(a for body in holders.body.values() for a in body.get("aliases", {}))
+        if aliases:
+            raise LexicalIndexError(
+                f"cannot drop {name!r}: alias(es) {aliases} point at it; promote another "
+                "index to them first"
+            )
+        try:
+            admin.indices.delete(index=name)
+        except NotFoundError:
+            return False
+        except Exception as exc:
+            raise self._error(f"deleting index {name!r}", exc) from exc
+        log.info("deleted Elasticsearch index %s", name)
+        return True
+
+
+class ElasticsearchConnection:
+    """One client on a cluster, shared by the index handles of every snapshot.
+
+    The server keeps one connection for its lifetime: each loaded snapshot gets a handle
+    (:meth:`index`) on its own index, so swapping snapshots never opens or closes a
+    client under in-flight requests. Credentials (``api_key``, ``basic_auth``) go to the
+    client only; they are never logged, put in errors, or shown by ``repr``. Connecting
+    is lazy: the constructor makes no request.
+
+    ``timeout`` bounds every query (a slower or unreachable cluster raises
+    :class:`LexicalIndexError`), ``admin_timeout`` every build and admin call, and
+    ``refresh`` is the refresh policy of upserts and deletes.
+
+    Example (needs a running node)::
+
+        with ElasticsearchConnection("http://127.0.0.1:9201", timeout=1.0) as es:
+            es.index("shopsearch").search("cordless drill", 10)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        ca_certs: str | Path | None = None,
+        timeout: float = 0.5,
+        admin_timeout: float = 60.0,
+        refresh: RefreshPolicy = "wait_for",
+    ) -> None:
+        # A placeholder name: the root handle is only used to derive per-index handles.
+        self._root = ElasticsearchIndex(
+            "shopsearch",
+            url=url,
+            api_key=api_key,
+            basic_auth=basic_auth,
+            ca_certs=ca_certs,
+            timeout=timeout,
+            admin_timeout=admin_timeout,
+            refresh=refresh,
+        )
+        self.timeout = float(timeout)
+        self.refresh: RefreshPolicy = refresh
+
+    @property
+    def where(self) -> str:
+        """The cluster's URL without credentials (safe for logs and manifests)."""
+        return self._root._where
+
+    def __repr__(self) -> str:
+        return f"ElasticsearchConnection(at={self.where!r})"
+
+    def index(self, name: str) -> ElasticsearchIndex:
+        """A handle on index (or alias) ``name`` over this connection's client."""
+        return self._root._handle(name)
+
+    def close(self) -> None:
+        """Close the client (handles made by :meth:`index` stop working)."""
+        self._root.close()
+
+    def __enter__(self) -> ElasticsearchConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _client_hosts(client: Elasticsearch) -> str:
