@@ -38,6 +38,7 @@ from api.settings import Settings
 from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
+from retrieval.batching import MicroBatcher
 from retrieval.encoders import Encoder
 from retrieval.filters import Filters, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
@@ -141,6 +142,13 @@ class SearchService:
         self._snapshot: LoadedSnapshot | None = None
         # Re-entrant: an update reloads first when CURRENT moved on.
         self._load_lock = threading.RLock()
+        # Concurrent requests share forward passes (retrieval/batching.py); a lone request
+        # is encoded at once.
+        self._batcher = (
+            MicroBatcher(self.encoder.encode_query, max_batch=settings.query_batch_size)
+            if settings.query_batch_size > 1
+            else None
+        )
         size = settings.query_cache_size
         self._encode_query = (
             lru_cache(maxsize=size)(self._encode_uncached) if size > 0 else self._encode_uncached
@@ -264,6 +272,8 @@ class SearchService:
     # -- the query path --------------------------------------------------------------
 
     def _encode_uncached(self, q: str) -> npt.NDArray[np.float32]:
+        if self._batcher is not None:
+            return self._batcher.encode(q)
         vector = self.encoder.encode_query([q])
         vector.setflags(write=False)
         return vector

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     query_cache_size: int = Field(
         10_000, ge=0, description="Query embeddings kept in an LRU cache (0 disables)."
     )
+    query_batch_size: int = Field(
+        32,
+        ge=0,
+        description="Concurrent query encodings batched into one forward pass, at most (0: no batching).",
+    )
     reload_interval_s: float = Field(
         2.0,
         ge=0.0,
