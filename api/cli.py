@@ -62,6 +62,26 @@ ModelOption = Annotated[
     Path | None,
     typer.Option("--model", help="Two-tower model directory. Default: bundled all-MiniLM-L6-v2."),
 ]
+# Catalog column options, shared by every command that reads a catalog (build, update).
+IdFieldOption = Annotated[str, typer.Option("--id-field", help="Column with the product id.")]
+TitleFieldOption = Annotated[
+    str, typer.Option("--title-field", help="Column with the product title.")
+]
+DescriptionFieldOption = Annotated[
+    str, typer.Option("--description-field", help="Column with the description.")
+]
+BrandFieldOption = Annotated[str, typer.Option("--brand-field", help="Column with the brand.")]
+CategoryFieldOption = Annotated[
+    str, typer.Option("--category-field", help="Column with the category path ('A > B > C').")
+]
+PriceFieldOption = Annotated[str, typer.Option("--price-field", help="Column with the price.")]
+InStockFieldOption = Annotated[
+    str, typer.Option("--in-stock-field", help="Column with the stock flag.")
+]
+ImageUrlFieldOption = Annotated[
+    str, typer.Option("--image-url-field", help="Column with the image URL.")
+]
+
 DeviceOption = Annotated[
     str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
 ]
@@ -234,18 +254,14 @@ def build(
         Path, typer.Option("--catalog", help="Catalog file: .csv, .jsonl or .parquet.")
     ],
     index_dir: IndexDirOption = None,
-    id_field: Annotated[str, typer.Option(help="Column with the product id.")] = "id",
-    title_field: Annotated[str, typer.Option(help="Column with the product title.")] = "title",
-    description_field: Annotated[
-        str, typer.Option(help="Column with the description.")
-    ] = "description",
-    brand_field: Annotated[str, typer.Option(help="Column with the brand.")] = "brand",
-    category_field: Annotated[
-        str, typer.Option(help="Column with the category path ('A > B > C').")
-    ] = "category",
-    price_field: Annotated[str, typer.Option(help="Column with the price.")] = "price",
-    in_stock_field: Annotated[str, typer.Option(help="Column with the stock flag.")] = "in_stock",
-    image_url_field: Annotated[str, typer.Option(help="Column with the image URL.")] = "image_url",
+    id_field: IdFieldOption = "id",
+    title_field: TitleFieldOption = "title",
+    description_field: DescriptionFieldOption = "description",
+    brand_field: BrandFieldOption = "brand",
+    category_field: CategoryFieldOption = "category",
+    price_field: PriceFieldOption = "price",
+    in_stock_field: InStockFieldOption = "in_stock",
+    image_url_field: ImageUrlFieldOption = "image_url",
     skip_bad_rows: Annotated[
         bool,
         typer.Option(help="Leave out bad rows (counted in the build report) instead of failing."),
@@ -304,15 +320,9 @@ def build(
     cluster, and promotion also moves the alias <prefix> to it.
     """
     mapping = ColumnMapping(
-        id=id_field,
-        title=title_field,
-        description=description_field,
-        brand=brand_field,
-        category=category_field,
-        price=price_field,
-        in_stock=in_stock_field,
-        image_url=image_url_field,
-    )
+        id_field, title_field, description_field, brand_field,
+        category_field, price_field, in_stock_field, image_url_field,
+    )  # fmt: skip
     settings = _settings(
         index_dir,
         model_dir=model,
@@ -567,18 +577,14 @@ def update(
         Path | None,
         typer.Option("--deletes", help="Product ids to delete, one a line ('#' comments)."),
     ] = None,
-    id_field: Annotated[str, typer.Option(help="Column with the product id.")] = "id",
-    title_field: Annotated[str, typer.Option(help="Column with the product title.")] = "title",
-    description_field: Annotated[
-        str, typer.Option(help="Column with the description.")
-    ] = "description",
-    brand_field: Annotated[str, typer.Option(help="Column with the brand.")] = "brand",
-    category_field: Annotated[
-        str, typer.Option(help="Column with the category path ('A > B > C').")
-    ] = "category",
-    price_field: Annotated[str, typer.Option(help="Column with the price.")] = "price",
-    in_stock_field: Annotated[str, typer.Option(help="Column with the stock flag.")] = "in_stock",
-    image_url_field: Annotated[str, typer.Option(help="Column with the image URL.")] = "image_url",
+    id_field: IdFieldOption = "id",
+    title_field: TitleFieldOption = "title",
+    description_field: DescriptionFieldOption = "description",
+    brand_field: BrandFieldOption = "brand",
+    category_field: CategoryFieldOption = "category",
+    price_field: PriceFieldOption = "price",
+    in_stock_field: InStockFieldOption = "in_stock",
+    image_url_field: ImageUrlFieldOption = "image_url",
     skip_bad_rows: Annotated[
         bool,
         typer.Option(help="Leave out bad rows of --upserts instead of failing."),
@@ -624,15 +630,9 @@ def update(
         **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs),
     )
     mapping = ColumnMapping(
-        id=id_field,
-        title=title_field,
-        description=description_field,
-        brand=brand_field,
-        category=category_field,
-        price=price_field,
-        in_stock=in_stock_field,
-        image_url=image_url_field,
-    )
+        id_field, title_field, description_field, brand_field,
+        category_field, price_field, in_stock_field, image_url_field,
+    )  # fmt: skip
     es = settings.elasticsearch()
     try:
         products = load_catalog(upserts, mapping, skip_bad_rows=skip_bad_rows)[0] if upserts else []
