@@ -125,6 +125,13 @@ def evaluate(
     gate_config: Annotated[
         str, typer.Option(help="Configuration the gate compares.")
     ] = "hybrid-rrf",
+    compare_index_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A second index dir (e.g. built with fine-tuned towers, model read from its "
+            "manifest): its configurations join the same table as '<name>@<model id>'."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the serving snapshot on judged queries (protocol A and B).
 
@@ -180,6 +187,10 @@ def evaluate(
         outcomes = evaluate_configurations(
             service, dataset, chosen, depth=depth, rerank_depth=rerank_depth, progress=progress
         )
+        if compare_index_dir is not None:
+            outcomes += _compare_outcomes(
+                settings, compare_index_dir, dataset, chosen, depth, rerank_depth, progress
+            )
     for outcome in outcomes:
         write_run(
             outcome.run, out / "runs" / f"{outcome.config.name}.trec", tag=outcome.config.name
@@ -249,6 +260,36 @@ def evaluate(
                 console.print(f"[bold red]gate failed:[/] {failure}")
             raise typer.Exit(1)
         console.print(f"[green]gate passed[/] ({gate_config}, tolerance {tolerance})")
+
+
+def _compare_outcomes(  # type: ignore[no-untyped-def]
+    settings: Settings, index_dir: Path, dataset, configs, depth: int, rerank_depth: int, progress
+) -> list:  # type: ignore[type-arg]
+    """The same configurations on another snapshot, served with the towers that built it."""
+    import dataclasses
+
+    from api.service import SearchService
+    from eval.runner import evaluate_configurations
+    from indexer.snapshot import SnapshotStore
+
+    store = SnapshotStore(index_dir)
+    version = store.current()
+    if version is None:
+        raise typer.BadParameter(f"{index_dir} has no CURRENT snapshot; build one first")
+    manifest = json.loads((store.path(version) / "manifest.json").read_text())
+    tower = manifest["models"]["item_tower"]
+    other = SearchService(
+        settings.model_copy(update={"index_dir": index_dir, "model_dir": Path(tower["path"])})
+    )
+    other.load()
+    outcomes = evaluate_configurations(
+        other, dataset, configs, depth=depth, rerank_depth=rerank_depth, progress=progress
+    )
+    for outcome in outcomes:
+        outcome.config = dataclasses.replace(
+            outcome.config, name=f"{outcome.config.name}@{tower['id']}"
+        )
+    return outcomes
 
 
 @eval_app.command("convert")

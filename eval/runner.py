@@ -155,6 +155,16 @@ def _rerank_scorer(
     return score
 
 
+def _run_scorer(run: Run) -> Callable[[JudgedQuery, Sequence[str]], Sequence[float]]:
+    """Protocol B from a configuration's own ranking: its score, or -1 when not retrieved."""
+
+    def score(query: JudgedQuery, ids: Sequence[str]) -> Sequence[float]:
+        ranked = run.get(query.qid, {})
+        return [ranked.get(pid, -1.0) for pid in ids]
+
+    return score
+
+
 def evaluate_configurations(
     service: SearchService,
     dataset: EvalDataset,
@@ -238,6 +248,10 @@ def evaluate_configurations(
                 )
                 b_cache[scorer_kind] = evaluate_protocol_b(dataset, rerank_run(dataset, scorer))
             b = b_cache[scorer_kind]
+        elif protocol_b:
+            # Other configurations order the judged products as their own run does (a
+            # judged product the run did not retrieve goes last).
+            b = evaluate_protocol_b(dataset, rerank_run(dataset, _run_scorer(run)))
         used = {k: v for k, v in stages.items() if any(v.values())}
         recall = stage_recall(dataset, used, k=STAGE_RECALL_K)
         outcomes.append(EvalOutcome(config, run, a, b, recall, latencies))
