@@ -85,6 +85,14 @@ ImageUrlFieldOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
 ]
+EncoderBackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Encoder backend: torch, onnx (fp32) or onnx-int8 (CPU; exported once and cached). "
+        "Serving must use the same one. Default: $SHOPSEARCH_ENCODER_BACKEND or torch.",
+    ),
+]
 EsUrlOption = Annotated[
     str | None,
     typer.Option(
@@ -235,7 +243,7 @@ def run_build(
     log.info(
         "catalog %s: %d products (%d rows skipped)", catalog, report.products, len(report.skipped)
     )
-    encoder = Encoder(settings.model_dir, device=settings.device)
+    encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)
     bars = _RichProgress()
     es = settings.elasticsearch()
     try:
@@ -271,6 +279,7 @@ def build(
     ] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
+    backend: EncoderBackendOption = None,
     nprobe: Annotated[
         int | None,
         typer.Option(help="IVF lists visited per query. Default: derived from catalog size."),
@@ -327,6 +336,7 @@ def build(
         index_dir,
         model_dir=model,
         device=device,
+        encoder_backend=backend,
         lexical=lexical,
         **_es_overrides(
             es_url, es_index_prefix, es_api_key, es_username, es_password, es_ca_certs, es_timeout
@@ -643,7 +653,9 @@ def update(
             raise SnapshotError(
                 f"{store.current_file} does not exist; build a snapshot with `shopsearch build`"
             )
-        encoder = Encoder(settings.model_dir, device=settings.device)
+        encoder = Encoder(
+            settings.model_dir, device=settings.device, backend=settings.encoder_backend
+        )
         result = apply_updates(
             store.path(version), products, ids, encoder, es=es, batch_size=batch_size
         )

@@ -129,7 +129,11 @@ class SearchService:
     ) -> None:
         self.settings = settings
         self.encoder = (
-            encoder if encoder is not None else Encoder(settings.model_dir, device=settings.device)
+            encoder
+            if encoder is not None
+            else Encoder(
+                settings.model_dir, device=settings.device, backend=settings.encoder_backend
+            )
         )
         if reranker is None and settings.reranker_dir is not None:
             reranker = Reranker(
@@ -261,7 +265,9 @@ class SearchService:
             raise SnapshotError(
                 f"snapshot {snap.version} was built with item tower {built['id']} "
                 f"(sha256 {built['sha256'][:12]}), but this server's query tower is {ours.id} "
-                f"(sha256 {ours.sha256[:12]}); serve with --model {built['path']} or rebuild the snapshot"
+                f"(sha256 {ours.sha256[:12]}); serve with --model {built['path']}"
+                f" and SHOPSEARCH_ENCODER_BACKEND={built.get('backend', 'torch')},"
+                " or rebuild the snapshot"
             )
 
     def product(self, product_id: str) -> Product | None:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrieval.encoders import EncoderBackend
+
 if TYPE_CHECKING:
     from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
 
@@ -39,6 +41,11 @@ class Settings(BaseSettings):
         None, description="Cross-encoder directory; unset: the rerank stage is skipped."
     )
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu' or 'cuda'.")
+    encoder_backend: EncoderBackend = Field(
+        "torch",
+        description="How the towers run: torch, onnx (onnxruntime fp32) or onnx-int8 "
+        "(dynamic int8). A snapshot is served only by the backend that built it.",
+    )
     leg_depth: int = Field(100, ge=1, le=10_000, description="Candidates asked of each leg.")
     max_depth: int = Field(
         2000,

@@ -353,6 +353,14 @@ def bench_command(
     scale_dir: Annotated[
         Path, typer.Option(help="Work dir of scale mode (catalogs, indexes, cache).")
     ] = Path("var/scale"),
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="Encoder backend: torch, onnx or onnx-int8 (must be the one that built the "
+            "snapshot). Default: $SHOPSEARCH_ENCODER_BACKEND or torch.",
+        ),
+    ] = None,
 ) -> None:
     """Latency: in-process per-stage p50/p95/p99, and optionally HTTP QPS at several concurrencies.
 
@@ -361,9 +369,15 @@ def bench_command(
     --scale, measures how build time, memory and latency grow with catalog size instead.
     """
     import torch
+    from pydantic import ValidationError
 
+    try:
+        base_settings = Settings(**({"encoder_backend": backend} if backend is not None else {}))  # type: ignore[arg-type]
+    except ValidationError as exc:
+        console.print(f"[bold red]error:[/] {exc.errors(include_url=False)[0]['msg']}")
+        raise typer.Exit(2) from exc
     if scale is not None:
-        _bench_scale(scale, scale_dir, homedepot_dir, split, n, out)
+        _bench_scale(scale, scale_dir, homedepot_dir, split, n, out, base_settings.encoder_backend)
         return
 
     from api.schemas import SearchRequest
@@ -381,7 +395,7 @@ def bench_command(
 
         texts = [q.text for q in load_homedepot(homedepot_dir / f"{split}.csv").queries]
     texts = list(dict.fromkeys(texts))
-    settings = Settings().model_copy(
+    settings = base_settings.model_copy(
         update={
             k: v
             for k, v in {"index_dir": index_dir, "reranker_dir": reranker}.items()
@@ -405,6 +419,7 @@ def bench_command(
         "products": service.snapshot.table.size,
         "mode": mode,
         "rerank": rerank,
+        "encoder_backend": service.encoder.backend,
         "queries": len(stages.get("total", [])),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
@@ -431,7 +446,11 @@ def bench_command(
     Console().print(table)
     if http:
         port = _free_port()
-        env = {**os.environ, "SHOPSEARCH_QUERY_CACHE_SIZE": "0"}
+        env = {
+            **os.environ,
+            "SHOPSEARCH_QUERY_CACHE_SIZE": "0",
+            "SHOPSEARCH_ENCODER_BACKEND": settings.encoder_backend,
+        }
         cmd = [
             sys.executable,
             "-m",
@@ -501,7 +520,13 @@ def bench_command(
 
 
 def _bench_scale(
-    sizes_text: str, work_dir: Path, homedepot_dir: Path, split: str, n: int, out: Path | None
+    sizes_text: str,
+    work_dir: Path,
+    homedepot_dir: Path,
+    split: str,
+    n: int,
+    out: Path | None,
+    backend: str = "torch",
 ) -> None:
     import pandas as pd
 
@@ -515,7 +540,7 @@ def _bench_scale(
         dict.fromkeys(q.text for q in load_homedepot(homedepot_dir / f"{split}.csv").queries)
     )[:n]
     work_dir.mkdir(parents=True, exist_ok=True)
-    encoder = Encoder()
+    encoder = Encoder(backend=backend)
     from api.cli import _RichProgress
 
     bars = _RichProgress()

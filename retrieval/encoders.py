@@ -5,6 +5,11 @@ Both towers default to the same all-MiniLM-L6-v2 weights, shipped offline by the
 by path); its identity is the directory name plus a checksum of its weight files,
 recorded in each snapshot so serving can refuse a query tower that did not build it.
 Nothing here ever contacts a model hub.
+
+Backends (chosen at run time): ``torch``, or ``onnx`` / ``onnx-int8`` (onnxruntime on the
+CPU, fp32 or dynamically quantised int8; exported once and cached, see
+:mod:`retrieval.onnx_export`). An ONNX backend is a different model for snapshots: its
+:class:`ModelInfo` has its own ``id`` and ``sha256``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +28,9 @@ import numpy.typing as npt
 from retrieval.types import ShopsearchError
 
 __all__ = [
+    "ENCODER_BACKENDS",
     "Encoder",
+    "EncoderBackend",
     "ModelError",
     "ModelInfo",
     "default_model_path",
@@ -34,6 +41,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx")
+
+#: How the towers run: torch, or onnxruntime in fp32 or dynamic int8.
+EncoderBackend = Literal["torch", "onnx", "onnx-int8"]
+ENCODER_BACKENDS: tuple[str, ...] = get_args(EncoderBackend)
 
 
 class ModelError(ShopsearchError):
@@ -54,14 +65,19 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """Identity of a model directory: ``id`` (name) and ``sha256`` of its weight files."""
+    """Identity of a model directory: ``id`` (name) and ``sha256`` of its weight files.
+
+    With an ONNX ``backend`` the id is ``<name>+<backend>`` and the checksum covers the
+    exported graphs too; ``path`` stays the model directory (what ``--model`` takes).
+    """
 
     id: str
     path: str
     sha256: str
+    backend: str = "torch"
 
     def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "path": self.path, "sha256": self.sha256}
+        return {"id": self.id, "path": self.path, "sha256": self.sha256, "backend": self.backend}
 
 
 def model_info(path: Path) -> ModelInfo:
@@ -100,30 +116,80 @@ class Encoder:
     ``encode_query`` and ``encode_document`` return L2-normalised float32 arrays of shape
     ``(n, dim)``. When the model defines query/document prompts or a ``Router`` with
     separate towers, sentence-transformers routes each call to its tower.
+
+    ``backend`` is ``"torch"``, ``"onnx"`` (onnxruntime fp32) or ``"onnx-int8"`` (dynamic
+    int8); the ONNX ones are CPU paths, so with a CUDA device they fall back to torch
+    unless onnxruntime-gpu is installed. ``self.backend`` is the one in use.
     """
 
     def __init__(
-        self, path: Path | None = None, *, device: str = "auto", max_seq_length: int = 128
+        self,
+        path: Path | None = None,
+        *,
+        device: str = "auto",
+        max_seq_length: int = 128,
+        backend: str = "torch",
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        if backend not in ENCODER_BACKENDS:
+            raise ModelError(
+                f"unknown encoder backend {backend!r}; choose one of {', '.join(ENCODER_BACKENDS)}"
+            )
         self.path = Path(path) if path is not None else default_model_path()
-        self.info = model_info(self.path)
+        base_info = model_info(self.path)
         self.device = resolve_device(device)
+        use_cuda = False
+        if backend != "torch" and self.device.startswith("cuda"):
+            from retrieval.onnx_export import onnx_gpu_available
+
+            use_cuda = onnx_gpu_available()
+            if not use_cuda:
+                log.warning(
+                    "encoder backend %s runs on the CPU and onnxruntime-gpu is not installed; "
+                    "using torch on %s instead",
+                    backend,
+                    self.device,
+                )
+                backend = "torch"
+        self.backend = backend
         # Offline by construction: a local directory never touches the hub, and this makes
         # an accidental hub name fail fast instead of hanging on the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             self.model = SentenceTransformer(
-                str(self.path), device=self.device, local_files_only=True
+                str(self.path),
+                device=self.device if backend == "torch" else "cpu",
+                local_files_only=True,
             )
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
+        if backend == "torch":
+            self.info = base_info
+        else:
+            self.info = self._attach_onnx(base_info, use_cuda)
         self.model.max_seq_length = max_seq_length
         dim = self.model.get_embedding_dimension()
         if dim is None:
             raise ModelError(f"{self.path}: the model does not declare its embedding dimension")
         self.dim = int(dim)
+
+    def _attach_onnx(self, base: ModelInfo, use_cuda: bool) -> ModelInfo:
+        from retrieval.onnx_export import OnnxExportError, Precision, attach, export_onnx
+
+        precision: Precision = "int8" if self.backend == "onnx-int8" else "fp32"
+        try:
+            export = export_onnx(self.model, base.sha256, precision)
+            attach(self.model, export, use_cuda=use_cuda)
+        except OnnxExportError as exc:
+            raise ModelError(f"{self.path}: {exc}") from exc
+        self.model.eval()
+        return ModelInfo(
+            id=f"{base.id}+{self.backend}",
+            path=base.path,
+            sha256=export.sha256(base.sha256, self.backend),
+            backend=self.backend,
+        )
 
     def _encode(
         self,

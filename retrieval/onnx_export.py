@@ -1,0 +1,393 @@
+"""ONNX exports of a sentence-transformers model's Transformer modules, fp32 or int8, cached.
+
+sentence-transformers' own ``backend="onnx"`` goes through ``optimum-onnx``, which pins
+``transformers<4.58``; this module needs only ``torch.onnx`` and ``onnxruntime``. Each
+``Transformer`` module of a model (one, or one per tower under a ``Router``) is exported
+to ``transformer_<i>.onnx`` and later swapped for an :class:`OrtTransformerModel`, so
+tokenisation, prompts, routing, pooling and normalisation stay sentence-transformers'.
+
+Exports live under ``${SHOPSEARCH_CACHE:-~/.cache/shopsearch}/onnx/<sha256[:16]>/<fp32|int8>/``
+and are written to a temporary directory renamed into place, so a killed export leaves
+nothing that a later load would take for a finished one. int8 is onnxruntime's dynamic
+quantisation of the fp32 export, with the configuration chosen by CPU flags
+(:func:`quantization_target`). Nothing here contacts a model hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from retrieval.types import ShopsearchError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "OnnxExport",
+    "OnnxExportError",
+    "OrtTransformerModel",
+    "Precision",
+    "attach",
+    "cache_root",
+    "export_onnx",
+    "onnx_gpu_available",
+    "quantization_target",
+]
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "int8"]
+QuantTarget = Literal["arm64", "avx2", "avx512", "avx512_vnni"]
+
+#: Token inputs an exported graph may take, in this order (the tokenizer decides which).
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_OUTPUT = "last_hidden_state"
+_OPSET = 17
+#: Bump when the export recipe changes, so old cache entries are not reused.
+_RECIPE = 1
+_META = "export.json"
+_INSTALL_HINT = "install them with `pip install onnxruntime onnx` (or onnxruntime-gpu for CUDA)"
+
+
+class OnnxExportError(ShopsearchError):
+    """An ONNX export or its runtime is unavailable or failed."""
+
+
+def cache_root() -> Path:
+    """``$SHOPSEARCH_CACHE/onnx`` (default ``~/.cache/shopsearch/onnx``)."""
+    base = os.environ.get("SHOPSEARCH_CACHE") or "~/.cache/shopsearch"
+    return Path(base).expanduser() / "onnx"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def quantization_target() -> QuantTarget:
+    """The dynamic-quantisation flavour for this CPU: ``arm64`` on ARM, else by AVX flags."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return "arm64"
+    flags = _cpu_flags()
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def onnx_gpu_available() -> bool:
+    """Whether onnxruntime is installed with its CUDA execution provider."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise OnnxExportError(
+            f"the ONNX encoder backends need onnxruntime and onnx ({exc}); {_INSTALL_HINT}, "
+            "or use --backend torch"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxExport:
+    """A finished export: ``files[i]`` replaces the model's i-th ``Transformer`` module."""
+
+    dir: Path
+    precision: Precision
+    files: tuple[Path, ...]
+    inputs: tuple[tuple[str, ...], ...]
+    quantization: str | None
+
+    def sha256(self, base_sha256: str, backend: str) -> str:
+        """Identity of the exported model: the base weights' checksum, the backend tag
+        and the bytes of every exported graph."""
+        digest = hashlib.sha256(f"{base_sha256}\0{backend}\0".encode())
+        for file in self.files:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+def _transformer_modules(model: SentenceTransformer) -> list[Any]:
+    from sentence_transformers.base.modules.transformer import Transformer
+
+    found = [m for m in model.modules() if isinstance(m, Transformer)]
+    if not found:
+        raise OnnxExportError(
+            "the model has no sentence-transformers Transformer module to export; use --backend torch"
+        )
+    return found
+
+
+def _read(dir_: Path) -> OnnxExport | None:
+    meta_path = dir_ / _META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = tuple(dir_ / name for name in meta["files"])
+        if meta.get("recipe") != _RECIPE or not all(f.is_file() for f in files):
+            return None
+        return OnnxExport(
+            dir=dir_,
+            precision=meta["precision"],
+            files=files,
+            inputs=tuple(tuple(names) for names in meta["inputs"]),
+            quantization=meta.get("quantization"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished ``tmp`` into ``final``; when another process got there first
+    (or a stale entry is in the way), keep a valid one."""
+    try:
+        os.rename(tmp, final)
+        return
+    except OSError:
+        pass
+    if _read(final) is not None:  # a concurrent export won; use it
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    stale = final.with_name(f".stale-{final.name}-{os.getpid()}")
+    os.rename(final, stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    os.rename(tmp, final)
+
+
+class _ExportWrapper(torch.nn.Module):
+    """A Hugging Face model taking its token inputs positionally (``torch.onnx`` wants that)."""
+
+    def __init__(self, hf_model: torch.nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.names = tuple(names)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        kwargs = dict(zip(self.names, tensors, strict=True))
+        return self.hf(**kwargs, return_dict=True).last_hidden_state  # type: ignore[no-any-return]
+
+
+def _export_fp32(model: SentenceTransformer, out: Path) -> tuple[list[str], list[list[str]]]:
+    import warnings
+
+    files: list[str] = []
+    inputs: list[list[str]] = []
+    for i, module in enumerate(_transformer_modules(model)):
+        tokenizer = module.tokenizer
+        if tokenizer is None:
+            raise OnnxExportError(f"Transformer module {i} has no tokenizer; use --backend torch")
+        sample = tokenizer(
+            ["a short title", "a somewhat longer product title for the export trace"],
+            padding=True,
+            return_tensors="pt",
+        )
+        names = [n for n in _TOKEN_INPUTS if n in sample]
+        wrapped = _ExportWrapper(module.model.to("cpu"), names).eval()
+        file = f"transformer_{i}.onnx"
+        axes = {n: {0: "batch", 1: "sequence"} for n in [*names, _OUTPUT]}
+        with warnings.catch_warnings(), torch.no_grad():
+            # The TorchScript exporter is deprecated upstream, and transformers' tracer
+            # warnings are expected; the graph is checked against torch by the tests.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                tuple(sample[n] for n in names),
+                str(out / file),
+                dynamo=False,
+                input_names=names,
+                output_names=[_OUTPUT],
+                dynamic_axes=axes,
+                opset_version=_OPSET,
+                do_constant_folding=True,
+            )
+        files.append(file)
+        inputs.append(names)
+    return files, inputs
+
+
+class _QuietQuantizer(logging.Filter):
+    """onnxruntime's quantiser logs per-tensor chatter on the root logger; keep warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and "pre-processing" not in record.getMessage()
+
+
+def _quantize(source: OnnxExport, out: Path, target: QuantTarget) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # optimum's dynamic presets: uint8 weights on plain AVX2, int8 elsewhere; per-channel.
+    weights = QuantType.QUInt8 if target == "avx2" else QuantType.QInt8
+    files = []
+    quiet = _QuietQuantizer()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        for file in source.files:
+            quantize_dynamic(
+                file,
+                out / file.name,
+                op_types_to_quantize=["MatMul", "Attention"],
+                per_channel=True,
+                reduce_range=False,
+                weight_type=weights,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+            files.append(file.name)
+    finally:
+        root.removeFilter(quiet)
+    return files
+
+
+def export_onnx(
+    model: SentenceTransformer,
+    base_sha256: str,
+    precision: Precision,
+    *,
+    cache_dir: Path | None = None,
+) -> OnnxExport:
+    """The cached export of ``model`` (whose weights checksum to ``base_sha256``), made
+    first when missing. ``cache_dir`` defaults to :func:`cache_root`.
+
+    Raises :class:`OnnxExportError` when onnxruntime/onnx are missing or the export fails.
+    """
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be 'fp32' or 'int8', not {precision!r}")
+    _require_onnx()
+    root = (cache_dir if cache_dir is not None else cache_root()) / base_sha256[:16]
+    final = root / precision
+    found = _read(final)
+    if found is not None:
+        log.debug("reusing ONNX %s export %s", precision, final)
+        return found
+    source = (
+        export_onnx(model, base_sha256, "fp32", cache_dir=cache_dir)
+        if precision == "int8"
+        else None
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{precision}-", dir=root))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is not
+    try:
+        import onnx
+        import onnxruntime
+
+        meta: dict[str, Any] = {
+            "recipe": _RECIPE,
+            "precision": precision,
+            "base_sha256": base_sha256,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": _OPSET,
+        }
+        if source is None:
+            log.info("exporting the model to ONNX fp32 in %s", final)
+            files, inputs = _export_fp32(model, tmp)
+            meta["quantization"] = None
+        else:
+            target = quantization_target()
+            log.info("quantizing the ONNX model to int8 (%s) in %s", target, final)
+            files = _quantize(source, tmp, target)
+            inputs = [list(names) for names in source.inputs]
+            meta["quantization"] = target
+        meta["files"] = files
+        meta["inputs"] = inputs
+        (tmp / _META).write_text(json.dumps(meta, indent=2))
+        _publish(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OnnxExportError, KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(exc, Exception):
+            raise OnnxExportError(f"ONNX {precision} export to {final} failed: {exc}") from exc
+        raise
+    done = _read(final)
+    if done is None:  # pragma: no cover - the rename above just made it
+        raise OnnxExportError(f"ONNX export in {final} is unreadable after writing it")
+    return done
+
+
+def _session(file: Path, use_cuda: bool) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if use_cuda:
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(file), sess_options=options, providers=providers)
+
+
+class OrtTransformerModel(torch.nn.Module):
+    """Stands in for a Transformer module's Hugging Face model: runs the exported graph in
+    onnxruntime and returns ``{"last_hidden_state": tensor}`` (a CPU tensor)."""
+
+    def __init__(
+        self, file: Path, inputs: Sequence[str], config: Any, *, use_cuda: bool = False
+    ) -> None:
+        super().__init__()
+        self.session = _session(file, use_cuda)
+        self.input_names = tuple(inputs)
+        self.config = config
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        given = {"input_ids": input_ids, **kwargs}
+        feeds: dict[str, npt.NDArray[np.int64]] = {}
+        for name in self.input_names:
+            value = given.get(name)
+            if value is None:
+                if name != "token_type_ids":
+                    raise OnnxExportError(f"the ONNX model needs input {name!r}")
+                feeds[name] = np.zeros(tuple(input_ids.shape), dtype=np.int64)
+            else:
+                feeds[name] = value.detach().cpu().numpy().astype(np.int64, copy=False)
+        (hidden,) = self.session.run([_OUTPUT], feeds)
+        return {_OUTPUT: torch.from_numpy(hidden)}
+
+
+def attach(model: SentenceTransformer, export: OnnxExport, *, use_cuda: bool = False) -> None:
+    """Swap each ``Transformer`` module's torch model in ``model`` for its exported graph."""
+    modules = _transformer_modules(model)
+    if len(modules) != len(export.files):
+        raise OnnxExportError(
+            f"{export.dir} holds {len(export.files)} graphs but the model has {len(modules)} "
+            "Transformer modules; delete that directory to re-export"
+        )
+    for module, file, names in zip(modules, export.files, export.inputs, strict=True):
+        config = getattr(module.model, "config", None)
+        module.model = OrtTransformerModel(file, names, config, use_cuda=use_cuda)

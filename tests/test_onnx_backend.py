@@ -1,0 +1,161 @@
+"""The ONNX encoder backends against the torch twin: export, cache, parity, identity.
+
+The exports go to a temporary ``SHOPSEARCH_CACHE``, with sockets closed so that any
+attempt to reach a model hub fails the test.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import retrieval.onnx_export as onnx_export
+from api.service import SearchService
+from api.settings import Settings
+from indexer.snapshot import SnapshotError
+from retrieval.encoders import ENCODER_BACKENDS, Encoder, ModelError
+
+pytest.importorskip("onnxruntime", reason="the ONNX backends need onnxruntime")
+
+TEXTS = [
+    "DEWALT 20-Volt MAX Lithium-Ion Cordless 1/2 in. Drill/Driver Kit",
+    "cordless drill",
+    "Simpson Strong-Tie 12-Gauge Angle",
+    "BEHR Premium Textured DeckOver 1-gal. #SC-141 Tugboat Wood and Concrete Coating",
+    "pvc pipe 1/2 in. x 10 ft.",
+    "x",
+    "",
+    "Delta Vero 1-Handle Shower Only Faucet Trim Kit in Chrome (Valve Not Included) " * 8,
+]
+
+
+def _cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return np.asarray((a * b).sum(axis=1))
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh ``SHOPSEARCH_CACHE`` for this module, with the network closed."""
+    cache = tmp_path_factory.mktemp("shopsearch-cache")
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise OSError("network access during an ONNX test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOPSEARCH_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", no_network)
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(onnx_cache: Path) -> Encoder:
+    return Encoder(device="cpu", backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_encoder(onnx_cache: Path, onnx_encoder: Encoder) -> Encoder:
+    return Encoder(device="cpu", backend="onnx-int8")
+
+
+def test_export_is_cached_under_the_model_checksum(
+    onnx_cache: Path, encoder: Encoder, onnx_encoder: Encoder, int8_encoder: Encoder
+) -> None:
+    model_dir = onnx_cache / "onnx" / encoder.info.sha256[:16]
+    for precision in ("fp32", "int8"):
+        assert (model_dir / precision / "export.json").is_file()
+        assert (model_dir / precision / "transformer_0.onnx").is_file()
+    assert sorted(p.name for p in model_dir.iterdir()) == ["fp32", "int8"]  # no temp dirs left
+    assert onnx_encoder.backend == "onnx" and int8_encoder.backend == "onnx-int8"
+
+
+def test_onnx_fp32_matches_torch(encoder: Encoder, onnx_encoder: Encoder) -> None:
+    assert (
+        _cosines(onnx_encoder.encode_document(TEXTS), encoder.encode_document(TEXTS)).min() > 0.999
+    )
+    assert _cosines(onnx_encoder.encode_query(TEXTS), encoder.encode_query(TEXTS)).min() > 0.999
+
+
+def test_onnx_int8_is_close_to_torch(encoder: Encoder, int8_encoder: Encoder) -> None:
+    cos = _cosines(int8_encoder.encode_document(TEXTS), encoder.encode_document(TEXTS))
+    assert cos.mean() > 0.98 and cos.min() > 0.95, cos
+    queries = TEXTS[:6]
+    assert _cosines(int8_encoder.encode_query(queries), encoder.encode_query(queries)).mean() > 0.98
+
+
+@pytest.mark.parametrize("which", ["onnx_encoder", "int8_encoder"])
+def test_shapes_and_unit_length(
+    which: str, encoder: Encoder, request: pytest.FixtureRequest
+) -> None:
+    enc: Encoder = request.getfixturevalue(which)
+    assert enc.dim == encoder.dim == 384 and enc.device == "cpu"
+    for out in (enc.encode_document(TEXTS, batch_size=3), enc.encode_query(TEXTS[:2])):
+        assert out.dtype == np.float32 and out.shape[1] == enc.dim
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert enc.encode_document([]).shape == (0, enc.dim)
+    # The item tower keeps the input order although it sorts by length inside. (int8
+    # scales activations per batch, so a text's vector moves a little with its batch.)
+    one_by_one = np.vstack([enc.encode_document([t]) for t in TEXTS[:4]])
+    batched = enc.encode_document(TEXTS[:4])
+    if enc.backend == "onnx":
+        np.testing.assert_allclose(batched, one_by_one, atol=2e-3)
+    assert _cosines(batched, one_by_one).min() > 0.97
+
+
+def test_each_backend_is_a_distinct_model(
+    encoder: Encoder, onnx_encoder: Encoder, int8_encoder: Encoder
+) -> None:
+    infos = [encoder.info, onnx_encoder.info, int8_encoder.info]
+    assert len({i.sha256 for i in infos}) == 3
+    assert len({i.id for i in infos}) == 3
+    assert {i.path for i in infos} == {encoder.info.path}  # --model stays the same directory
+    assert [i.to_dict()["backend"] for i in infos] == ["torch", "onnx", "onnx-int8"]
+
+
+def test_second_load_reuses_the_cache(
+    onnx_encoder: Encoder, int8_encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_export(*args: Any, **kwargs: Any) -> None:
+        pytest.fail("exported again although the cache holds the export")
+
+    monkeypatch.setattr(onnx_export, "_export_fp32", no_export)
+    monkeypatch.setattr(onnx_export, "_quantize", no_export)
+    assert Encoder(device="cpu", backend="onnx").info == onnx_encoder.info
+    assert Encoder(device="cpu", backend="onnx-int8").info == int8_encoder.info
+
+
+def test_a_failed_export_leaves_nothing(
+    onnx_encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_then_die(model: Any, out: Path) -> None:
+        (out / "transformer_0.onnx").write_bytes(b"half a graph")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(onnx_export, "_export_fp32", half_then_die)
+    with pytest.raises(onnx_export.OnnxExportError, match="killed"):
+        onnx_export.export_onnx(onnx_encoder.model, "ab" * 32, "fp32", cache_dir=tmp_path)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_unknown_backend_lists_the_choices() -> None:
+    with pytest.raises(ModelError, match="'tensorrt'; choose one of torch, onnx, onnx-int8"):
+        Encoder(device="cpu", backend="tensorrt")
+    assert ENCODER_BACKENDS == ("torch", "onnx", "onnx-int8")
+    with pytest.raises(ValueError, match="onnx-int8"):
+        Settings(encoder_backend="tensorrt")  # type: ignore[arg-type]
+
+
+def test_service_uses_the_configured_backend_and_refuses_a_torch_snapshot(
+    sample_index: Path, onnx_encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOPSEARCH_ENCODER_BACKEND", "onnx-int8")
+    service = SearchService(Settings(index_dir=sample_index, reload_interval_s=0))
+    assert service.encoder.backend == "onnx-int8"
+    with pytest.raises(SnapshotError, match=r"query tower is .*\+onnx-int8"):
+        service.load()
