@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from api.settings import Settings
 from indexer.catalog import CatalogError, ColumnMapping
 from indexer.progress import Advance
 from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
+from retrieval.model_registry import resolve_model
 from retrieval.types import ShopsearchError
 
 app = typer.Typer(
@@ -169,12 +171,23 @@ def _fail(exc: Exception, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+#: Where `shopsearch train` registers models (``$SHOPSEARCH_MODELS_DIR``, default var/models).
+MODELS_DIR = Path(os.environ.get("SHOPSEARCH_MODELS_DIR", "var/models"))
+
+
 def _settings(index_dir: Path | None, **overrides: object) -> Settings:
     """``SHOPSEARCH_*`` settings with the options given on the command line (not None)
     on top, validated (a bad combination exits with the reason)."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if index_dir is not None:
         values["index_dir"] = index_dir
+    # --model / --reranker take a directory or a registry spec (towers/latest, reranker/<version>).
+    for key in ("model_dir", "reranker_dir"):
+        if key in values:
+            try:
+                values[key] = resolve_model(str(values[key]), MODELS_DIR)
+            except ShopsearchError as exc:
+                raise _fail(exc, 2) from exc
     try:
         return Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -724,6 +737,16 @@ def mount_plugins(target: typer.Typer) -> None:
 
     for entry in entry_points(group="shopsearch.commands"):
         entry.load()(target)
+
+
+def _mount_training() -> None:
+    from api.cli_train import models_app, train_app
+
+    app.add_typer(train_app, name="train")
+    app.add_typer(models_app, name="models")
+
+
+_mount_training()
 
 
 def main() -> None:

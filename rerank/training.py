@@ -1,0 +1,386 @@
+"""Training of the cross-encoder reranker from the base MiniLM weights.
+
+The model is the base encoder with a fresh one-logit head (sentence-transformers
+``CrossEncoder`` with ``num_labels=1``, head initialised from the seed). It learns
+``(query, item text, label)`` pairs with binary cross-entropy on soft labels: graded
+judgments mapped to [0, 1] plus mined and random negatives at 0 (prepared by
+``indexer.training_data``; without the negatives the model learns to ignore topicality).
+
+``max_length`` (word pieces of query + item text) is measured on the training pairs when
+not given: the 99th percentile rounded up to a multiple of 8; a pair is rarely cut and
+no batch pays for padding it does not need.
+
+Budgets and determinism as in :mod:`retrieval.tower_training`: ``max_pairs``, ``epochs``,
+``max_minutes`` (schedule shortened to what fits, clean stop at the deadline, always
+saved). Per-epoch dev metrics over candidate lists: nDCG@10 of the full list (judged
+products plus mined candidates, unjudged at gain 0, like protocol A restricted to the
+candidates), MRR@10, and protocol B's nDCG@10 over the judged products only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.encoders import ModelError, resolve_device
+from retrieval.tower_training import (
+    Deadline,
+    EpochLog,
+    LinearWarmupSchedule,
+    StepCallback,
+    TrainingError,
+    TrainingProgress,
+    autocast,
+    make_adamw,
+    ndcg_at_k,
+    save_loss_curve,
+    seed_everything,
+)
+
+__all__ = [
+    "RerankDevSet",
+    "RerankerTrainingConfig",
+    "RerankerTrainingResult",
+    "choose_max_length",
+    "rerank_metrics",
+    "train_reranker",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RerankDevSet:
+    """Candidate lists to rerank: per query its item texts, their gains and whether each
+    was judged (protocol B ranks only the judged ones)."""
+
+    queries: list[str]
+    texts: list[list[str]]
+    gains: list[list[float]]
+    judged: list[list[bool]]
+
+    def __post_init__(self) -> None:
+        if not (len(self.queries) == len(self.texts) == len(self.gains) == len(self.judged)):
+            raise TrainingError(
+                "rerank dev set: queries, texts, gains and judged must have one entry per query"
+            )
+
+
+def rerank_metrics(
+    scores: Sequence[Sequence[float]], dev: RerankDevSet, *, k: int = 10
+) -> dict[str, float]:
+    """Mean over queries with a positive gain: nDCG@k of each full candidate list (unjudged
+    candidates have gain 0), MRR@k (any positive gain counts as relevant) and
+    ``b.ndcg@k``, nDCG@k of the judged candidates only (protocol B)."""
+    ndcgs, mrrs, b_ndcgs = [], [], []
+    for s, gains, judged in zip(scores, dev.gains, dev.judged, strict=True):
+        order = np.argsort(-np.asarray(s, dtype=float), kind="stable")
+        ranked = [gains[i] for i in order]
+        if any(g > 0 for g in gains):
+            ndcgs.append(ndcg_at_k(ranked, gains, k))
+            first = next((r for r, g in enumerate(ranked[:k], start=1) if g > 0), None)
+            mrrs.append(1.0 / first if first else 0.0)
+            judged_ranked = [gains[i] for i in order if judged[i]]
+            b_ndcgs.append(ndcg_at_k(judged_ranked, gains, k))
+    return {
+        f"ndcg@{k}": float(np.mean(ndcgs)) if ndcgs else 0.0,
+        f"mrr@{k}": float(np.mean(mrrs)) if mrrs else 0.0,
+        f"b.ndcg@{k}": float(np.mean(b_ndcgs)) if b_ndcgs else 0.0,
+    }
+
+
+def choose_max_length(
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    quantile: float = 0.99,
+    multiple: int = 8,
+    cap: int = 256,
+    sample: int = 5000,
+    seed: int = 1234,
+) -> tuple[int, dict[str, float]]:
+    """The ``quantile`` of the token lengths of ``(query, text)`` pairs (special tokens
+    included) rounded up to ``multiple``, at most ``cap``; and the length distribution."""
+    if not pairs:
+        raise TrainingError("no pairs to measure max_length on")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(pairs), size=min(sample, len(pairs)), replace=False)
+    chosen = [pairs[i] for i in picks]
+    encoded = tokenizer(
+        [q for q, _ in chosen],
+        [t for _, t in chosen],
+        truncation=False,
+        padding=False,
+        verbose=False,
+    )
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    value = float(np.quantile(lengths, quantile))
+    max_length = int(min(cap, multiple * int(np.ceil(value / multiple))))
+    stats = {
+        "sampled_pairs": len(chosen),
+        "p50": float(np.quantile(lengths, 0.5)),
+        "p90": float(np.quantile(lengths, 0.9)),
+        "p99": float(np.quantile(lengths, 0.99)),
+        "max": float(lengths.max()),
+        "quantile_used": quantile,
+        "truncated_share": float((lengths > max_length).mean()),
+    }
+    return max_length, stats
+
+
+@dataclass(frozen=True, slots=True)
+class RerankerTrainingConfig:
+    """Hyper-parameters and budgets of :func:`train_reranker` (recorded on the card)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 4e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int | None = None  # None: measured on the training pairs
+    max_pairs: int | None = None
+    max_minutes: float | None = None
+    bf16: bool = False  # bfloat16 autocast (CPUs with AVX512-BF16/AMX, recent GPUs)
+    seed: int = 1234
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise TrainingError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise TrainingError(f"max_pairs must be >= 1, got {self.max_pairs}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise TrainingError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.max_length is not None and self.max_length < 8:
+            raise TrainingError(f"max_length must be >= 8 word pieces, got {self.max_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RerankerTrainingResult:
+    """What :func:`train_reranker` did; the CLI turns it into the model card."""
+
+    output_dir: Path
+    max_length: int
+    length_stats: dict[str, float]
+    losses: list[float]
+    epochs: list[EpochLog]
+    dev_before: dict[str, float]
+    dev_after: dict[str, float]
+    steps: int
+    planned_steps: int
+    pairs_seen: int
+    train_pairs: int
+    label_stats: dict[str, float]
+    stopped_by: str
+    wall_s: float
+    device: str
+    loss_curve: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first_step_loss(self) -> float | None:
+        return self.losses[0] if self.losses else None
+
+
+def _score_dev(model: Any, dev: RerankDevSet, batch_size: int = 128) -> list[list[float]]:
+    flat = [(q, t) for q, texts in zip(dev.queries, dev.texts, strict=True) for t in texts]
+    scores = model.predict(
+        flat, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
+    )
+    out, at = [], 0
+    for texts in dev.texts:
+        out.append([float(x) for x in scores[at : at + len(texts)]])
+        at += len(texts)
+    return out
+
+
+def _evaluate(model: Any, dev: RerankDevSet | None) -> dict[str, float]:
+    return rerank_metrics(_score_dev(model, dev), dev) if dev is not None else {}
+
+
+def train_reranker(
+    pairs: Sequence[tuple[str, str, float]],
+    base_model: Path,
+    output_dir: Path,
+    config: RerankerTrainingConfig | None = None,
+    *,
+    dev: RerankDevSet | None = None,
+    on_step: StepCallback | None = None,
+) -> RerankerTrainingResult:
+    """Train a cross-encoder from ``base_model`` on ``(query, item text, label)`` pairs
+    (labels in [0, 1]) and save it to ``output_dir`` with ``loss_curve.png``.
+
+    Raises:
+        TrainingError: no pairs, a label outside [0, 1], or the budget ends before the
+            first step.
+        ModelError: the base model cannot be loaded.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    config = config or RerankerTrainingConfig()
+    if not pairs:
+        raise TrainingError("no training pairs; build them with indexer.training_data")
+    bad = [p for p in pairs if not 0.0 <= p[2] <= 1.0]
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} labels are outside [0, 1] (e.g. {bad[0]!r}); map grades with "
+            "TrainingData.label()"
+        )
+    device = resolve_device(config.device)
+    deadline = Deadline(config.max_minutes)
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    pool = list(pairs)
+    if config.max_pairs is not None and len(pool) > config.max_pairs:
+        pool = [pool[i] for i in sorted(rng.choice(len(pool), config.max_pairs, replace=False))]
+    labels = np.array([p[2] for p in pool])
+    label_stats = {
+        "pairs": len(pool),
+        "mean_label": float(labels.mean()),
+        "zero_labels": int((labels == 0).sum()),
+        "positive_labels": int((labels > 0).sum()),
+    }
+    try:
+        model = CrossEncoder(str(base_model), num_labels=1, device=device, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load base model from {base_model}: {exc}") from exc
+    if config.max_length is None:
+        max_length, length_stats = choose_max_length(
+            model.tokenizer, [(q, t) for q, t, _ in pool], seed=config.seed
+        )
+    else:
+        max_length, length_stats = config.max_length, {"given": float(config.max_length)}
+    model.max_seq_length = max_length
+    log.info("reranker max_length %d (%s)", max_length, length_stats)
+    loss_fn = BinaryCrossEntropyLoss(model)
+
+    optimizer = make_adamw(model, config.learning_rate, config.weight_decay)
+    steps_per_epoch = int(np.ceil(len(pool) / config.batch_size))
+    planned = steps_per_epoch * config.epochs
+    schedule = LinearWarmupSchedule(planned, config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    dev_before: dict[str, float] = {}
+    eval_s = 0.0
+    if dev is not None:
+        t = time.monotonic()
+        dev_before = _evaluate(model, dev)
+        eval_s = time.monotonic() - t
+        log.info("dev before training: %s (%.1f s)", dev_before, eval_s)
+
+    losses: list[float] = []
+    epochs: list[EpochLog] = []
+    stopped_by = "completed"
+    pairs_seen = steps = 0
+    timed_from = time.monotonic()
+    for epoch in range(config.epochs):
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(pool))
+        epoch_losses: list[float] = []
+        for start in range(0, len(order), config.batch_size):
+            if deadline.expired() or steps >= schedule.planned:
+                stopped_by = "deadline"
+                break
+            batch = [pool[i] for i in order[start : start + config.batch_size]]
+            model.train()
+            with autocast(device, config.bf16):
+                loss = loss_fn(
+                    [[b[0] for b in batch], [b[1] for b in batch]],
+                    torch.tensor([b[2] for b in batch], dtype=torch.float32, device=model.device),
+                )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            pairs_seen += len(batch)
+            value = float(loss.detach().cpu())
+            losses.append(value)
+            epoch_losses.append(value)
+            if on_step:
+                on_step(TrainingProgress("train", steps, schedule.planned, value))
+            if steps == 20 and deadline.end is not None:
+                per_step = (time.monotonic() - timed_from) / steps
+                fit = steps + int((deadline.remaining() - eval_s * 1.5) / per_step)
+                if fit < schedule.planned:
+                    schedule.shorten(fit)
+                    log.info(
+                        "budget: %.2f s/step, %d of %d planned steps fit in --max-minutes; "
+                        "learning-rate schedule shortened",
+                        per_step,
+                        schedule.planned,
+                        planned,
+                    )
+        metrics = _evaluate(model, dev)
+        epochs.append(
+            EpochLog(
+                epoch=epoch + 1,
+                steps=steps,
+                pairs_seen=pairs_seen,
+                mean_loss=float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+                dev=metrics,
+                elapsed_s=round(deadline.elapsed(), 1),
+            )
+        )
+        log.info(
+            "epoch %d: %d steps, mean loss %.4f, dev %s",
+            epoch + 1,
+            steps,
+            epochs[-1].mean_loss,
+            metrics,
+        )
+        if stopped_by == "deadline":
+            break
+    if not losses:
+        raise TrainingError("the time budget ended before the first step; raise --max-minutes")
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save(str(output_dir))
+    curve = save_loss_curve(
+        losses,
+        output_dir / "loss_curve.png",
+        title=f"reranker - BCE on graded labels + mined negatives (max_length {max_length})",
+        epoch_ends=[e.steps for e in epochs[:-1]],
+    )
+    result = RerankerTrainingResult(
+        output_dir=output_dir,
+        max_length=max_length,
+        length_stats=length_stats,
+        losses=losses,
+        epochs=epochs,
+        dev_before=dev_before,
+        dev_after=epochs[-1].dev,
+        steps=steps,
+        planned_steps=planned,
+        pairs_seen=pairs_seen,
+        train_pairs=len(pool),
+        label_stats=label_stats,
+        stopped_by=stopped_by,
+        wall_s=deadline.elapsed(),
+        device=device,
+        loss_curve=curve,
+    )
+    log.info(
+        "reranker trained: %d steps, %s, %.0f s, dev %s -> %s",
+        steps,
+        stopped_by,
+        result.wall_s,
+        dev_before,
+        result.dev_after,
+    )
+    return result

@@ -1,0 +1,245 @@
+"""A versioned registry of trained models on disk, each with a model card.
+
+Layout::
+
+    <models-dir>/
+      towers/<version>/        # a sentence-transformers directory (the two towers)
+        model_card.json  loss_curve.png  ...weights
+      reranker/<version>/      # a CrossEncoder directory
+        model_card.json  loss_curve.png  ...weights
+      <kind>/.staging-<version>/   # a model being written; never listed or resolved
+
+Versions are UTC timestamps (``20260509T120000Z``), so they sort by creation time and
+``<kind>/latest`` is the last one. A trainer saves into :func:`staging_dir`, then
+:func:`register` writes the card (with the weights' sha256 from
+:func:`retrieval.encoders.model_info`) and renames the directory into place, so a
+half-written model is never resolvable.
+
+A model spec (what ``build``, ``serve`` and ``eval`` accept) is either a directory path
+or ``<kind>/<version>`` or ``<kind>/latest``; :func:`resolve_model` turns it into a
+path and says which choices exist when it cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from retrieval.encoders import ModelError, model_info
+
+__all__ = [
+    "CARD_FILE",
+    "KINDS",
+    "LATEST",
+    "RegisteredModel",
+    "RegistryError",
+    "library_versions",
+    "list_models",
+    "load_card",
+    "new_version",
+    "register",
+    "resolve_model",
+    "staging_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: The kinds of model the registry holds.
+KINDS: tuple[str, ...] = ("towers", "reranker")
+#: File name of the model card inside a version directory.
+CARD_FILE = "model_card.json"
+#: The version alias that resolves to the newest version of a kind.
+LATEST = "latest"
+_STAGING_PREFIX = ".staging-"
+
+
+class RegistryError(ModelError):
+    """A model spec does not resolve, a kind is unknown, or a card cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    """A model in the registry: ``kind``, ``version``, its directory and its card."""
+
+    kind: str
+    version: str
+    path: Path
+    card: dict[str, Any]
+
+    @property
+    def spec(self) -> str:
+        """``<kind>/<version>``, what :func:`resolve_model` accepts."""
+        return f"{self.kind}/{self.version}"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise RegistryError(f"unknown model kind {kind!r}; valid kinds are: {', '.join(KINDS)}")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape a model's numerics (for the model card)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "sentence-transformers", "numpy", "shopsearch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def new_version(models_dir: Path, kind: str) -> str:
+    """A fresh version name for ``kind``: the UTC time, with ``-2``, ``-3``... on a clash."""
+    _check_kind(kind)
+    root = Path(models_dir) / kind
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    version, n = stamp, 2
+    while (root / version).exists() or (root / f"{_STAGING_PREFIX}{version}").exists():
+        version, n = f"{stamp}-{n}", n + 1
+    return version
+
+
+def staging_dir(models_dir: Path, kind: str, version: str) -> Path:
+    """The directory a trainer writes ``version`` into before :func:`register` (created empty)."""
+    _check_kind(kind)
+    path = Path(models_dir) / kind / f"{_STAGING_PREFIX}{version}"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def register(models_dir: Path, kind: str, version: str, card: dict[str, Any]) -> RegisteredModel:
+    """Write ``card`` into the staged ``version`` and move it into place.
+
+    The card gets ``kind``, ``version``, ``created_at``, ``model`` (id, sha256 of the
+    weights) and ``libraries`` added; the rest is the trainer's (base model, data
+    checksum, hyper-parameters, metrics, logs).
+
+    Raises:
+        RegistryError: nothing is staged for ``version``, or ``version`` already exists.
+        ModelError: the staged directory holds no weight files.
+    """
+    _check_kind(kind)
+    root = Path(models_dir) / kind
+    staged = root / f"{_STAGING_PREFIX}{version}"
+    final = root / version
+    if not staged.is_dir():
+        raise RegistryError(
+            f"nothing staged at {staged}; save the model into staging_dir(...) before register()"
+        )
+    if final.exists():
+        raise RegistryError(f"{kind}/{version} already exists in {models_dir}; use new_version()")
+    info = model_info(staged)
+    full_card = {
+        "kind": kind,
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {"id": version, "sha256": info.sha256},
+        "libraries": library_versions(),
+        **card,
+    }
+    tmp = staged / f".{CARD_FILE}.tmp"
+    tmp.write_text(json.dumps(full_card, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, staged / CARD_FILE)
+    os.replace(staged, final)
+    log.info("registered %s/%s in %s", kind, version, models_dir)
+    return RegisteredModel(kind=kind, version=version, path=final, card=full_card)
+
+
+def load_card(path: Path) -> dict[str, Any]:
+    """The model card of the model directory ``path`` (raises :class:`RegistryError`)."""
+    card_path = Path(path) / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(
+            f"{card_path} is missing: {path} is not a registered model "
+            "(train one with `shopsearch train towers|reranker`)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{card_path} cannot be read: {exc}") from exc
+    if not isinstance(card, dict):
+        raise RegistryError(f"{card_path} does not hold a JSON object")
+    return card
+
+
+def _versions(models_dir: Path, kind: str) -> list[str]:
+    root = Path(models_dir) / kind
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / CARD_FILE).is_file()
+    )
+
+
+def list_models(models_dir: Path, kind: str | None = None) -> list[RegisteredModel]:
+    """Registered models, by kind then version (oldest first); one kind when ``kind`` is set.
+
+    Raises:
+        RegistryError: ``kind`` is not one of :data:`KINDS`, or a card is unreadable.
+    """
+    kinds = KINDS
+    if kind is not None:
+        _check_kind(kind)
+        kinds = (kind,)
+    out = []
+    for k in kinds:
+        for version in _versions(models_dir, k):
+            path = Path(models_dir) / k / version
+            out.append(RegisteredModel(kind=k, version=version, path=path, card=load_card(path)))
+    return out
+
+
+def resolve_model(spec: str | Path, models_dir: Path) -> Path:
+    """Turn a model spec into a model directory.
+
+    ``spec`` is ``<kind>/<version>``, ``<kind>/latest`` (the newest of that kind) or a
+    path to a model directory. A string whose first part is a kind is looked up in the
+    registry; anything else must be an existing directory.
+
+    >>> resolve_model("towers/latest", Path("var/models"))  # doctest: +SKIP
+    PosixPath('var/models/towers/20260509T120000Z')
+
+    Raises:
+        RegistryError: the kind, version or path does not exist; the message lists the
+            valid choices.
+    """
+    text = str(spec)
+    parts = text.strip("/").split("/")
+    if len(parts) == 2 and parts[0] in KINDS and not Path(text).is_dir():
+        kind, version = parts
+        versions = _versions(models_dir, kind)
+        if not versions:
+            raise RegistryError(
+                f"no {kind} model in {models_dir}; train one with `shopsearch train {kind}` "
+                "or pass a model directory"
+            )
+        if version == LATEST:
+            version = versions[-1]
+        elif version not in versions:
+            listed = ", ".join(versions[-10:])
+            raise RegistryError(
+                f"{kind} version {version!r} not found in {models_dir}; valid versions: "
+                f"{listed} (or {kind}/{LATEST})"
+            )
+        return Path(models_dir) / kind / version
+    path = Path(text)
+    if path.is_dir():
+        return path
+    raise RegistryError(
+        f"model {text!r} is neither a directory nor a registry spec; use a path, or "
+        f"<kind>/<version> or <kind>/{LATEST} with kind one of: {', '.join(KINDS)} "
+        f"(`shopsearch models list --models-dir {models_dir}` shows what exists)"
+    )
