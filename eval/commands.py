@@ -21,7 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli import MODELS_DIR
 from api.settings import Settings
+from retrieval.model_registry import resolve_model
 
 __all__ = ["bench_command", "eval_app"]
 
@@ -152,9 +154,9 @@ def evaluate(
     if index_dir is not None:
         updates["index_dir"] = index_dir
     if model is not None:
-        updates["model_dir"] = model
+        updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
     if reranker is not None:
-        updates["reranker_dir"] = reranker
+        updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
     settings = settings.model_copy(update=updates)
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit)
     try:
@@ -398,7 +400,10 @@ def bench_command(
     settings = base_settings.model_copy(
         update={
             k: v
-            for k, v in {"index_dir": index_dir, "reranker_dir": reranker}.items()
+            for k, v in {
+                "index_dir": index_dir,
+                "reranker_dir": resolve_model(str(reranker), MODELS_DIR) if reranker else None,
+            }.items()
             if v is not None
         }
         | {"reload_interval_s": 0.0, "query_cache_size": 0}
