@@ -22,11 +22,11 @@ __all__ = ["EmbeddingCache"]
 
 log = logging.getLogger(__name__)
 
-_KEY = np.dtype("S16")  # first 16 bytes of sha256(text): collisions are negligible
+KEY_BYTES = 16  # first 16 bytes of sha256(text): collisions are negligible
 
 
 def _key(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+    return hashlib.sha256(text.encode("utf-8")).digest()[:KEY_BYTES]
 
 
 class EmbeddingCache:
@@ -36,15 +36,24 @@ class EmbeddingCache:
         self.dir = Path(directory) / model_sha256[:16]
         self.dim = dim
 
-    def _load(self) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.float32]]:
+    def _load(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+        # Keys are raw bytes in an (n, 16) uint8 array: numpy's fixed-width bytes type
+        # ("S16") strips trailing zero bytes, so such keys never matched again.
         keys_path, vectors_path = self.dir / "keys.npy", self.dir / "vectors.npy"
         if keys_path.is_file() and vectors_path.is_file():
             keys = np.load(keys_path)
             vectors = np.load(vectors_path)
-            if len(keys) == len(vectors) and vectors.ndim == 2 and vectors.shape[1] == self.dim:
+            if (
+                keys.dtype == np.uint8
+                and keys.shape == (len(vectors), KEY_BYTES)
+                and vectors.ndim == 2
+                and vectors.shape[1] == self.dim
+            ):
                 return keys, vectors
-            log.warning("embedding cache %s is inconsistent; ignoring it", self.dir)
-        return np.zeros(0, _KEY), np.zeros((0, self.dim), np.float32)
+            log.warning(
+                "embedding cache %s is inconsistent or of an old format; ignoring it", self.dir
+            )
+        return np.zeros((0, KEY_BYTES), np.uint8), np.zeros((0, self.dim), np.float32)
 
     def encode(
         self,
@@ -57,7 +66,7 @@ class EmbeddingCache:
         the number of cache hits. The cache is then rewritten with the union.
         """
         keys, vectors = self._load()
-        position = {k: i for i, k in enumerate(keys.tolist())}
+        position = {row.tobytes(): i for i, row in enumerate(keys)}
         wanted = [_key(t) for t in texts]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         missing: dict[bytes, list[int]] = {}
@@ -73,12 +82,13 @@ class EmbeddingCache:
             fresh = encode([texts[i] for i in firsts])
             for new, idx in zip(fresh, missing.values(), strict=True):
                 out[idx] = new
-            keys = np.concatenate([keys, np.array(list(missing), dtype=_KEY)])
+            fresh_keys = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, KEY_BYTES)
+            keys = np.concatenate([keys, fresh_keys])
             vectors = np.vstack([vectors, fresh.astype(np.float32)])
             self._save(keys, vectors)
         return out, hits
 
-    def _save(self, keys: npt.NDArray[np.bytes_], vectors: npt.NDArray[np.float32]) -> None:
+    def _save(self, keys: npt.NDArray[np.uint8], vectors: npt.NDArray[np.float32]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, array in (("vectors.npy", vectors), ("keys.npy", keys)):
             tmp = self.dir / f".{name}.{os.getpid()}.tmp"

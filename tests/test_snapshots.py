@@ -125,3 +125,16 @@ def test_embedding_cache_encodes_only_misses(tmp_path: Path) -> None:
     np.testing.assert_array_equal(vectors[:, 0], [2, 3])
     other_model = EmbeddingCache(tmp_path, "0" * 64, dim=2)
     assert other_model.encode(["a"], fake_encode)[1] == 0
+
+
+def test_embedding_cache_keeps_keys_with_trailing_zero_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import indexer.embedding_cache as module
+
+    # A key that ends in zero bytes (about 1 text in 256 has one) must hit the cache again.
+    monkeypatch.setattr(module, "_key", lambda text: text.encode().ljust(16, b"\0")[:16])
+    cache = EmbeddingCache(tmp_path, "e" * 64, dim=2)
+    encode = lambda texts: np.ones((len(texts), 2), dtype=np.float32)  # noqa: E731
+    assert cache.encode(["ab", "cd"], encode)[1] == 0
+    assert cache.encode(["ab", "cd"], encode)[1] == 2
