@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +39,7 @@ from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
 from retrieval.batching import MicroBatcher
 from retrieval.encoders import Encoder
-from retrieval.filters import Filters, ProductTable
+from retrieval.filters import Filters, InvalidFilterError, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
 from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndexError
@@ -527,8 +526,6 @@ def compute_facets(
     ``price`` counts each ``[min, max)`` range, in the order given. Unknown fields raise
     :class:`retrieval.filters.InvalidFilterError`.
     """
-    from retrieval.filters import InvalidFilterError
-
     out: dict[str, list[FacetBucket]] = {}
     products = table.products
     for name in fields:
@@ -563,15 +560,3 @@ def compute_facets(
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_SIZE]
         out[name] = [FacetBucket(value=v, count=c) for v, c in ranked]
     return out
-
-
-def open_service(settings: Settings, *, require_snapshot: bool = True) -> SearchService:
-    """A service with its snapshot loaded (``require_snapshot=False``: load if there is one)."""
-    service = SearchService(settings)
-    if require_snapshot or service.store.current() is not None:
-        service.load()
-    return service
-
-
-def index_dir_of(path: Path | None, settings: Settings) -> Path:
-    return Path(path) if path is not None else settings.index_dir
