@@ -562,7 +562,7 @@ def _bench_scale(
         "index",
         "approx R@100",
         "disk MiB",
-        "RSS MiB",
+        "serving RSS MiB (+index)",
         "hybrid",
         "dense",
         "lexical",
@@ -571,7 +571,7 @@ def _bench_scale(
     for p in points:
         table.add_row(
             f"{p.products:,}", f"{p.build_s}", f"{p.encoded:,}", p.index_factory, f"{p.approx_recall_at_100:.3f}",
-            f"{p.disk_mib}", f"{p.rss_growth_mib}", f"{p.p50_ms['hybrid']}", f"{p.p50_ms['dense']}", f"{p.p50_ms['lexical']}",
+            f"{p.disk_mib}", f"{p.serving_rss_mib} (+{p.rss_growth_mib})", f"{p.p50_ms['hybrid']}", f"{p.p50_ms['dense']}", f"{p.p50_ms['lexical']}",
         )  # fmt: skip
     Console().print(table)
     if out is not None:

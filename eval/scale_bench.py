@@ -8,12 +8,16 @@ have in common and a rerun encodes nothing new.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +38,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ScalePoint:
-    """Measurements at one catalog size (times in seconds, sizes in MiB, latency in ms)."""
+    """Measurements at one catalog size (times in seconds, sizes in MiB, latency in ms).
+
+    ``serving_rss_mib`` is the resident memory of a fresh serving process after loading
+    the snapshot and answering the queries; ``rss_growth_mib`` is the part of it that the
+    snapshot adds over the same process with only the encoder loaded.
+    """
 
     products: int
     build_s: float
@@ -43,6 +52,7 @@ class ScalePoint:
     index_factory: str
     approx_recall_at_100: float
     disk_mib: float
+    serving_rss_mib: float
     rss_growth_mib: float
     p50_ms: dict[str, float]
 
@@ -76,7 +86,9 @@ def run_scale_bench(
 ) -> list[ScalePoint]:
     """Scale ``base_rows`` to each size, build, load and query it; return the measurements.
 
-    ``queries`` are run once per mode (hybrid, dense, lexical) after 20 warm-up queries.
+    ``queries`` are run once per mode (hybrid, dense, lexical) after 20 warm-up queries,
+    in a fresh child process (see :func:`measure_serving`), so memory the build freed
+    does not hide what serving the snapshot costs.
     """
     points = []
     for size in sizes:
@@ -97,21 +109,7 @@ def run_scale_bench(
         )
         build_s = time.perf_counter() - started
         del products
-        before = _rss_mib()
-        service = SearchService(
-            Settings(index_dir=index_dir, reload_interval_s=0, query_cache_size=0), encoder=encoder
-        )
-        service.load()
-        rss_growth = _rss_mib() - before
-        p50: dict[str, float] = {}
-        for mode in ("hybrid", "dense", "lexical"):
-            for q in queries[:20]:
-                service.search(SearchRequest(q=q, mode=mode))  # type: ignore[arg-type]
-            totals = [
-                service.search(SearchRequest(q=q, mode=mode)).timings_ms["total"]  # type: ignore[arg-type]
-                for q in queries
-            ]
-            p50[mode] = round(float(summarize_latencies(totals).p50_ms or np.nan), 2)
+        serving = measure_serving(index_dir, encoder, queries)
         snapshot_dir = SnapshotStore(index_dir).path(manifest["version"])
         timings = manifest["build"]["timings_s"]
         point = ScalePoint(
@@ -124,10 +122,74 @@ def run_scale_bench(
             ),
             approx_recall_at_100=float(manifest["approx_vs_exact"]["recall@100"]),
             disk_mib=round(_dir_mib(snapshot_dir), 1),
-            rss_growth_mib=round(rss_growth, 1),
-            p50_ms=p50,
+            serving_rss_mib=serving["rss_mib"],
+            rss_growth_mib=serving["rss_growth_mib"],
+            p50_ms=serving["p50_ms"],
         )
         log.info("scale %d: %s", size, point)
         points.append(point)
-        del service
     return points
+
+
+def _serve_and_measure(index_dir: Path, model: str, backend: str, queries: Sequence[str]) -> dict[str, Any]:
+    """Child-process side of :func:`measure_serving`."""
+    encoder = Encoder(Path(model), backend=backend)
+    encoder.encode_query(["warm up"])
+    before = _rss_mib()
+    service = SearchService(
+        Settings(index_dir=index_dir, reload_interval_s=0, query_cache_size=0), encoder=encoder
+    )
+    service.load()
+    p50: dict[str, float] = {}
+    for mode in ("hybrid", "dense", "lexical"):
+        for q in queries[:20]:
+            service.search(SearchRequest(q=q, mode=mode))  # type: ignore[arg-type]
+        totals = [
+            service.search(SearchRequest(q=q, mode=mode)).timings_ms["total"]  # type: ignore[arg-type]
+            for q in queries
+        ]
+        p50[mode] = round(float(summarize_latencies(totals).p50_ms or np.nan), 2)
+    after = _rss_mib()
+    return {
+        "rss_mib": round(after, 1),
+        "rss_growth_mib": round(after - before, 1),
+        "p50_ms": p50,
+    }
+
+
+def measure_serving(index_dir: Path, encoder: Encoder, queries: Sequence[str]) -> dict[str, Any]:
+    """Load ``index_dir``'s CURRENT snapshot in a fresh process and query it.
+
+    Returns ``{"rss_mib": float, "rss_growth_mib": float, "p50_ms": {mode: ms}}``.
+
+    Raises:
+        RuntimeError: the child process failed (its stderr is in the message).
+    """
+    payload = json.dumps(
+        {
+            "index_dir": str(index_dir),
+            "model": str(encoder.path),
+            "backend": encoder.backend,
+            "queries": list(queries),
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "eval.scale_bench"],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"serving probe for {index_dir} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    # The serving probe: reads its job as JSON on stdin, prints the result as one JSON line.
+    job = json.loads(sys.stdin.read())
+    logging.basicConfig(level=logging.WARNING)
+    result = _serve_and_measure(
+        Path(job["index_dir"]), job["model"], job["backend"], job["queries"]
+    )
+    print(json.dumps(result))
