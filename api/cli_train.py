@@ -12,20 +12,18 @@ are cached under ``<models-dir>/.cache/embeddings`` keyed by model checksum, so 
 do not re-encode); train; register the model with its card in the registry.
 
 ``build`` and ``serve`` take a model spec through :func:`resolve_model_option`
-(``towers/latest``, ``reranker/<version>`` or a directory). :func:`build_dev_runs`
-computes the dev-split runs that compare base and fine-tuned models (protocol A scoring
-lives in ``eval``, which ``api`` must not import).
+(``towers/latest``, ``reranker/<version>`` or a directory). Comparing the trained
+models on the dev split is ``shopsearch eval`` (``--compare-index-dir``, ``--reranker``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,11 +81,8 @@ __all__ = [
     "DEFAULT_HOMEDEPOT_DIR",
     "DEFAULT_MODELS_DIR",
     "TrainingInputs",
-    "build_dev_runs",
     "load_training_inputs",
     "models_app",
-    "rerank_fusion",
-    "rerank_latency",
     "resolve_model_option",
     "train_app",
 ]
@@ -728,158 +723,3 @@ def models_show(
     except ShopsearchError as exc:
         raise _fail(exc) from exc
     sys.stdout.write(json.dumps(card, indent=2) + "\n")
-
-
-# -- dev-split comparison runs (scored by eval's protocol A) --------------------------
-
-Run = dict[str, dict[str, float]]
-
-
-def _rrf(rankings: Sequence[Sequence[str]], k: int = 60) -> dict[str, float]:
-    from retrieval.fusion import reciprocal_rank_fusion
-
-    return reciprocal_rank_fusion([[(pid, 0.0) for pid in r] for r in rankings], k=k)
-
-
-def _fuse(dense: Sequence[str], lexical: Sequence[str], depth: int) -> list[str]:
-    scores = _rrf([dense, lexical])
-    return sorted(scores, key=lambda pid: (-scores[pid], pid))[:depth]
-
-
-def _ranking_run(qids: Sequence[str], rankings: Sequence[Sequence[str]]) -> Run:
-    return {
-        qid: {pid: float(len(r) - i) for i, pid in enumerate(r)}
-        for qid, r in zip(qids, rankings, strict=True)
-    }
-
-
-def build_dev_runs(
-    dataset: EvalDataset,
-    products: Sequence[Product],
-    *,
-    towers: Mapping[str, Path],
-    reranker: Path | None = None,
-    models_dir: Path = DEFAULT_MODELS_DIR,
-    depth: int = 1000,
-    rerank_depth: int = 50,
-    rerank_on: Sequence[str] = (),
-    device: str = "auto",
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, Run]:
-    """Full-corpus runs ``{name: {qid: {product_id: score}}}`` on ``dataset``'s queries:
-
-    - ``bm25``: tantivy over the catalog;
-    - ``dense:<name>`` for each of ``towers`` (exact search over the cached catalog vectors);
-    - ``hybrid:<name>``: RRF (k=60) of ``dense:<name>`` and ``bm25`` (top ``depth`` each);
-    - ``<run>+rerank``: for each run named in ``rerank_on``, its top ``rerank_depth``
-      reordered by ``reranker`` (the rest keeps its order below them);
-    - ``<run>+rerank-rrf``: the same head ordered by :func:`rerank_fusion` of the run's
-      order and the reranker's.
-
-    Score them with ``eval.metrics.evaluate_protocol_a``.
-    """
-    from rerank.cross_encoder import Reranker
-    from retrieval.lexical_index import TantivyIndex
-
-    say = progress or (lambda message: log.info("%s", message))
-    qids = [q.qid for q in dataset.queries]
-    texts = [q.text for q in dataset.queries]
-    runs: dict[str, Run] = {}
-    rankings: dict[str, list[list[str]]] = {}
-    with tempfile.TemporaryDirectory(prefix="shopsearch-eval-") as work:
-        index = TantivyIndex(Path(work) / "lexical")
-        index.build(products)
-        rankings["bm25"] = lexical_source(index)(texts, depth)
-    say("bm25 done")
-    ids = [p.id for p in products]
-    for name, path in towers.items():
-        encoder = Encoder(path, device=device)
-        vectors = catalog_embeddings(encoder, products, models_dir / ".cache" / "embeddings")
-        rankings[f"dense:{name}"] = dense_source(encoder, vectors, ids)(texts, depth)
-        rankings[f"hybrid:{name}"] = [
-            _fuse(d, b, depth)
-            for d, b in zip(rankings[f"dense:{name}"], rankings["bm25"], strict=True)
-        ]
-        say(f"dense and hybrid for {name} done")
-    for name, r in rankings.items():
-        runs[name] = _ranking_run(qids, r)
-    if reranker is not None and rerank_on:
-        from retrieval.item_text import item_text
-
-        card = load_card(reranker) if (reranker / "model_card.json").is_file() else {}
-        model = Reranker(
-            reranker, device=device, max_length=int(card.get("max_length", 128)), batch_size=64
-        )
-        by_id = {p.id: p for p in products}
-        for name in rerank_on:
-            replaced: Run = {}
-            fused: Run = {}
-            for qid, text, ranking in zip(qids, texts, rankings[name], strict=True):
-                head = ranking[:rerank_depth]
-                scores = model.score(text, [item_text(by_id[pid]) for pid in head])
-                rest = {pid: float(len(ranking) - i) for i, pid in enumerate(ranking[len(head) :])}
-                replaced[qid] = {
-                    **{p: 1e6 + float(s) for p, s in zip(head, scores, strict=True)},
-                    **rest,
-                }
-                fused[qid] = {
-                    **{p: 1e6 + s for p, s in rerank_fusion(head, scores.tolist()).items()},
-                    **rest,
-                }
-            runs[f"{name}+rerank"] = replaced
-            runs[f"{name}+rerank-rrf"] = fused
-            say(f"rerank of {name} done")
-    return runs
-
-
-def rerank_fusion(head: Sequence[str], scores: Sequence[float], *, k: int = 60) -> dict[str, float]:
-    """Reciprocal-rank fusion of the first-stage order of ``head`` (best first) and the
-    reranker's order by ``scores``: ``{id: 1/(k + first-stage rank) + 1/(k + reranker rank)}``.
-
-    Measured on the Home Depot dev split (protocol A), fusing beats replacing the order by
-    the reranker's (see the model card / README table): the trained cross-encoder adds
-    topical evidence, while the first stage carries the lexical match the judgments favour.
-    """
-    order = sorted(range(len(head)), key=lambda i: -scores[i])
-    reranked = [head[i] for i in order]
-    return _rrf([list(head), reranked], k=k)
-
-
-def rerank_latency(
-    reranker: Path,
-    queries: Sequence[str],
-    candidates: Sequence[Sequence[str]],
-    depths: Sequence[int] = (20, 50, 100),
-    *,
-    threads: int = 2,
-    device: str = "cpu",
-) -> dict[int, float]:
-    """Median milliseconds to rerank ``depth`` candidate texts per query (after a warm-up),
-    with ``threads`` torch threads."""
-    import torch
-
-    from rerank.cross_encoder import Reranker
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        card_length = (
-            load_card(reranker).get("max_length", 128)
-            if (reranker / "model_card.json").is_file()
-            else 128
-        )
-        model = Reranker(
-            reranker, device=device, max_length=int(card_length), batch_size=max(depths)
-        )
-        model.score(queries[0], list(candidates[0][: max(depths)]))
-        out: dict[int, float] = {}
-        for depth in depths:
-            times = []
-            for q, cands in zip(queries, candidates, strict=True):
-                t = time.perf_counter()
-                model.score(q, list(cands[:depth]))
-                times.append((time.perf_counter() - t) * 1000.0)
-            out[depth] = statistics.median(times)
-        return out
-    finally:
-        torch.set_num_threads(before)

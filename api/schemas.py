@@ -91,6 +91,13 @@ class SearchRequest(BaseModel):
     )
     rerank: bool | None = Field(None, description="None: rerank when a reranker is configured.")
     rerank_depth: int | None = Field(None, ge=1, le=500)
+    rerank_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the reranker's order against the fused order "
+        "(1: reranker only); None: the server's setting.",
+    )
     fusion: Literal["rrf", "weighted"] | None = None
     lexical_weight: float | None = Field(None, ge=0.0, le=1.0)
     depth: int | None = Field(None, ge=1, le=10_000, description="Candidates asked of each leg.")
@@ -112,7 +119,10 @@ class Explain(BaseModel):
     lexical_rank: int | None = None
     lexical_score: float | None = None
     fused_score: float
-    rerank_score: float | None = None
+    rerank_score: float | None = Field(None, description="The cross-encoder's raw score.")
+    final_score: float | None = Field(
+        None, description="After rerank: the merge of the fused and the reranker's orders."
+    )
 
 
 class Hit(BaseModel):

@@ -37,6 +37,7 @@ from api.settings import Settings
 from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
+from rerank.merge import merge_rerank
 from retrieval.batching import MicroBatcher
 from retrieval.encoders import Encoder
 from retrieval.filters import Filters, InvalidFilterError, ProductTable
@@ -416,10 +417,18 @@ class SearchService:
             return
         finally:
             result.timings_ms["rerank"] = _ms(t)
-        for cand, score in zip(head, scores.tolist(), strict=True):
+        weight = (
+            request.rerank_weight
+            if request.rerank_weight is not None
+            else self.settings.rerank_weight
+        )
+        # The head arrives in fused order; merged keeps the fused order's evidence too.
+        merged = merge_rerank(scores.tolist(), weight=weight)
+        for cand, score, final in zip(head, scores.tolist(), merged, strict=True):
             cand.rerank_score = score
-        head.sort(key=lambda c: -(c.rerank_score or 0.0))
-        result.filtered = head + result.filtered[depth:]
+            cand.final_score = final
+        order = sorted(range(len(head)), key=lambda i: -merged[i])  # stable: ties keep fused order
+        result.filtered = [head[i] for i in order] + result.filtered[depth:]
         result.rerank_status = f"applied ({len(head)} candidates)"
 
     def search(self, request: SearchRequest) -> SearchResponse:
@@ -485,7 +494,7 @@ def _apply_filters(
 
 
 def _hit(product: Product, cand: Candidate, explain: bool) -> Hit:
-    score = cand.rerank_score if cand.rerank_score is not None else cand.fused_score
+    score = cand.final_score if cand.final_score is not None else cand.fused_score
     return Hit(
         id=product.id,
         score=score,
@@ -504,6 +513,7 @@ def _hit(product: Product, cand: Candidate, explain: bool) -> Hit:
             lexical_score=cand.lexical_score,
             fused_score=cand.fused_score,
             rerank_score=cand.rerank_score,
+            final_score=cand.final_score,
         )
         if explain
         else None,

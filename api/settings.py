@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rerank.merge import DEFAULT_RERANK_WEIGHT
 from retrieval.encoders import EncoderBackend
 
 if TYPE_CHECKING:
@@ -58,6 +59,13 @@ class Settings(BaseSettings):
         0.5, ge=0.0, le=1.0, description="Weight of BM25 in weighted fusion."
     )
     rerank_depth: int = Field(50, ge=1, le=500, description="Fused candidates the reranker scores.")
+    rerank_weight: float = Field(
+        DEFAULT_RERANK_WEIGHT,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the reranker's order when merged with the fused order by "
+        "weighted RRF (0: fused only, 1: reranker only); chosen on the Home Depot dev split.",
+    )
     rerank_batch_size: int = Field(32, ge=1, le=1024)
     nprobe: int | None = Field(None, ge=1, description="Override the snapshot's IVF nprobe.")
     refine_factor: int | None = Field(None, ge=1, description="Override the refine depth factor.")

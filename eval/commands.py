@@ -113,6 +113,14 @@ def evaluate(
         Path | None, typer.Option(help="Cross-encoder dir: adds '+rerank' configurations.")
     ] = None,
     rerank_depth: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 50,
+    rerank_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated weights of the reranker's order in the merge (0..1): adds "
+            "'<hybrid>+rerank-w<W>' configurations. Each pair is scored once, so a sweep "
+            "costs little (the reused configurations report no latency)."
+        ),
+    ] = None,
     model: Annotated[
         Path | None, typer.Option(help="Two-tower model dir (must match the snapshot).")
     ] = None,
@@ -165,7 +173,19 @@ def evaluate(
     except ShopsearchError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    available = default_configurations(with_reranker=service.reranker is not None)
+    sweep: list[float | None] = [None]
+    if rerank_weights:
+        try:
+            sweep += [float(w) for w in rerank_weights.split(",") if w.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter(
+                f"--rerank-weights: {exc}; give numbers in [0, 1] like 0.3,0.5,0.7"
+            ) from exc
+        if not all(0.0 <= w <= 1.0 for w in sweep if w is not None):
+            raise typer.BadParameter("--rerank-weights: each weight must be in [0, 1]")
+    available = default_configurations(
+        with_reranker=service.reranker is not None, rerank_weights=sweep
+    )
     if configs:
         wanted = [c.strip() for c in configs.split(",") if c.strip()]
         by_name = {c.name: c for c in available}

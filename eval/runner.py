@@ -59,6 +59,8 @@ class Configuration:
     fusion: str = "rrf"
     lexical_weight: float | None = None
     rerank: bool = False
+    #: Weight of the reranker's order in ``rerank.merge``; None: the service's setting.
+    rerank_weight: float | None = None
     exact_dense: bool = False
 
     def params(self) -> dict[str, Any]:
@@ -66,10 +68,15 @@ class Configuration:
 
 
 def default_configurations(
-    *, with_reranker: bool, weights: Sequence[float] = (0.3, 0.5, 0.7)
+    *,
+    with_reranker: bool,
+    weights: Sequence[float] = (0.3, 0.5, 0.7),
+    rerank_weights: Sequence[float | None] = (None,),
 ) -> list[Configuration]:
-    """Lexical, dense exact, dense IVF-PQ, hybrid RRF and a weighted-fusion sweep
-    (and each hybrid once more with rerank when a reranker is configured)."""
+    """Lexical, dense exact, dense IVF-PQ, hybrid RRF and a weighted-fusion sweep, and
+    when a reranker is configured each hybrid once more with rerank per entry of
+    ``rerank_weights`` (``None``: the service's setting, named ``<hybrid>+rerank``;
+    a number ``w``: named ``<hybrid>+rerank-w<w>``)."""
     configs = [
         Configuration("lexical", mode="lexical"),
         Configuration("dense-exact", mode="dense", exact_dense=True),
@@ -82,11 +89,44 @@ def default_configurations(
     ]
     if with_reranker:
         configs += [
-            dataclasses.replace(c, name=f"{c.name}+rerank", rerank=True)
+            dataclasses.replace(
+                c,
+                name=f"{c.name}+rerank" + ("" if rw is None else f"-w{rw:g}"),
+                rerank=True,
+                rerank_weight=rw,
+            )
             for c in configs
             if c.mode == "hybrid"
+            for rw in rerank_weights
         ]
     return configs
+
+
+class _RerankMemo:
+    """The service's reranker with its scores remembered per ``(query, text)``.
+
+    Configurations that rerank the same candidates (a sweep of the merge weight, or of
+    fusion methods that share a head) score each pair once. ``hits`` counts the pairs
+    served from memory, so a configuration whose latency they would flatter can say so.
+    """
+
+    def __init__(self, reranker: Any) -> None:
+        self.reranker = reranker
+        self.memo: dict[tuple[str, str], float] = {}
+        self.hits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reranker, name)
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if (query, t) not in self.memo]
+        self.hits += len(texts) - len(missing)
+        if missing:
+            for text, value in zip(
+                missing, self.reranker.score(query, missing).tolist(), strict=True
+            ):
+                self.memo[(query, text)] = value
+        return np.asarray([self.memo[(query, t)] for t in texts], dtype=np.float32)
 
 
 @dataclass(slots=True)
@@ -181,12 +221,46 @@ def evaluate_configurations(
     vector index is swapped for the exact oracle over the same stored vectors, and put
     back afterwards.
     """
+    outcomes: list[EvalOutcome] = []
+    queries = [q for q in dataset.queries if q.judgments]
+    real_reranker = service.reranker
+    memo = _RerankMemo(real_reranker) if real_reranker is not None else None
+    service.reranker = memo  # type: ignore[assignment]
+    try:
+        _run_configurations(
+            service,
+            dataset,
+            queries,
+            configs,
+            depth,
+            rerank_depth,
+            protocol_b,
+            progress,
+            outcomes,
+            memo,
+        )
+    finally:
+        service.reranker = real_reranker
+    return outcomes
+
+
+def _run_configurations(
+    service: SearchService,
+    dataset: EvalDataset,
+    queries: Sequence[JudgedQuery],
+    configs: Sequence[Configuration],
+    depth: int,
+    rerank_depth: int,
+    protocol_b: bool,
+    progress: Callable[[str, int], Any] | None,
+    outcomes: list[EvalOutcome],
+    memo: _RerankMemo | None,
+) -> None:
     original = service.snapshot
     exact_snapshot = None
-    outcomes: list[EvalOutcome] = []
     b_cache: dict[str, MetricsResult] = {}
-    queries = [q for q in dataset.queries if q.judgments]
     for config in configs:
+        hits_before = memo.hits if memo is not None else 0
         if config.rerank and service.reranker is None:
             raise ValueError(f"configuration {config.name} needs a reranker; pass --reranker")
         if config.exact_dense:
@@ -220,6 +294,7 @@ def evaluate_configurations(
                     lexical_weight=config.lexical_weight,
                     rerank=config.rerank,
                     rerank_depth=rerank_depth if config.rerank else None,
+                    rerank_weight=config.rerank_weight,
                     depth=depth,
                 )
                 started = time.perf_counter()
@@ -236,6 +311,7 @@ def evaluate_configurations(
                     advance(1)
         finally:
             service.use_snapshot(original)
+        reused = memo is not None and memo.hits > hits_before  # before protocol B scores more
         a = evaluate_protocol_a(dataset, run)
         # Protocol B orders each query's judged products by one scorer: the two towers'
         # cosine for dense configurations, the cross-encoder for reranked ones.
@@ -254,6 +330,10 @@ def evaluate_configurations(
             b = evaluate_protocol_b(dataset, rerank_run(dataset, _run_scorer(run)))
         used = {k: v for k, v in stages.items() if any(v.values())}
         recall = stage_recall(dataset, used, k=STAGE_RECALL_K)
+        if config.rerank and reused:
+            # Scores came from an earlier configuration: its latency would flatter this one.
+            log.info("%s: rerank scores reused from memory; latency not reported", config.name)
+            latencies = []
         outcomes.append(EvalOutcome(config, run, a, b, recall, latencies))
         log.info(
             "%s: nDCG@10 %.4f recall@100 %.4f (p50 %.1f ms)",
@@ -262,4 +342,3 @@ def evaluate_configurations(
             a.metrics.get("recall@100", float("nan")),
             float(np.median(latencies)) if latencies else float("nan"),
         )
-    return outcomes

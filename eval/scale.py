@@ -290,6 +290,9 @@ def write_catalog(
         if chunk:
             yield chunk
 
+    # Written beside the target and renamed into place: an interrupted run leaves no
+    # truncated catalog that a later run would take for a finished one.
+    final_path, path = path, path.with_name(f".{path.name}.partial")
     if suffix == ".csv":
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
@@ -317,5 +320,6 @@ def write_catalog(
                 writer_pq.close()
         if writer_pq is None:
             pq.write_table(pa.table({}), path)
-    logger.info("wrote %d products to %s", count, path)
+    path.replace(final_path)
+    logger.info("wrote %d products to %s", count, final_path)
     return count

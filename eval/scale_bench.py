@@ -131,7 +131,9 @@ def run_scale_bench(
     return points
 
 
-def _serve_and_measure(index_dir: Path, model: str, backend: str, queries: Sequence[str]) -> dict[str, Any]:
+def _serve_and_measure(
+    index_dir: Path, model: str, backend: str, queries: Sequence[str]
+) -> dict[str, Any]:
     """Child-process side of :func:`measure_serving`."""
     encoder = Encoder(Path(model), backend=backend)
     encoder.encode_query(["warm up"])

@@ -8,6 +8,7 @@ response says ``rerank: skipped (no model)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -19,28 +20,57 @@ import numpy.typing as npt
 from retrieval.encoders import ModelInfo, model_info, resolve_device
 from retrieval.types import ShopsearchError
 
-__all__ = ["Reranker", "RerankerError"]
+__all__ = ["FALLBACK_MAX_LENGTH", "Reranker", "RerankerError", "trained_max_length"]
 
 log = logging.getLogger(__name__)
+
+
+#: Word pieces per pair when a model has no card: a title with brand and category fits.
+FALLBACK_MAX_LENGTH = 128
 
 
 class RerankerError(ShopsearchError):
     """The reranker model cannot be loaded or failed to score."""
 
 
+def trained_max_length(path: Path) -> int:
+    """The ``max_length`` recorded in ``path/model_card.json``, else the fallback.
+
+    Raises:
+        RerankerError: the card exists but is not valid JSON.
+    """
+    card_path = Path(path) / "model_card.json"
+    if not card_path.is_file():
+        return FALLBACK_MAX_LENGTH
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RerankerError(f"{card_path} is not valid JSON: {exc}") from exc
+    return int(card.get("max_length") or FALLBACK_MAX_LENGTH)
+
+
 class Reranker:
     """Scores ``(query, item_text)`` pairs with a cross-encoder, in batches.
 
-    ``max_length`` bounds the word pieces of a pair: product titles with brand and
-    category fit in 96, and cost grows with length.
+    ``max_length`` bounds the word pieces of a pair (cost grows with length). ``None``
+    takes the length the model was trained with from its ``model_card.json`` (training
+    picks it from the catalog's title lengths), else :data:`FALLBACK_MAX_LENGTH`.
     """
 
     def __init__(
-        self, path: Path, *, device: str = "auto", batch_size: int = 32, max_length: int = 128
+        self,
+        path: Path,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        max_length: int | None = None,
     ) -> None:
         from sentence_transformers import CrossEncoder
 
         self.path = Path(path)
+        if max_length is None:
+            max_length = trained_max_length(self.path)
+        self.max_length = max_length
         self.info: ModelInfo = model_info(self.path)
         self.device = resolve_device(device)
         self.batch_size = batch_size

@@ -74,3 +74,5 @@ class Candidate:
     lexical_score: float | None = None
     fused_score: float = 0.0
     rerank_score: float | None = None
+    #: The served order's score after rerank (``rerank.merge``); ``None`` if not reranked.
+    final_score: float | None = None

@@ -16,7 +16,7 @@ import pytest
 from api.cli import sample_catalog_path
 from indexer.catalog import load_catalog
 from indexer.snapshot import BuildOptions, build_snapshot
-from retrieval.encoders import Encoder
+from retrieval.encoders import Encoder, default_model_path
 from retrieval.types import Product
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +86,18 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> 
     products, report = load_catalog(sample_catalog_path())
     build_snapshot(products, report, index_dir, encoder, BuildOptions(probe_count=50))
     return index_dir
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real CrossEncoder directory: MiniLM weights with a fresh (seeded) one-logit head."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    model = CrossEncoder(
+        str(default_model_path()), num_labels=1, device="cpu", local_files_only=True
+    )
+    path = tmp_path_factory.mktemp("cross-encoder")
+    model.save(str(path))
+    return path

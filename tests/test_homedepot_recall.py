@@ -104,3 +104,51 @@ def test_eval_command_writes_report_and_gates(
     )
     assert failed.exit_code == 1
     assert "ndcg@10" in failed.output
+
+
+def test_rerank_weight_sweep_scores_each_pair_once(
+    subset: tuple[Path, EvalDataset], encoder: Encoder, cross_encoder_dir: Path
+) -> None:
+    from rerank.cross_encoder import Reranker
+
+    index_dir, dataset = subset
+    small = EvalDataset("sweep", dataset.queries[:12], dataset.gain_offset)
+    reranker = Reranker(cross_encoder_dir, device="cpu")
+    scored: list[int] = []
+    real_score = reranker.score
+
+    def counting_score(query: str, texts: list[str]) -> np.ndarray:
+        scored.append(len(texts))
+        return real_score(query, texts)
+
+    reranker.score = counting_score  # type: ignore[method-assign]
+    service = SearchService(
+        Settings(index_dir=index_dir, reload_interval_s=0), encoder=encoder, reranker=reranker
+    )
+    service.load()
+    configs = [
+        c
+        for c in default_configurations(with_reranker=True, rerank_weights=[None, 0.0, 1.0])
+        if c.name.startswith("hybrid-rrf")
+    ]
+    names = [c.name for c in configs]
+    assert names == [
+        "hybrid-rrf",
+        "hybrid-rrf+rerank",
+        "hybrid-rrf+rerank-w0",
+        "hybrid-rrf+rerank-w1",
+    ]
+    outcomes = {
+        o.config.name: o
+        for o in evaluate_configurations(service, small, configs, depth=100, rerank_depth=10)
+    }
+    assert service.reranker is reranker  # the memo is taken off again
+    judged = sum(len(q.judgments) for q in small.queries)
+    # One sweep of 3 weights scores the heads once (+ protocol B's judged products).
+    assert sum(scored) <= len(small.queries) * 10 + judged
+    # Weight 0 keeps the fused order; the first rerank configuration reports latency,
+    # the reused ones do not.
+    assert outcomes["hybrid-rrf+rerank-w0"].run == outcomes["hybrid-rrf"].run
+    assert outcomes["hybrid-rrf+rerank"].latency_ms
+    assert not outcomes["hybrid-rrf+rerank-w1"].latency_ms
+    assert outcomes["hybrid-rrf+rerank-w1"].run != outcomes["hybrid-rrf"].run

@@ -1,7 +1,8 @@
 """The rerank stage with a real CrossEncoder directory (MiniLM weights, fresh one-logit head).
 
 Its scores are untrained noise; what is tested is the stage's contract: it scores the
-top-N candidates in batches, reorders them by its score, reports it, and leaves the rest.
+top-N candidates in batches, merges its order with the fused order (``rerank.merge``),
+reports it, and leaves the rest.
 """
 
 from __future__ import annotations
@@ -14,22 +15,9 @@ import pytest
 from api.schemas import SearchRequest
 from api.service import SearchService
 from api.settings import Settings
-from rerank.cross_encoder import Reranker
-from retrieval.encoders import Encoder, ModelError, default_model_path
-
-
-@pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    torch.manual_seed(0)
-    model = CrossEncoder(
-        str(default_model_path()), num_labels=1, device="cpu", local_files_only=True
-    )
-    path = tmp_path_factory.mktemp("cross-encoder")
-    model.save(str(path))
-    return path
+from rerank.cross_encoder import FALLBACK_MAX_LENGTH, Reranker
+from rerank.merge import merge_rerank
+from retrieval.encoders import Encoder, ModelError
 
 
 def test_reranker_scores_pairs(cross_encoder_dir: Path) -> None:
@@ -56,13 +44,49 @@ def test_rerank_stage_reorders_the_head(
     assert response.models["reranker"] is not None
     assert response.timings_ms["rerank"] > 0
     head, tail = response.hits[:10], response.hits[10:]
-    rerank_scores = [h.explain.rerank_score for h in head if h.explain]
-    assert all(s is not None for s in rerank_scores)
-    assert rerank_scores == sorted(rerank_scores, reverse=True)  # type: ignore[type-var]
+    assert all(h.explain and h.explain.rerank_score is not None for h in head)
     assert all(h.explain and h.explain.rerank_score is None for h in tail)
-    off = svc.search(SearchRequest(q="cordless drill", size=20, rerank=False))
+    finals = [h.score for h in head]
+    assert finals == sorted(finals, reverse=True)
+    assert all(h.explain and h.explain.final_score == h.score for h in head)
+    off = svc.search(SearchRequest(q="cordless drill", size=20, rerank=False, explain=True))
     assert off.rerank == "off"
     assert {h.id for h in off.hits[:10]} == {h.id for h in head}  # same candidates, new order
+    # Weight 1: the reranker's order alone; weight 0: the fused order is kept.
+    only = svc.search(SearchRequest(q="cordless drill", size=20, rerank_weight=1.0, explain=True))
+    scores = [h.explain.rerank_score for h in only.hits[:10] if h.explain]
+    assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
+    kept = svc.search(SearchRequest(q="cordless drill", size=20, rerank_weight=0.0))
+    assert [h.id for h in kept.hits] == [h.id for h in off.hits]
+    assert [h.id for h in only.hits[:10]] != [h.id for h in off.hits[:10]]  # noise reorders
+
+
+def test_merge_rerank_weights_the_two_orders() -> None:
+    # c: fused rank 3, reranker rank 1; a: 1 and 3 -> tie at weight 0.5; b: 2 and 2 below.
+    a, b, c = merge_rerank([0.1, 0.2, 0.9], weight=0.5)
+    assert a == pytest.approx(c)
+    assert a > b
+    assert merge_rerank([], weight=0.5) == []
+    a, b, c = merge_rerank([0.1, 0.2, 0.9], weight=0.8)
+    assert c > b > a
+    a, b, c = merge_rerank([0.1, 0.2, 0.9], weight=0.2)
+    assert a > b > c
+    with pytest.raises(ValueError, match="rerank weight must be in"):
+        merge_rerank([1.0], weight=1.5)
+
+
+def test_reranker_takes_max_length_from_its_card(cross_encoder_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    assert Reranker(cross_encoder_dir, device="cpu").max_length == FALLBACK_MAX_LENGTH
+    carded = tmp_path / "carded"
+    shutil.copytree(cross_encoder_dir, carded)
+    (carded / "model_card.json").write_text(json.dumps({"max_length": 48}))
+    reranker = Reranker(carded, device="cpu")
+    assert reranker.max_length == 48
+    assert reranker.model.max_seq_length == 48
+    assert Reranker(carded, device="cpu", max_length=64).max_length == 64
 
 
 def test_missing_reranker_dir_is_named(tmp_path: Path) -> None:

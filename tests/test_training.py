@@ -416,13 +416,3 @@ def test_homedepot_training_data_slice(homedepot_dir: Path, encoder: Encoder) ->
     assert sum(1 for q in data.queries if q.hard_negatives) >= 0.9 * len(data.queries)
     for q in data.queries:
         assert all(q.judgments.get(pid, 0.0) < 2.0 for pid in q.hard_negatives)
-
-
-def test_rerank_fusion_combines_first_stage_and_reranker_orders() -> None:
-    from api.cli_train import rerank_fusion
-
-    fused = rerank_fusion(["a", "b", "c"], [0.1, 0.2, 0.9])
-    # c: ranks 3 and 1; a: ranks 1 and 3 -> tie; b: 2 and 2 is just below both.
-    assert fused["a"] == pytest.approx(fused["c"])
-    assert fused["a"] > fused["b"]
-    assert rerank_fusion([], []) == {}
