@@ -228,7 +228,6 @@ class _Mining:
 
 def _mining(
     products: Sequence[Product],
-    *,
     index_dir: Path | None,
     mining_model: Path,
     models_dir: Path,
@@ -388,6 +387,31 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
+def _run_fields(
+    result: Any, hyper_parameters: dict[str, Any], seed: int, started: float, prepared: float
+) -> dict[str, Any]:
+    """The model-card fields every training run has (``result``: a towers or reranker
+    training result)."""
+    return {
+        "hyper_parameters": hyper_parameters,
+        "seed": seed,
+        "device": result.device,
+        "threads": _threads(),
+        "steps": result.steps,
+        "planned_steps": result.planned_steps,
+        "pairs_seen": result.pairs_seen,
+        "stopped_by": result.stopped_by,
+        "first_step_loss": result.first_step_loss,
+        "wall_time_s": {
+            "mining_and_data": round(prepared - started, 1),
+            "training": round(result.wall_s, 1),
+            "total": round(time.monotonic() - started, 1),
+        },
+        "epochs": [e.to_dict() for e in result.epochs],
+        "loss_curve": "loss_curve.png",
+    }
+
+
 def _summary(model: RegisteredModel) -> None:
     card = model.card
     table = Table(title=f"{model.spec}  ({model.path})", show_header=False)
@@ -485,13 +509,7 @@ def train_towers_command(
         version = new_version(models_dir, "towers")
         with tempfile.TemporaryDirectory(prefix="shopsearch-mining-") as work, bars.progress:
             mining = _mining(
-                inputs.products,
-                index_dir=index_dir,
-                mining_model=miner_path,
-                models_dir=models_dir,
-                device=device,
-                workdir=Path(work),
-                bars=bars,
+                inputs.products, index_dir, miner_path, models_dir, device, Path(work), bars
             )
             data, dev_data = _prepare(inputs, mining, options, bars, dev_queries)
             prepared = time.monotonic()
@@ -508,30 +526,15 @@ def train_towers_command(
                     "used": result.train_pairs,
                     "format": "(query, positive item text, hard negative item text)",
                 },
-                "hyper_parameters": config.to_dict(),
+                **_run_fields(result, config.to_dict(), seed, started, prepared),
                 "loss": result.loss_name,
-                "seed": seed,
                 "towers_decision": result.decision,
-                "device": result.device,
-                "threads": _threads(),
-                "steps": result.steps,
-                "planned_steps": result.planned_steps,
-                "pairs_seen": result.pairs_seen,
-                "stopped_by": result.stopped_by,
-                "first_step_loss": result.first_step_loss,
-                "wall_time_s": {
-                    "mining_and_data": round(prepared - started, 1),
-                    "training": round(result.wall_s, 1),
-                    "total": round(time.monotonic() - started, 1),
-                },
                 "dev_metrics": {
                     "subset_queries": len(dev_data.retrieval.queries),
                     "sub_corpus": len(dev_data.retrieval.corpus),
                     "before": result.dev_before,
                     "after": result.dev_after,
                 },
-                "epochs": [e.to_dict() for e in result.epochs],
-                "loss_curve": "loss_curve.png",
             }
         )
         model = register(models_dir, "towers", version, card)
@@ -613,13 +616,7 @@ def train_reranker_command(
         version = new_version(models_dir, "reranker")
         with tempfile.TemporaryDirectory(prefix="shopsearch-mining-") as work, bars.progress:
             mining = _mining(
-                inputs.products,
-                index_dir=index_dir,
-                mining_model=miner_path,
-                models_dir=models_dir,
-                device=device,
-                workdir=Path(work),
-                bars=bars,
+                inputs.products, index_dir, miner_path, models_dir, device, Path(work), bars
             )
             data, dev_data = _prepare(inputs, mining, options, bars, dev_queries)
             prepared = time.monotonic()
@@ -642,23 +639,10 @@ def train_reranker_command(
                     "label_map": f"(grade - {data.grade_range[0]}) / "
                     f"({data.grade_range[1]} - {data.grade_range[0]}); negatives 0",
                 },
-                "hyper_parameters": config.to_dict(),
+                **_run_fields(result, config.to_dict(), seed, started, prepared),
                 "loss": "BinaryCrossEntropyLoss (soft labels)",
                 "max_length": result.max_length,
                 "max_length_measurement": result.length_stats,
-                "seed": seed,
-                "device": result.device,
-                "threads": _threads(),
-                "steps": result.steps,
-                "planned_steps": result.planned_steps,
-                "pairs_seen": result.pairs_seen,
-                "stopped_by": result.stopped_by,
-                "first_step_loss": result.first_step_loss,
-                "wall_time_s": {
-                    "mining_and_data": round(prepared - started, 1),
-                    "training": round(result.wall_s, 1),
-                    "total": round(time.monotonic() - started, 1),
-                },
                 "dev_metrics": {
                     "subset_queries": len(rerank_dev.queries),
                     "candidates": sum(len(t) for t in rerank_dev.texts),
@@ -667,8 +651,6 @@ def train_reranker_command(
                     "before": result.dev_before,
                     "after": result.dev_after,
                 },
-                "epochs": [e.to_dict() for e in result.epochs],
-                "loss_curve": "loss_curve.png",
             }
         )
         model = register(models_dir, "reranker", version, card)
