@@ -163,6 +163,11 @@ def evaluate(
         updates["index_dir"] = index_dir
     if model is not None:
         updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
+    elif settings.model_dir is None:
+        # Serve with the towers that built the snapshot, as --compare-index-dir does.
+        tower = _snapshot_tower(index_dir or settings.index_dir)
+        if tower is not None:
+            updates["model_dir"] = Path(tower["path"])
     if reranker is not None:
         updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
     settings = settings.model_copy(update=updates)
@@ -284,6 +289,19 @@ def evaluate(
         console.print(f"[green]gate passed[/] ({gate_config}, tolerance {tolerance})")
 
 
+def _snapshot_tower(index_dir: Path) -> dict[str, str] | None:
+    """The item tower (``{"id", "path", "sha256", ...}``) that built ``index_dir``'s
+    CURRENT snapshot, or ``None`` when there is no promoted snapshot."""
+    from indexer.snapshot import SnapshotStore
+
+    store = SnapshotStore(index_dir)
+    version = store.current()
+    if version is None:
+        return None
+    manifest = json.loads((store.path(version) / "manifest.json").read_text())
+    return dict(manifest["models"]["item_tower"])
+
+
 def _compare_outcomes(  # type: ignore[no-untyped-def]
     settings: Settings, index_dir: Path, dataset, configs, depth: int, rerank_depth: int, progress
 ) -> list:  # type: ignore[type-arg]
@@ -292,14 +310,10 @@ def _compare_outcomes(  # type: ignore[no-untyped-def]
 
     from api.service import SearchService
     from eval.runner import evaluate_configurations
-    from indexer.snapshot import SnapshotStore
 
-    store = SnapshotStore(index_dir)
-    version = store.current()
-    if version is None:
+    tower = _snapshot_tower(index_dir)
+    if tower is None:
         raise typer.BadParameter(f"{index_dir} has no CURRENT snapshot; build one first")
-    manifest = json.loads((store.path(version) / "manifest.json").read_text())
-    tower = manifest["models"]["item_tower"]
     other = SearchService(
         settings.model_copy(update={"index_dir": index_dir, "model_dir": Path(tower["path"])})
     )

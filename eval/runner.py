@@ -119,8 +119,9 @@ class _RerankMemo:
         return getattr(self.reranker, name)
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if (query, t) not in self.memo]
-        self.hits += len(texts) - len(missing)
+        distinct = list(dict.fromkeys(texts))  # identical titles are scored once per call
+        missing = [t for t in distinct if (query, t) not in self.memo]
+        self.hits += len(distinct) - len(missing)
         if missing:
             for text, value in zip(
                 missing, self.reranker.score(query, missing).tolist(), strict=True

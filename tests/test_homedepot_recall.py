@@ -152,3 +152,15 @@ def test_rerank_weight_sweep_scores_each_pair_once(
     assert outcomes["hybrid-rrf+rerank"].latency_ms
     assert not outcomes["hybrid-rrf+rerank-w1"].latency_ms
     assert outcomes["hybrid-rrf+rerank-w1"].run != outcomes["hybrid-rrf"].run
+
+
+def test_rerank_memo_counts_only_pairs_scored_before(cross_encoder_dir: Path) -> None:
+    from eval.runner import _RerankMemo
+    from rerank.cross_encoder import Reranker
+
+    memo = _RerankMemo(Reranker(cross_encoder_dir, device="cpu"))
+    first = memo.score("drill", ["DeWalt drill", "DeWalt drill", "hose"])  # a repeated title
+    assert memo.hits == 0 and first[0] == first[1]
+    again = memo.score("drill", ["hose", "LED bulb"])
+    assert memo.hits == 1
+    assert again[0] == first[2]
