@@ -442,6 +442,11 @@ def bench_command(
         }
         | {"reload_interval_s": 0.0, "query_cache_size": 0}
     )
+    if settings.model_dir is None:
+        # Query with the towers that built the snapshot (as eval does).
+        tower = _snapshot_tower(settings.index_dir)
+        if tower is not None:
+            settings = settings.model_copy(update={"model_dir": Path(tower["path"])})
     service = SearchService(settings)
     service.load()
     stages: dict[str, list[float]] = {}
