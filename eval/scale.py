@@ -273,16 +273,13 @@ def write_catalog(
     iterator = iter(rows)
     first = next(iterator, None)
     columns = list(first) if first is not None else []
-    count = 0
 
     def chunks() -> Iterator[list[Mapping[str, Any]]]:
         chunk: list[Mapping[str, Any]] = [] if first is None else [first]
-        for row in iterator:
+        for index, row in enumerate(iterator, start=1):
             extra = set(row) - set(columns)
             if extra:
-                raise ValueError(
-                    f"row {count + len(chunk)} has fields {sorted(extra)} the first row lacks"
-                )
+                raise ValueError(f"row {index} has fields {sorted(extra)} the first row lacks")
             chunk.append(row)
             if len(chunk) >= chunk_size:
                 yield chunk
@@ -293,11 +290,25 @@ def write_catalog(
     # Written beside the target and renamed into place: an interrupted run leaves no
     # truncated catalog that a later run would take for a finished one.
     final_path, path = path, path.with_name(f".{path.name}.partial")
+    try:
+        count = _write_rows(path, suffix, columns, chunks())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    path.replace(final_path)
+    logger.info("wrote %d products to %s", count, final_path)
+    return count
+
+
+def _write_rows(
+    path: Path, suffix: str, columns: list[str], chunks: Iterator[list[Mapping[str, Any]]]
+) -> int:
+    count = 0
     if suffix == ".csv":
         with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            for chunk in chunks():
+            for chunk in chunks:
                 writer.writerows(chunk)
                 count += len(chunk)
     else:
@@ -306,7 +317,7 @@ def write_catalog(
 
         writer_pq: pq.ParquetWriter | None = None
         try:
-            for chunk in chunks():
+            for chunk in chunks:
                 table = pa.Table.from_pylist(
                     [{c: r.get(c) for c in columns} for r in chunk],
                     schema=None if writer_pq is None else writer_pq.schema,
@@ -320,6 +331,4 @@ def write_catalog(
                 writer_pq.close()
         if writer_pq is None:
             pq.write_table(pa.table({}), path)
-    path.replace(final_path)
-    logger.info("wrote %d products to %s", count, final_path)
     return count

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.scale import scale_catalog, write_catalog
+from eval.scale_bench import run_scale_bench
+from retrieval.encoders import Encoder
 
 BASE = [
     {"id": 1, "title": "BEHR Premium 1-gal. #SC-141 Tugboat Wood Coating", "price": 30.0},
@@ -102,3 +104,27 @@ def test_write_catalog_csv_and_parquet(tmp_path: Path) -> None:
     assert table.column("id").to_pylist() == [r["id"] for r in rows]
     with pytest.raises(ValueError, match=r"choose \.csv or \.parquet"):
         write_catalog([], tmp_path / "c.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "c.parquet"]  # no .partial
+
+
+def test_write_catalog_failure_leaves_no_catalog(tmp_path: Path) -> None:
+    rows = [*BASE, {"id": 7, "title": "Odd", "colour": "red"}]  # a field the first row lacks
+    with pytest.raises(ValueError, match="the first row lacks"):
+        write_catalog(rows, tmp_path / "c.parquet", chunk_size=2)
+    assert not (tmp_path / "c.parquet").exists()
+
+
+@pytest.mark.slow
+def test_scale_bench_builds_and_measures_each_size(tmp_path: Path, encoder: Encoder) -> None:
+    """Two tiny sizes end to end: build, then a fresh serving process loads and queries."""
+    points = run_scale_bench(
+        BASE, [60, 120], tmp_path, encoder, ["paint", "shower faucet", "angle"] * 8
+    )
+    assert [p.products for p in points] == [60, 120]
+    first, second = points
+    assert first.encoded == 60 and second.encoded < 120 - 50  # the second reuses cached vectors
+    for point in points:
+        assert point.serving_rss_mib > point.rss_growth_mib > 0
+        assert set(point.p50_ms) == {"hybrid", "dense", "lexical"}
+        assert all(v > 0 for v in point.p50_ms.values())
+        assert point.disk_mib > 0 and point.approx_recall_at_100 > 0.99  # Flat: exact up to ties
