@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -346,12 +345,6 @@ def convert(
     console.print(f"wrote {queries_path} and {qrels_path}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_command(
     index_dir: Annotated[
         Path | None, typer.Option(help="Index dir whose CURRENT snapshot is measured.")
@@ -418,7 +411,7 @@ def bench_command(
 
     from api.schemas import SearchRequest
     from api.service import SearchService
-    from eval.loadtest import run_load_test, summarize_latencies
+    from eval.loadtest import free_port, run_load_test, summarize_latencies
 
     if queries_file is not None:
         texts = [
@@ -489,7 +482,7 @@ def bench_command(
         )
     Console().print(table)
     if http:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "SHOPSEARCH_QUERY_CACHE_SIZE": "0",

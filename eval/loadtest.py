@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ __all__ = [
     "LevelResult",
     "LoadTestError",
     "check_loopback",
+    "free_port",
     "run_load_test",
     "summarize_latencies",
 ]
@@ -239,3 +241,11 @@ def run_load_test(
             )
             results.append(result)
     return results
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may
+    still take it before the caller binds)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from eval.loadtest import LoadTestError, check_loopback, run_load_test, summarize_latencies
+from eval.loadtest import (
+    LoadTestError,
+    check_loopback,
+    free_port,
+    run_load_test,
+    summarize_latencies,
+)
 
 
 class SearchHandler(BaseHTTPRequestHandler):
@@ -93,12 +98,6 @@ def test_time_bound_stops_a_level(server: str) -> None:
     assert time.perf_counter() - start < 2.0
     assert 2 <= result.n_requests < 40 and result.n_errors == 0
     assert result.latency.p50_ms is not None and result.latency.p50_ms >= 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_connection_errors_are_counted() -> None:

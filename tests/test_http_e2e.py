@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from api.cli import sample_catalog_path
+from eval.loadtest import free_port
 from indexer.catalog import load_catalog
 from indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
 from retrieval.encoders import Encoder
@@ -27,12 +27,6 @@ from retrieval.encoders import Encoder
 pytestmark = pytest.mark.slow
 
 SHOPSEARCH = [sys.executable, "-m", "api.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
