@@ -137,7 +137,10 @@ class SearchService:
         )
         if reranker is None and settings.reranker_dir is not None:
             reranker = Reranker(
-                settings.reranker_dir, device=settings.device, batch_size=settings.rerank_batch_size
+                settings.reranker_dir,
+                device=settings.device,
+                batch_size=settings.rerank_batch_size,
+                backend=settings.reranker_backend,
             )
         self.reranker = reranker
         #: The cluster connection for Elasticsearch snapshots (None without ``es_url``).

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         "weighted RRF (0: fused only, 1: reranker only); chosen on the Home Depot dev split.",
     )
     rerank_batch_size: int = Field(32, ge=1, le=1024)
+    reranker_backend: EncoderBackend = Field(
+        "torch",
+        description="How the cross-encoder runs: torch, onnx (onnxruntime fp32) or onnx-int8 "
+        "(dynamic int8, the fast CPU path).",
+    )
     nprobe: int | None = Field(None, ge=1, description="Override the snapshot's IVF nprobe.")
     refine_factor: int | None = Field(None, ge=1, description="Override the refine depth factor.")
     query_cache_size: int = Field(

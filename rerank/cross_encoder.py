@@ -1,6 +1,8 @@
 """Cross-encoder reranking of a short candidate list.
 
-Any sentence-transformers ``CrossEncoder`` directory works. No pretrained reranker is
+Any sentence-transformers ``CrossEncoder`` directory works. ``backend`` picks the runtime
+as for the towers: ``torch``, or onnxruntime ``onnx`` (fp32) / ``onnx-int8`` (dynamic int8,
+the fast CPU path; exports cached by :mod:`retrieval.onnx_export`). No pretrained reranker is
 installable offline and an untrained head scores noise, so the service runs this stage
 only when a trained model is configured (``SHOPSEARCH_RERANKER_DIR``); otherwise the
 response says ``rerank: skipped (no model)``.
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.encoders import ModelInfo, model_info, resolve_device
+from retrieval.encoders import EncoderBackend, ModelInfo, model_info, resolve_device
 from retrieval.types import ShopsearchError
 
 __all__ = ["FALLBACK_MAX_LENGTH", "Reranker", "RerankerError", "trained_max_length"]
@@ -64,6 +66,7 @@ class Reranker:
         device: str = "auto",
         batch_size: int = 32,
         max_length: int | None = None,
+        backend: EncoderBackend = "torch",
     ) -> None:
         from sentence_transformers import CrossEncoder
 
@@ -72,7 +75,9 @@ class Reranker:
             max_length = trained_max_length(self.path)
         self.max_length = max_length
         self.info: ModelInfo = model_info(self.path)
-        self.device = resolve_device(device)
+        self.backend = backend
+        # The ONNX graphs run on the CPU (onnxruntime); torch stays on the chosen device.
+        self.device = resolve_device(device) if backend == "torch" else "cpu"
         self.batch_size = batch_size
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -81,6 +86,26 @@ class Reranker:
             )
         except (OSError, ValueError) as exc:
             raise RerankerError(f"cannot load cross-encoder from {self.path}: {exc}") from exc
+        if backend != "torch":
+            self._attach_onnx()
+
+    def _attach_onnx(self) -> None:
+        from retrieval.onnx_export import OnnxExportError, attach, export_onnx
+
+        try:
+            export = export_onnx(
+                self.model, self.info.sha256, "int8" if self.backend == "onnx-int8" else "fp32"
+            )
+            attach(self.model, export)
+        except OnnxExportError as exc:
+            raise RerankerError(f"{self.path}: {exc}") from exc
+        self.model.eval()
+        self.info = ModelInfo(
+            id=f"{self.info.id}+{self.backend}",
+            path=self.info.path,
+            sha256=export.sha256(self.info.sha256, self.backend),
+            backend=self.backend,
+        )
 
     def score(self, query: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """One relevance score per text (higher is better), shape ``(len(texts),)``."""

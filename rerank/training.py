@@ -2,9 +2,15 @@
 
 The model is the base encoder with a fresh one-logit head (sentence-transformers
 ``CrossEncoder`` with ``num_labels=1``, head initialised from the seed). It learns
-``(query, item text, label)`` pairs with binary cross-entropy on soft labels: graded
-judgments mapped to [0, 1] plus mined and random negatives at 0 (prepared by
-``indexer.training_data``; without the negatives the model learns to ignore topicality).
+``(query, item text, label)`` pairs: graded judgments mapped to [0, 1] plus mined and
+random negatives at 0 (prepared by ``indexer.training_data``; without the negatives the
+model learns to ignore topicality). Two losses (``RerankerTrainingConfig.loss``):
+
+- ``bce``: pointwise binary cross-entropy on the soft labels, ``batch_size`` pairs a step.
+- ``lambda``: listwise LambdaLoss (NDCG-Loss2++ weighting) over each query's pairs as one
+  list, so the model is trained on the order within a query, which is what nDCG@10
+  measures. Whole queries are packed into a step up to ``batch_size`` pairs (at least
+  one query); queries whose labels are all equal carry no ordering signal and are left out.
 
 ``max_length`` (word pieces of query + item text) is measured on the training pairs when
 not given: the 99th percentile rounded up to a multiple of 8; a pair is rarely cut and
@@ -24,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,15 +50,23 @@ from retrieval.tower_training import (
 )
 
 __all__ = [
+    "RERANKER_LOSSES",
     "RerankDevSet",
     "RerankerTrainingConfig",
     "RerankerTrainingResult",
     "choose_max_length",
+    "query_groups",
     "rerank_metrics",
     "train_reranker",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Training losses of :func:`train_reranker` (see the module docstring).
+RERANKER_LOSSES: tuple[str, ...] = ("bce", "lambda")
+
+#: A query's pairs as one list: ``(query, item texts, labels)``.
+QueryGroup = tuple[str, list[str], list[float]]
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,7 @@ def choose_max_length(
 class RerankerTrainingConfig:
     """Hyper-parameters and budgets of :func:`train_reranker` (recorded on the card)."""
 
+    loss: Literal["bce", "lambda"] = "bce"
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 4e-5
@@ -152,6 +167,10 @@ class RerankerTrainingConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.loss not in RERANKER_LOSSES:
+            raise TrainingError(
+                f"loss must be one of {', '.join(RERANKER_LOSSES)}, got {self.loss!r}"
+            )
         if self.batch_size < 1:
             raise TrainingError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
@@ -210,6 +229,35 @@ def _evaluate(model: Any, dev: RerankDevSet | None) -> dict[str, float]:
     return rerank_metrics(_score_dev(model, dev), dev) if dev is not None else {}
 
 
+def query_groups(pairs: Sequence[tuple[str, str, float]]) -> list[QueryGroup]:
+    """``(query, item text, label)`` pairs as one list per query (first-seen order),
+    leaving out queries whose labels are all equal: a list without two different labels
+    has no order to learn."""
+    grouped: dict[str, tuple[list[str], list[float]]] = {}
+    for query, text, label in pairs:
+        texts, labels = grouped.setdefault(query, ([], []))
+        texts.append(text)
+        labels.append(label)
+    return [(q, t, y) for q, (t, y) in grouped.items() if len(set(y)) > 1]
+
+
+def _pack(order: Sequence[int], sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive units of ``order`` packed into steps of at most ``budget`` pairs (a unit
+    larger than the budget gets a step of its own)."""
+    steps: list[list[int]] = []
+    current: list[int] = []
+    filled = 0
+    for i in order:
+        if current and filled + sizes[i] > budget:
+            steps.append(current)
+            current, filled = [], 0
+        current.append(int(i))
+        filled += sizes[i]
+    if current:
+        steps.append(current)
+    return steps
+
+
 def train_reranker(
     pairs: Sequence[tuple[str, str, float]],
     base_model: Path,
@@ -220,16 +268,18 @@ def train_reranker(
     on_step: StepCallback | None = None,
 ) -> RerankerTrainingResult:
     """Train a cross-encoder from ``base_model`` on ``(query, item text, label)`` pairs
-    (labels in [0, 1]) and save it to ``output_dir`` with ``loss_curve.png``.
+    (labels in [0, 1]) and save it to ``output_dir`` with ``loss_curve.png``. With
+    ``config.loss == "lambda"`` the pairs of one query form one list (:func:`query_groups`);
+    ``max_pairs`` samples pairs before they are grouped.
 
     Raises:
-        TrainingError: no pairs, a label outside [0, 1], or the budget ends before the
-            first step.
+        TrainingError: no pairs, a label outside [0, 1], no query with two different labels
+            (``lambda``), or the budget ends before the first step.
         ModelError: the base model cannot be loaded.
     """
     import torch
     from sentence_transformers import CrossEncoder
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, LambdaLoss
 
     config = config or RerankerTrainingConfig()
     if not pairs:
@@ -266,10 +316,40 @@ def train_reranker(
         max_length, length_stats = config.max_length, {"given": float(config.max_length)}
     model.max_seq_length = max_length
     log.info("reranker max_length %d (%s)", max_length, length_stats)
-    loss_fn = BinaryCrossEntropyLoss(model)
+    groups = query_groups(pool) if config.loss == "lambda" else []
+    if config.loss == "lambda":
+        if not groups:
+            raise TrainingError(
+                "loss 'lambda' needs queries with at least two different labels; "
+                "add negatives or use --loss bce"
+            )
+        # -1: score a step's pairs in one forward pass (None would mean one query's worth).
+        loss_fn: Any = LambdaLoss(model, mini_batch_size=-1)
+        sizes = [len(g[1]) for g in groups]
+        label_stats["queries"] = len(groups)
+    else:
+        loss_fn = BinaryCrossEntropyLoss(model)
+        sizes = [1] * len(pool)
+
+    def step_loss(units: list[int]) -> Any:
+        if config.loss == "lambda":
+            picked = [groups[i] for i in units]
+            return loss_fn(
+                [[g[0] for g in picked], [g[1] for g in picked]],
+                [torch.tensor(g[2], dtype=torch.float32, device=model.device) for g in picked],
+            )
+        batch = [pool[i] for i in units]
+        return loss_fn(
+            [[b[0] for b in batch], [b[1] for b in batch]],
+            torch.tensor([b[2] for b in batch], dtype=torch.float32, device=model.device),
+        )
+
+    def epoch_steps(epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(sizes))
+        return _pack(order.tolist(), sizes, config.batch_size)
 
     optimizer = make_adamw(model, config.learning_rate, config.weight_decay)
-    steps_per_epoch = int(np.ceil(len(pool) / config.batch_size))
+    steps_per_epoch = len(epoch_steps(0))
     planned = steps_per_epoch * config.epochs
     schedule = LinearWarmupSchedule(planned, config.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -288,26 +368,21 @@ def train_reranker(
     pairs_seen = steps = 0
     timed_from = time.monotonic()
     for epoch in range(config.epochs):
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(pool))
         epoch_losses: list[float] = []
-        for start in range(0, len(order), config.batch_size):
+        for units in epoch_steps(epoch):
             if deadline.expired() or steps >= schedule.planned:
                 stopped_by = "deadline"
                 break
-            batch = [pool[i] for i in order[start : start + config.batch_size]]
             model.train()
             with autocast(device, config.bf16):
-                loss = loss_fn(
-                    [[b[0] for b in batch], [b[1] for b in batch]],
-                    torch.tensor([b[2] for b in batch], dtype=torch.float32, device=model.device),
-                )
+                loss = step_loss(units)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-            pairs_seen += len(batch)
+            pairs_seen += sum(sizes[i] for i in units)
             value = float(loss.detach().cpu())
             losses.append(value)
             epoch_losses.append(value)
@@ -354,7 +429,10 @@ def train_reranker(
     curve = save_loss_curve(
         losses,
         output_dir / "loss_curve.png",
-        title=f"reranker - BCE on graded labels + mined negatives (max_length {max_length})",
+        title=(
+            f"reranker - {'LambdaLoss over query lists' if config.loss == 'lambda' else 'BCE'}"
+            f" on graded labels + mined negatives (max_length {max_length})"
+        ),
         epoch_ends=[e.steps for e in epochs[:-1]],
     )
     result = RerankerTrainingResult(

@@ -1,5 +1,10 @@
 """ONNX exports of a sentence-transformers model's Transformer modules, fp32 or int8, cached.
 
+Works for the two towers (a ``SentenceTransformer``: the graph outputs
+``last_hidden_state``, pooled by sentence-transformers) and for the reranker (a
+``CrossEncoder``, whose Transformer module is a sequence classifier: the graph outputs
+``logits``); the output is the one the module's modality config reads.
+
 sentence-transformers' own ``backend="onnx"`` goes through ``optimum-onnx``, which pins
 ``transformers<4.58``; this module needs only ``torch.onnx`` and ``onnxruntime``. Each
 ``Transformer`` module of a model (one, or one per tower under a ``Router``) is exported
@@ -35,7 +40,6 @@ from retrieval.types import ShopsearchError
 
 if TYPE_CHECKING:
     import onnxruntime
-    from sentence_transformers import SentenceTransformer
 
 __all__ = [
     "OnnxExport",
@@ -44,6 +48,7 @@ __all__ = [
     "Precision",
     "attach",
     "cache_root",
+    "cpu_flags",
     "export_onnx",
     "onnx_gpu_available",
     "quantization_target",
@@ -56,7 +61,8 @@ QuantTarget = Literal["arm64", "avx2", "avx512", "avx512_vnni"]
 
 #: Token inputs an exported graph may take, in this order (the tokenizer decides which).
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_OUTPUT = "last_hidden_state"
+#: What a Transformer module reads from its model when its config does not say.
+_DEFAULT_OUTPUT = "last_hidden_state"
 _OPSET = 17
 #: Bump when the export recipe changes, so old cache entries are not reused.
 _RECIPE = 1
@@ -74,7 +80,8 @@ def cache_root() -> Path:
     return Path(base).expanduser() / "onnx"
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports in ``/proc/cpuinfo`` (empty elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -89,7 +96,7 @@ def quantization_target() -> QuantTarget:
     """The dynamic-quantisation flavour for this CPU: ``arm64`` on ARM, else by AVX flags."""
     if platform.machine().lower() in ("aarch64", "arm64"):
         return "arm64"
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512_vnni" in flags:
         return "avx512_vnni"
     if "avx512f" in flags:
@@ -126,6 +133,8 @@ class OnnxExport:
     files: tuple[Path, ...]
     inputs: tuple[tuple[str, ...], ...]
     quantization: str | None
+    #: The graph output per file (``last_hidden_state`` for towers, ``logits`` for rerankers).
+    outputs: tuple[str, ...] = ()
 
     def sha256(self, base_sha256: str, backend: str) -> str:
         """Identity of the exported model: the base weights' checksum, the backend tag
@@ -139,7 +148,7 @@ class OnnxExport:
         return digest.hexdigest()
 
 
-def _transformer_modules(model: SentenceTransformer) -> list[Any]:
+def _transformer_modules(model: torch.nn.Module) -> list[Any]:
     from sentence_transformers.base.modules.transformer import Transformer
 
     found = [m for m in model.modules() if isinstance(m, Transformer)]
@@ -165,6 +174,7 @@ def _read(dir_: Path) -> OnnxExport | None:
             files=files,
             inputs=tuple(tuple(names) for names in meta["inputs"]),
             quantization=meta.get("quantization"),
+            outputs=tuple(meta.get("outputs") or [_DEFAULT_OUTPUT] * len(files)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -190,21 +200,30 @@ def _publish(tmp: Path, final: Path) -> None:
 class _ExportWrapper(torch.nn.Module):
     """A Hugging Face model taking its token inputs positionally (``torch.onnx`` wants that)."""
 
-    def __init__(self, hf_model: torch.nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, hf_model: torch.nn.Module, names: Sequence[str], output: str) -> None:
         super().__init__()
         self.hf = hf_model
         self.names = tuple(names)
+        self.output = output
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         kwargs = dict(zip(self.names, tensors, strict=True))
-        return self.hf(**kwargs, return_dict=True).last_hidden_state  # type: ignore[no-any-return]
+        return getattr(self.hf(**kwargs, return_dict=True), self.output)  # type: ignore[no-any-return]
 
 
-def _export_fp32(model: SentenceTransformer, out: Path) -> tuple[list[str], list[list[str]]]:
+def _output_name(module: Any) -> str:
+    """The model output a Transformer module reads (its text modality config)."""
+    config = getattr(module, "modality_config", None) or {}
+    name = config.get("text", {}).get("method_output_name")
+    return name if isinstance(name, str) else _DEFAULT_OUTPUT
+
+
+def _export_fp32(model: torch.nn.Module, out: Path) -> tuple[list[str], list[list[str]], list[str]]:
     import warnings
 
     files: list[str] = []
     inputs: list[list[str]] = []
+    outputs: list[str] = []
     for i, module in enumerate(_transformer_modules(model)):
         tokenizer = module.tokenizer
         if tokenizer is None:
@@ -215,9 +234,12 @@ def _export_fp32(model: SentenceTransformer, out: Path) -> tuple[list[str], list
             return_tensors="pt",
         )
         names = [n for n in _TOKEN_INPUTS if n in sample]
-        wrapped = _ExportWrapper(module.model.to("cpu"), names).eval()
+        output = _output_name(module)
+        wrapped = _ExportWrapper(module.model.to("cpu"), names, output).eval()
         file = f"transformer_{i}.onnx"
-        axes = {n: {0: "batch", 1: "sequence"} for n in [*names, _OUTPUT]}
+        axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
+        # Hidden states are per token; a classifier's logits are one row per pair.
+        axes[output] = {0: "batch", 1: "sequence"} if output == _DEFAULT_OUTPUT else {0: "batch"}
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript exporter is deprecated upstream, and transformers' tracer
             # warnings are expected; the graph is checked against torch by the tests.
@@ -228,14 +250,15 @@ def _export_fp32(model: SentenceTransformer, out: Path) -> tuple[list[str], list
                 str(out / file),
                 dynamo=False,
                 input_names=names,
-                output_names=[_OUTPUT],
+                output_names=[output],
                 dynamic_axes=axes,
                 opset_version=_OPSET,
                 do_constant_folding=True,
             )
         files.append(file)
         inputs.append(names)
-    return files, inputs
+        outputs.append(output)
+    return files, inputs, outputs
 
 
 class _QuietQuantizer(logging.Filter):
@@ -272,14 +295,14 @@ def _quantize(source: OnnxExport, out: Path, target: QuantTarget) -> list[str]:
 
 
 def export_onnx(
-    model: SentenceTransformer,
+    model: torch.nn.Module,
     base_sha256: str,
     precision: Precision,
     *,
     cache_dir: Path | None = None,
 ) -> OnnxExport:
-    """The cached export of ``model`` (whose weights checksum to ``base_sha256``), made
-    first when missing. ``cache_dir`` defaults to :func:`cache_root`.
+    """The cached export of ``model`` (a ``SentenceTransformer`` or ``CrossEncoder`` whose
+    weights checksum to ``base_sha256``), made first when missing. ``cache_dir`` defaults to :func:`cache_root`.
 
     Raises :class:`OnnxExportError` when onnxruntime/onnx are missing or the export fails.
     """
@@ -317,16 +340,18 @@ def export_onnx(
         }
         if source is None:
             log.info("exporting the model to ONNX fp32 in %s", final)
-            files, inputs = _export_fp32(model, tmp)
+            files, inputs, outputs = _export_fp32(model, tmp)
             meta["quantization"] = None
         else:
             target = quantization_target()
             log.info("quantizing the ONNX model to int8 (%s) in %s", target, final)
             files = _quantize(source, tmp, target)
             inputs = [list(names) for names in source.inputs]
+            outputs = list(source.outputs)
             meta["quantization"] = target
         meta["files"] = files
         meta["inputs"] = inputs
+        meta["outputs"] = outputs
         (tmp / _META).write_text(json.dumps(meta, indent=2))
         _publish(tmp, final)
     except BaseException as exc:
@@ -355,15 +380,23 @@ def _session(file: Path, use_cuda: bool) -> onnxruntime.InferenceSession:
 
 class OrtTransformerModel(torch.nn.Module):
     """Stands in for a Transformer module's Hugging Face model: runs the exported graph in
-    onnxruntime and returns ``{"last_hidden_state": tensor}`` (a CPU tensor)."""
+    onnxruntime and returns ``{output: tensor}`` (a CPU tensor; ``output`` is
+    ``last_hidden_state`` or ``logits``)."""
 
     def __init__(
-        self, file: Path, inputs: Sequence[str], config: Any, *, use_cuda: bool = False
+        self,
+        file: Path,
+        inputs: Sequence[str],
+        config: Any,
+        *,
+        use_cuda: bool = False,
+        output: str = _DEFAULT_OUTPUT,
     ) -> None:
         super().__init__()
         self.session = _session(file, use_cuda)
         self.input_names = tuple(inputs)
         self.config = config
+        self.output = output
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
         given = {"input_ids": input_ids, **kwargs}
@@ -376,11 +409,11 @@ class OrtTransformerModel(torch.nn.Module):
                 feeds[name] = np.zeros(tuple(input_ids.shape), dtype=np.int64)
             else:
                 feeds[name] = value.detach().cpu().numpy().astype(np.int64, copy=False)
-        (hidden,) = self.session.run([_OUTPUT], feeds)
-        return {_OUTPUT: torch.from_numpy(hidden)}
+        (result,) = self.session.run([self.output], feeds)
+        return {self.output: torch.from_numpy(result)}
 
 
-def attach(model: SentenceTransformer, export: OnnxExport, *, use_cuda: bool = False) -> None:
+def attach(model: torch.nn.Module, export: OnnxExport, *, use_cuda: bool = False) -> None:
     """Swap each ``Transformer`` module's torch model in ``model`` for its exported graph."""
     modules = _transformer_modules(model)
     if len(modules) != len(export.files):
@@ -388,6 +421,8 @@ def attach(model: SentenceTransformer, export: OnnxExport, *, use_cuda: bool = F
             f"{export.dir} holds {len(export.files)} graphs but the model has {len(modules)} "
             "Transformer modules; delete that directory to re-export"
         )
-    for module, file, names in zip(modules, export.files, export.inputs, strict=True):
+    for module, file, names, output in zip(
+        modules, export.files, export.inputs, export.outputs, strict=True
+    ):
         config = getattr(module.model, "config", None)
-        module.model = OrtTransformerModel(file, names, config, use_cuda=use_cuda)
+        module.model = OrtTransformerModel(file, names, config, use_cuda=use_cuda, output=output)

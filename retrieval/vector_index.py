@@ -148,7 +148,32 @@ def _grow(
     return matrix, alive
 
 
-class ExactIndex:
+class _StoredRows:
+    """The float32 ``(n, d)`` matrix both indexes keep (row ``i`` is id ``i``) and its
+    ``alive`` mask: ``size``/``dim`` and removal by tombstone are the same for both."""
+
+    vectors: FloatArray
+    alive: npt.NDArray[np.bool_]
+
+    @property
+    def size(self) -> int:
+        return int(self.alive.sum())
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def remove(self, rows: RowArray) -> None:
+        # A tombstone: the row stays stored (and, in FAISS, in the coarse index) and is
+        # dropped at search time. FAISS's fast-scan lists re-pack codes on remove_ids, and
+        # a later re-add of an id was measured to rank far worse than the original; the
+        # nightly rebuild compacts.
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[(rows >= 0) & (rows < len(self.alive))]
+        self.alive[rows] = False
+
+
+class ExactIndex(_StoredRows):
     """Brute-force inner-product search over a dense ``(n, d)`` matrix; row ``i`` is id ``i``.
 
     Removed rows stay in the matrix but are masked out.
@@ -159,14 +184,6 @@ class ExactIndex:
     def __init__(self, vectors: FloatArray) -> None:
         self.vectors = _check_2d("vectors", vectors)
         self.alive = np.ones(len(self.vectors), dtype=bool)
-
-    @property
-    def size(self) -> int:
-        return int(self.alive.sum())
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
 
     def search(
         self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
@@ -181,11 +198,6 @@ class ExactIndex:
     def add(self, vectors: FloatArray, rows: RowArray) -> None:
         vectors, rows = _check_new_rows(vectors, rows, self.vectors.shape)
         self.vectors, self.alive = _grow(self.vectors, self.alive, rows, vectors)
-
-    def remove(self, rows: RowArray) -> None:
-        rows = np.asarray(rows, dtype=np.int64)
-        rows = rows[(rows >= 0) & (rows < len(self.alive))]
-        self.alive[rows] = False
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -263,7 +275,7 @@ def faiss_gpu_available() -> bool:
     return bool(get_num_gpus is not None and get_num_gpus() > 0)
 
 
-class FaissIndex:
+class FaissIndex(_StoredRows):
     """FAISS IVF-PQ (or Flat) candidate search plus an exact refine over stored vectors.
 
     Row ``i`` of ``vectors`` is id ``i``. The coarse stage runs on the GPU when
@@ -328,14 +340,6 @@ class FaissIndex:
         # limit); the refine stage re-scores in float32, so recall does not depend on them.
         options.useFloat16 = True
         return faiss.index_cpu_to_gpu(res, 0, index, options)
-
-    @property
-    def size(self) -> int:
-        return int(self.alive.sum())
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
 
     def set_search_params(
         self, *, nprobe: int | None = None, refine_factor: int | None = None
@@ -408,14 +412,6 @@ class FaissIndex:
             # Flat ids are positions: fill any gap with zero vectors (never alive).
             start = int(self.coarse.ntotal)
             self.coarse.add(self.vectors[start:])
-
-    def remove(self, rows: RowArray) -> None:
-        # A tombstone: the row stays in the coarse index and is dropped at refine time.
-        # FAISS's fast-scan lists re-pack codes on remove_ids, and a later re-add of an id
-        # was measured to rank far worse than the original; the nightly rebuild compacts.
-        rows = np.asarray(rows, dtype=np.int64)
-        rows = rows[(rows >= 0) & (rows < len(self.alive))]
-        self.alive[rows] = False
 
     def save(self, directory: Path) -> None:
         import faiss

@@ -6,6 +6,7 @@ attempt to reach a model hub fails the test.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import retrieval.onnx_export as onnx_export
 from api.service import SearchService
 from api.settings import Settings
 from indexer.snapshot import SnapshotError
-from retrieval.encoders import ENCODER_BACKENDS, Encoder, ModelError
+from retrieval.encoders import ENCODER_BACKENDS, Encoder, ModelError, model_info
 
 pytest.importorskip("onnxruntime", reason="the ONNX backends need onnxruntime")
 
@@ -159,3 +160,24 @@ def test_service_uses_the_configured_backend_and_refuses_a_torch_snapshot(
     assert service.encoder.backend == "onnx-int8"
     with pytest.raises(SnapshotError, match=r"query tower is .*\+onnx-int8"):
         service.load()
+
+
+def test_reranker_onnx_backends_score_like_torch(onnx_cache: Path, cross_encoder_dir: Path) -> None:
+    from rerank.cross_encoder import Reranker
+
+    query = "cordless drill"
+    torch_scores = Reranker(cross_encoder_dir, device="cpu").score(query, TEXTS)
+    fp32 = Reranker(cross_encoder_dir, device="cpu", backend="onnx")
+    int8 = Reranker(cross_encoder_dir, device="cpu", backend="onnx-int8")
+    # Cached under the weights' checksum; the classifier graph outputs one logit per pair.
+    export_dir = onnx_cache / "onnx" / model_info(cross_encoder_dir).sha256[:16]
+    for precision in ("fp32", "int8"):
+        meta = json.loads((export_dir / precision / "export.json").read_text())
+        assert meta["outputs"] == ["logits"], meta
+    assert fp32.backend == "onnx" and fp32.info.id.endswith("+onnx")
+    assert fp32.info.sha256 != int8.info.sha256
+    fp32_scores, int8_scores = fp32.score(query, TEXTS), int8.score(query, TEXTS)
+    assert fp32_scores.shape == (len(TEXTS),) and fp32_scores.dtype == np.float32
+    np.testing.assert_allclose(fp32_scores, torch_scores, atol=1e-4)
+    assert np.corrcoef(int8_scores, torch_scores)[0, 1] > 0.95
+    assert fp32.score(query, []).shape == (0,)

@@ -23,7 +23,13 @@ from indexer.training_data import (
     mine_candidates,
 )
 from rerank.cross_encoder import Reranker
-from rerank.training import RerankDevSet, RerankerTrainingConfig, rerank_metrics, train_reranker
+from rerank.training import (
+    RerankDevSet,
+    RerankerTrainingConfig,
+    query_groups,
+    rerank_metrics,
+    train_reranker,
+)
 from retrieval.encoders import Encoder, default_model_path, model_info
 from retrieval.model_registry import (
     RegistryError,
@@ -290,6 +296,35 @@ def test_reranker_tiny_run_registers_reloads_and_is_reproducible(tmp_path: Path,
     assert (path / "loss_curve.png").is_file()
     scores = Reranker(path, device="cpu").score("drill", ["cordless drill", "toilet seat"])
     assert scores.shape == (2,) and np.isfinite(scores).all()
+
+
+def test_query_groups_keep_lists_with_an_order_to_learn() -> None:
+    pairs = [
+        ("drill", "cordless drill", 1.0),
+        ("saw", "miter saw", 0.5),
+        ("drill", "toilet seat", 0.0),
+        ("saw", "circular saw", 0.5),  # both "saw" labels equal: nothing to order
+        ("drill", "drill bit set", 0.5),
+    ]
+    assert query_groups(pairs) == [
+        ("drill", ["cordless drill", "toilet seat", "drill bit set"], [1.0, 0.0, 0.5])
+    ]
+
+
+def test_reranker_lambda_loss_packs_whole_queries(tmp_path: Path, tiny_data) -> None:
+    pairs = tiny_data.reranker_pairs()
+    groups = query_groups(pairs)
+    assert len(groups) >= 2
+    budget = max(len(g[1]) for g in groups)  # every step holds at least one whole query
+    config = RerankerTrainingConfig(loss="lambda", batch_size=budget, epochs=1, seed=5)
+    result = train_reranker(pairs, BASE, tmp_path / "r", config)
+    assert result.pairs_seen == sum(len(g[1]) for g in groups)  # each query's list, once
+    assert 1 <= result.steps <= len(groups) and result.label_stats["queries"] == len(groups)
+    assert all(np.isfinite(result.losses))
+    with pytest.raises(TrainingError, match="two different labels"):
+        train_reranker([("q", "t", 0.0), ("q", "u", 0.0)], BASE, tmp_path / "x", config)
+    with pytest.raises(TrainingError, match="loss must be one of bce, lambda"):
+        RerankerTrainingConfig(loss="listnet")  # type: ignore[arg-type]
 
 
 def test_snapshot_refuses_a_fine_tuned_query_tower(
