@@ -74,7 +74,7 @@ from retrieval.model_registry import (
     resolve_model,
     staging_dir,
 )
-from retrieval.tower_training import TOWER_LAYOUTS, TrainingProgress
+from retrieval.tower_training import TOWER_LAYOUTS, TrainingProgress, TrainingRun
 from retrieval.types import Product, ShopsearchError
 
 __all__ = [
@@ -407,10 +407,13 @@ def _threads() -> int:
 
 
 def _run_fields(
-    result: Any, hyper_parameters: dict[str, Any], seed: int, started: float, prepared: float
+    result: TrainingRun,
+    hyper_parameters: dict[str, Any],
+    seed: int,
+    started: float,
+    prepared: float,
 ) -> dict[str, Any]:
-    """The model-card fields every training run has (``result``: a towers or reranker
-    training result)."""
+    """The model-card fields every training run has."""
     return {
         "hyper_parameters": hyper_parameters,
         "seed": seed,
@@ -597,11 +600,12 @@ def train_reranker_command(
     loss: Annotated[
         str,
         typer.Option(
-            help="'bce': pointwise binary cross-entropy on graded labels; 'lambda': listwise "
-            "LambdaLoss over each query's judged and mined products (trains the order nDCG "
-            "measures)."
+            help="'lambda' (default): listwise LambdaLoss over each query's judged and mined "
+            "products, the order nDCG measures; 'bce': pointwise binary cross-entropy on graded "
+            "labels. On Home Depot dev (fine-tuned hybrid candidates) lambda reranks better: "
+            "nDCG@10 0.4333 vs 0.4295 (RRF, w 0.5)."
         ),
-    ] = "bce",
+    ] = "lambda",
     batch_size: Annotated[
         int, typer.Option(help="Pairs per step (lambda: whole queries packed up to this many).")
     ] = 32,

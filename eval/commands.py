@@ -457,6 +457,8 @@ def bench_command(
         "mode": mode,
         "rerank": rerank,
         "encoder_backend": service.encoder.backend,
+        "reranker": service.reranker.info.to_dict() if service.reranker else None,
+        "rerank_depth": rerank_depth if rerank else None,
         "queries": len(stages.get("total", [])),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -58,8 +58,10 @@ __all__ = [
     "StepCallback",
     "TowerTrainingConfig",
     "TowerTrainingResult",
+    "TrainingBudget",
     "TrainingError",
     "TrainingProgress",
+    "TrainingRun",
     "autocast",
     "bf16_supported",
     "make_adamw",
@@ -365,39 +367,35 @@ def _evaluate(model: Any, dev: RetrievalDevSet, batch_size: int = 128) -> dict[s
 
 
 @dataclass(frozen=True, slots=True)
-class TowerTrainingConfig:
-    """Hyper-parameters and budgets of :func:`train_towers` (all recorded on the card)."""
+class TrainingBudget:
+    """What both trainers take: optimiser settings, budgets (``max_pairs``, ``epochs``,
+    ``max_minutes``), precision, seed and device. Recorded on the model card."""
 
-    towers: Layout = "auto"
     epochs: int = 1
-    batch_size: int = 64
+    batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    scale: float = 20.0
-    max_seq_length: int = 128
-    mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss
     max_pairs: int | None = None
     max_minutes: float | None = None
-    pilot_steps: int = 30
     bf16: bool = False  # bfloat16 autocast (CPUs with AVX512-BF16/AMX, recent GPUs)
     seed: int = 1234
     device: str = "auto"
 
+    #: The smallest ``batch_size`` and ``max_pairs`` the loss can learn from.
+    min_batch: ClassVar[int] = 1
+    batch_hint: ClassVar[str] = ""
+
     def __post_init__(self) -> None:
-        if self.towers not in TOWER_LAYOUTS:
+        if self.batch_size < self.min_batch:
             raise TrainingError(
-                f"towers={self.towers!r}; valid layouts are: {', '.join(TOWER_LAYOUTS)}"
-            )
-        if self.batch_size < 2:
-            raise TrainingError(
-                f"batch_size must be >= 2 for in-batch negatives, got {self.batch_size}"
+                f"batch_size must be >= {self.min_batch}{self.batch_hint}, got {self.batch_size}"
             )
         if self.epochs < 1:
             raise TrainingError(f"epochs must be >= 1, got {self.epochs}")
-        if self.max_pairs is not None and self.max_pairs < 2:
-            raise TrainingError(f"max_pairs must be >= 2, got {self.max_pairs}")
+        if self.max_pairs is not None and self.max_pairs < self.min_batch:
+            raise TrainingError(f"max_pairs must be >= {self.min_batch}, got {self.max_pairs}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise TrainingError(f"max_minutes must be > 0, got {self.max_minutes}")
 
@@ -405,13 +403,34 @@ class TowerTrainingConfig:
         return asdict(self)
 
 
-@dataclass
-class TowerTrainingResult:
-    """What :func:`train_towers` did; the CLI turns it into the model card."""
+@dataclass(frozen=True, slots=True)
+class TowerTrainingConfig(TrainingBudget):
+    """Hyper-parameters and budgets of :func:`train_towers` (all recorded on the card)."""
+
+    towers: Layout = "separate"  # what the auto pilot chose on Home Depot dev (see the CLI)
+    batch_size: int = 64
+    scale: float = 20.0
+    max_seq_length: int = 128
+    mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss
+    pilot_steps: int = 30
+
+    min_batch: ClassVar[int] = 2
+    batch_hint: ClassVar[str] = " for in-batch negatives"
+
+    def __post_init__(self) -> None:
+        if self.towers not in TOWER_LAYOUTS:
+            raise TrainingError(
+                f"towers={self.towers!r}; valid layouts are: {', '.join(TOWER_LAYOUTS)}"
+            )
+        # Explicit base call: zero-argument super() fails in slotted dataclasses.
+        TrainingBudget.__post_init__(self)
+
+
+@dataclass(kw_only=True)
+class TrainingRun:
+    """What a training run did, whichever the model; the CLI turns it into the model card."""
 
     output_dir: Path
-    layout: str
-    decision: dict[str, Any]
     losses: list[float]
     epochs: list[EpochLog]
     dev_before: dict[str, float]
@@ -423,13 +442,21 @@ class TowerTrainingResult:
     stopped_by: str
     wall_s: float
     device: str
-    loss_name: str
     loss_curve: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def first_step_loss(self) -> float | None:
         return self.losses[0] if self.losses else None
+
+
+@dataclass(kw_only=True)
+class TowerTrainingResult(TrainingRun):
+    """What :func:`train_towers` did: the run plus the layout, how it was decided, the loss."""
+
+    layout: str
+    decision: dict[str, Any]
+    loss_name: str
 
 
 def _load_base(base_model: Path, device: str, max_seq_length: int) -> Any:

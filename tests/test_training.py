@@ -282,7 +282,7 @@ def test_training_budget_errors(tmp_path: Path, tiny_data) -> None:
 
 def test_reranker_tiny_run_registers_reloads_and_is_reproducible(tmp_path: Path, tiny_data) -> None:
     pairs = tiny_data.reranker_pairs()
-    config = RerankerTrainingConfig(batch_size=16, max_pairs=16, seed=5)
+    config = RerankerTrainingConfig(loss="bce", batch_size=16, max_pairs=16, seed=5)
     first_losses = []
     for _ in range(2):
         version = new_version(tmp_path, "reranker")
