@@ -592,7 +592,11 @@ def train_reranker_command(
     mining_model: MiningModelOption = None,
     models_dir: ModelsDirOption = DEFAULT_MODELS_DIR,
     base_model: Annotated[
-        Path | None, typer.Option(help="Encoder weights to start from (default: bundled MiniLM).")
+        Path | None,
+        typer.Option(
+            help="Weights to start from (default: bundled MiniLM with a fresh head); a trained "
+            "reranker directory continues its training, head included."
+        ),
     ] = None,
     max_pairs: MaxPairsOption = None,
     max_minutes: MaxMinutesOption = DEFAULT_MAX_MINUTES,
