@@ -162,14 +162,9 @@ def evaluate(
         updates["index_dir"] = index_dir
     if model is not None:
         updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
-    elif settings.model_dir is None:
-        # Serve with the towers that built the snapshot, as --compare-index-dir does.
-        tower = _snapshot_tower(index_dir or settings.index_dir)
-        if tower is not None:
-            updates["model_dir"] = Path(tower["path"])
     if reranker is not None:
         updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
-    settings = settings.model_copy(update=updates)
+    settings = _with_snapshot_towers(settings.model_copy(update=updates))
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit)
     try:
         service = SearchService(settings)
@@ -299,6 +294,18 @@ def _snapshot_tower(index_dir: Path) -> dict[str, str] | None:
         return None
     manifest = json.loads((store.path(version) / "manifest.json").read_text())
     return dict(manifest["models"]["item_tower"])
+
+
+def _with_snapshot_towers(settings: Settings) -> Settings:
+    """``settings`` with ``model_dir`` set to the towers that built the CURRENT snapshot of
+    ``settings.index_dir`` when no model was given (else a fine-tuned snapshot would be
+    queried with the base towers and refused)."""
+    if settings.model_dir is not None:
+        return settings
+    tower = _snapshot_tower(settings.index_dir)
+    if tower is None:
+        return settings
+    return settings.model_copy(update={"model_dir": Path(tower["path"])})
 
 
 def _compare_outcomes(  # type: ignore[no-untyped-def]
@@ -435,11 +442,7 @@ def bench_command(
         }
         | {"reload_interval_s": 0.0, "query_cache_size": 0}
     )
-    if settings.model_dir is None:
-        # Query with the towers that built the snapshot (as eval does).
-        tower = _snapshot_tower(settings.index_dir)
-        if tower is not None:
-            settings = settings.model_copy(update={"model_dir": Path(tower["path"])})
+    settings = _with_snapshot_towers(settings)
     service = SearchService(settings)
     service.load()
     stages: dict[str, list[float]] = {}

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.encoders import EncoderBackend, ModelInfo, model_info, resolve_device
+from retrieval.encoders import (
+    EncoderBackend,
+    ModelInfo,
+    attach_onnx_backend,
+    model_info,
+    resolve_device,
+)
 from retrieval.types import ShopsearchError
 
 __all__ = ["FALLBACK_MAX_LENGTH", "Reranker", "RerankerError", "trained_max_length"]
@@ -87,25 +93,12 @@ class Reranker:
         except (OSError, ValueError) as exc:
             raise RerankerError(f"cannot load cross-encoder from {self.path}: {exc}") from exc
         if backend != "torch":
-            self._attach_onnx()
+            from retrieval.onnx_export import OnnxExportError
 
-    def _attach_onnx(self) -> None:
-        from retrieval.onnx_export import OnnxExportError, attach, export_onnx
-
-        try:
-            export = export_onnx(
-                self.model, self.info.sha256, "int8" if self.backend == "onnx-int8" else "fp32"
-            )
-            attach(self.model, export)
-        except OnnxExportError as exc:
-            raise RerankerError(f"{self.path}: {exc}") from exc
-        self.model.eval()
-        self.info = ModelInfo(
-            id=f"{self.info.id}+{self.backend}",
-            path=self.info.path,
-            sha256=export.sha256(self.info.sha256, self.backend),
-            backend=self.backend,
-        )
+            try:
+                self.info = attach_onnx_backend(self.model, self.info, backend)
+            except OnnxExportError as exc:
+                raise RerankerError(f"{self.path}: {exc}") from exc
 
     def score(self, query: str, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """One relevance score per text (higher is better), shape ``(len(texts),)``."""

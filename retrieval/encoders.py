@@ -33,6 +33,7 @@ __all__ = [
     "EncoderBackend",
     "ModelError",
     "ModelInfo",
+    "attach_onnx_backend",
     "default_model_path",
     "model_info",
     "resolve_device",
@@ -99,6 +100,30 @@ def model_info(path: Path) -> ModelInfo:
                 digest.update(block)
     name = path.name if path.name != "model" else path.parent.name
     return ModelInfo(id=name, path=str(path), sha256=digest.hexdigest())
+
+
+def attach_onnx_backend(
+    model: Any, base: ModelInfo, backend: str, *, use_cuda: bool = False
+) -> ModelInfo:
+    """Run ``model`` (towers or cross-encoder, loaded on the CPU) through its cached ONNX
+    export for ``backend`` (``onnx`` or ``onnx-int8``) and return its identity: id
+    ``<base id>+<backend>``, checksum over the base weights and the exported graphs.
+
+    Raises:
+        retrieval.onnx_export.OnnxExportError: onnxruntime/onnx missing or the export failed.
+    """
+    from retrieval.onnx_export import Precision, attach, export_onnx
+
+    precision: Precision = "int8" if backend == "onnx-int8" else "fp32"
+    export = export_onnx(model, base.sha256, precision)
+    attach(model, export, use_cuda=use_cuda)
+    model.eval()
+    return ModelInfo(
+        id=f"{base.id}+{backend}",
+        path=base.path,
+        sha256=export.sha256(base.sha256, backend),
+        backend=backend,
+    )
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -175,21 +200,12 @@ class Encoder:
         self.dim = int(dim)
 
     def _attach_onnx(self, base: ModelInfo, use_cuda: bool) -> ModelInfo:
-        from retrieval.onnx_export import OnnxExportError, Precision, attach, export_onnx
+        from retrieval.onnx_export import OnnxExportError
 
-        precision: Precision = "int8" if self.backend == "onnx-int8" else "fp32"
         try:
-            export = export_onnx(self.model, base.sha256, precision)
-            attach(self.model, export, use_cuda=use_cuda)
+            return attach_onnx_backend(self.model, base, self.backend, use_cuda=use_cuda)
         except OnnxExportError as exc:
             raise ModelError(f"{self.path}: {exc}") from exc
-        self.model.eval()
-        return ModelInfo(
-            id=f"{base.id}+{self.backend}",
-            path=base.path,
-            sha256=export.sha256(base.sha256, self.backend),
-            backend=self.backend,
-        )
 
     def _encode(
         self,
