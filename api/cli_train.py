@@ -18,14 +18,15 @@ models on the dev split is ``shopsearch eval`` (``--compare-index-dir``, ``--rer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,7 +63,7 @@ from indexer.training_data import (
     mine_candidates,
     snapshot_sources,
 )
-from retrieval.encoders import Encoder, default_model_path, model_info
+from retrieval.encoders import Encoder, default_model_path, model_info, tokenizer_words
 from retrieval.model_registry import (
     KINDS,
     LATEST,
@@ -74,6 +75,7 @@ from retrieval.model_registry import (
     resolve_model,
     staging_dir,
 )
+from retrieval.query_rewrite import QueryRewriter
 from retrieval.tower_training import TOWER_LAYOUTS, TrainingProgress, TrainingRun
 from retrieval.types import Product, ShopsearchError
 
@@ -138,6 +140,47 @@ class TrainingInputs:
     products: list[Product]
     catalog_sha256: str
     sources: dict[str, str]
+    #: What query rewriting did to the splits (``{"enabled": False}`` when it was off).
+    rewrite: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+
+
+def rewrite_splits(inputs: TrainingInputs, tokenizer_dir: Path) -> TrainingInputs:
+    """``inputs`` with every train and dev query rewritten the way the service rewrites
+    queries (units, spelling; ``retrieval/query_rewrite.py``), over the same catalog, so
+    models learn from the text they will be asked at serving time. ``tokenizer_dir``'s
+    vocabulary gives the known words spelling correction leaves alone."""
+    rewriter = QueryRewriter.for_products(
+        inputs.products, known_words=tokenizer_words(tokenizer_dir)
+    )
+    counts = {"train": 0, "dev": 0}
+
+    def rewriter_for(split: str) -> Callable[[str], str]:
+        def rewrite(text: str) -> str:
+            done = rewriter.rewrite(text)
+            counts[split] += done.changed
+            return done.text
+
+        return rewrite
+
+    train = inputs.train.with_texts(rewriter_for("train"))
+    dev = inputs.dev.with_texts(rewriter_for("dev"))
+    log.info(
+        "query rewriting: %d of %d train and %d of %d dev queries rewritten",
+        counts["train"],
+        len(train.queries),
+        counts["dev"],
+        len(dev.queries),
+    )
+    return dataclasses.replace(
+        inputs,
+        train=train,
+        dev=dev,
+        rewrite={
+            "enabled": True,
+            "train_queries_rewritten": counts["train"],
+            "dev_queries_rewritten": counts["dev"],
+        },
+    )
 
 
 def _load_split(
@@ -364,6 +407,14 @@ Bf16Option = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the model card as JSON on stdout.")]
+RewriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--rewrite/--no-rewrite",
+        help="Rewrite train and dev queries as the service does (units, spelling against the "
+        "catalog), so the model learns from what it will be asked.",
+    ),
+]
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -385,6 +436,7 @@ def _base_card(
             "checksum": data.checksum,
             "catalog_sha256": inputs.catalog_sha256,
             "files": inputs.sources,
+            "query_rewrite": inputs.rewrite,
             "stats": data.stats(),
             "mining": {
                 **mining.description,
@@ -499,6 +551,7 @@ def train_towers_command(
     device: DeviceOption = "auto",
     bf16: Bf16Option = "auto",
     dev_queries: DevQueriesOption = 150,
+    rewrite: RewriteOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Fine-tune the query and item towers (MultipleNegativesRankingLoss, in-batch + mined
@@ -535,6 +588,8 @@ def train_towers_command(
             id_field=id_field,
             title_field=title_field,
         )
+        if rewrite:
+            inputs = rewrite_splits(inputs, base)
         version = new_version(models_dir, "towers")
         with tempfile.TemporaryDirectory(prefix="shopsearch-mining-") as work, bars.progress:
             mining = _mining(
@@ -623,6 +678,7 @@ def train_reranker_command(
     device: DeviceOption = "auto",
     bf16: Bf16Option = "auto",
     dev_queries: DevQueriesOption = 150,
+    rewrite: RewriteOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train the cross-encoder reranker (graded labels + mined and random negatives) and
@@ -660,6 +716,8 @@ def train_reranker_command(
             id_field=id_field,
             title_field=title_field,
         )
+        if rewrite:
+            inputs = rewrite_splits(inputs, base)
         version = new_version(models_dir, "reranker")
         with tempfile.TemporaryDirectory(prefix="shopsearch-mining-") as work, bars.progress:
             mining = _mining(

@@ -14,6 +14,8 @@ __all__ = [
     "FilterSpec",
     "Hit",
     "PriceRange",
+    "RewriteChangeOut",
+    "RewriteOut",
     "SearchRequest",
     "SearchResponse",
 ]
@@ -95,8 +97,17 @@ class SearchRequest(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="Weight of the reranker's order against the fused order "
+        description="Weight of the reranker against the first stage "
         "(1: reranker only); None: the server's setting.",
+    )
+    rerank_merge: Literal["scores", "ranks"] | None = Field(
+        None,
+        description="'scores' or 'ranks' (rerank/merge.py); None: the server's setting.",
+    )
+    rewrite: bool | None = Field(
+        None,
+        description="Rewrite units and correct misspellings before searching (None: the "
+        "server's settings; false: search the query as typed).",
     )
     fusion: Literal["rrf", "weighted"] | None = None
     lexical_weight: float | None = Field(None, ge=0.0, le=1.0)
@@ -139,6 +150,19 @@ class Hit(BaseModel):
     explain: Explain | None = None
 
 
+class RewriteChangeOut(BaseModel):
+    typed: str = Field(description="What the shopper typed.")
+    searched: str = Field(description="What was searched instead.")
+    reason: Literal["units", "spelling"]
+
+
+class RewriteOut(BaseModel):
+    """What query rewriting did (absent when the query was searched as typed)."""
+
+    searched_q: str = Field(description="The query every stage searched.")
+    changes: list[RewriteChangeOut]
+
+
 class FacetBucket(BaseModel):
     value: str
     count: int
@@ -158,3 +182,6 @@ class SearchResponse(BaseModel):
     models: dict[str, Any]
     rerank: str = Field(description="'applied (N candidates)', 'off' or 'skipped (reason)'.")
     degraded: list[str]
+    rewrite: RewriteOut | None = Field(
+        None, description="Set when units or spelling were rewritten: what was searched."
+    )

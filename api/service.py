@@ -1,7 +1,11 @@
 """The search service: composes the stages of the query path over one snapshot.
 
-    q -> normalize -> query tower -> vector index ──┐
-      └──────────────────────────-> lexical index ──┴-> fuse -> filter -> rerank -> page + facets
+    q -> normalize -> rewrite -> query tower -> vector index ──┐
+                          └──────────────────────-> lexical index ──┴-> fuse -> filter -> rerank -> page + facets
+
+Rewriting (``retrieval/query_rewrite.py``) writes units the catalog's way and corrects
+unknown words to catalog words; every later stage searches the rewritten text, and the
+response says what changed and why.
 
 Used by the HTTP API and, in-process, by evaluation and benchmarks. Every stage is
 timed; a stage that fails is listed in ``degraded`` and the answer is served from the
@@ -32,19 +36,29 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-from api.schemas import Explain, FacetBucket, FilterSpec, Hit, SearchRequest, SearchResponse
+from api.schemas import (
+    Explain,
+    FacetBucket,
+    FilterSpec,
+    Hit,
+    RewriteChangeOut,
+    RewriteOut,
+    SearchRequest,
+    SearchResponse,
+)
 from api.settings import Settings
 from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
-from rerank.merge import merge_rerank
+from rerank.merge import merge_rerank, merge_scores
 from retrieval.batching import MicroBatcher
 from retrieval.encoders import Encoder
 from retrieval.filters import Filters, InvalidFilterError, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
 from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndexError
-from retrieval.types import Candidate, Product, ShopsearchError
+from retrieval.query_rewrite import QueryRewriter, product_words
+from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
 from retrieval.vector_index import FaissIndex
 
 __all__ = [
@@ -70,6 +84,8 @@ DEFAULT_PRICE_RANGES: tuple[tuple[float, float | None], ...] = (
 )
 #: Values listed per terms facet.
 FACET_SIZE = 20
+#: Where a loaded snapshot keeps its query rewriter (built from its products' words).
+REWRITER_KEY = "query_rewriter"
 
 
 class ServiceError(ShopsearchError):
@@ -106,7 +122,10 @@ class Retrieval:
     """Everything a request's stages produced, before paging (eval reads the stages)."""
 
     snapshot: LoadedSnapshot
+    #: The normalized query as typed.
     query: str
+    #: Query rewriting's result; ``search_text`` is what the stages searched.
+    rewrite: QueryRewrite | None = None
     dense: list[tuple[int, float]] = field(default_factory=list)
     lexical: list[tuple[int, float]] = field(default_factory=list)
     fused: list[Candidate] = field(default_factory=list)
@@ -115,6 +134,11 @@ class Retrieval:
     degraded: list[str] = field(default_factory=list)
     rerank_status: str = "off"
     depth: int = 0
+
+    @property
+    def search_text(self) -> str:
+        """The text every stage searched: the rewritten query, else the typed one."""
+        return self.rewrite.text if self.rewrite is not None else self.query
 
 
 class SearchService:
@@ -203,6 +227,8 @@ class SearchService:
     def _prepare(self, snap: LoadedSnapshot) -> None:
         """Check models, apply search settings and warm up ``snap`` before it serves."""
         self._check_models(snap)
+        if (self.settings.spelling or self.settings.units) and REWRITER_KEY not in snap.extra:
+            snap.extra[REWRITER_KEY] = self._build_rewriter(snap)
         if isinstance(snap.vectors, FaissIndex):
             snap.vectors.set_search_params(
                 nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
@@ -215,6 +241,22 @@ class SearchService:
         except LexicalIndexError as exc:
             # Serve anyway: every answer degrades to the dense leg until the cluster is back.
             log.warning("lexical leg of %s unavailable at load: %s", snap.version, exc)
+
+    def _build_rewriter(self, snap: LoadedSnapshot) -> QueryRewriter:
+        """A query rewriter over the live products' titles, brands and categories."""
+        t = time.perf_counter()
+        products = snap.table.products
+        rewriter = QueryRewriter.for_products(
+            (products[row] for row in snap.table.row_of.values()),
+            known_words=self.encoder.known_words(),
+        )
+        log.info(
+            "query rewriting: %d catalog words from snapshot %s (%.0f ms)",
+            rewriter.spelling.vocabulary_size,
+            snap.version,
+            _ms(t),
+        )
+        return rewriter
 
     def apply_updates(self, upserts: Sequence[Product], deletes: Sequence[str]) -> UpdateReport:
         """Upsert and delete products in the snapshot ``CURRENT`` names, on both legs,
@@ -229,6 +271,12 @@ class SearchService:
             snap = self.snapshot
             result = apply_updates(snap, upserts, deletes, self.encoder, es=self.es)
             if result.report.generation != snap.generation:
+                rewriter = snap.extra.get(REWRITER_KEY)
+                if rewriter is not None:
+                    # New products' words must not be "corrected" away; rebuilding the
+                    # rewriter per update would cost about a second per 50k products.
+                    rewriter.add_known(product_words(p) for p in upserts)
+                    result.snapshot.extra[REWRITER_KEY] = rewriter
                 self._prepare(result.snapshot)
                 self._snapshot = result.snapshot
             return result.report
@@ -296,6 +344,14 @@ class SearchService:
         query = normalize_query(request.q)
         result = Retrieval(snapshot=snap, query=query)
         timings = result.timings_ms
+        rewriter: QueryRewriter | None = snap.extra.get(REWRITER_KEY)
+        if rewriter is not None and request.rewrite is not False:
+            t = time.perf_counter()
+            result.rewrite = rewriter.rewrite(
+                query, units=self.settings.units, spelling=self.settings.spelling
+            )
+            timings["rewrite"] = _ms(t)
+            query = result.search_text
         need = request.page * request.size
         depth = request.depth or max(self.settings.leg_depth, need)
         use_dense = request.mode in ("hybrid", "dense")
@@ -412,7 +468,9 @@ class SearchService:
         t = time.perf_counter()
         try:
             products = result.snapshot.table.products
-            scores = self.reranker.score(result.query, [item_text(products[c.row]) for c in head])
+            scores = self.reranker.score(
+                result.search_text, [item_text(products[c.row]) for c in head]
+            )
         except Exception:
             log.exception("rerank failed; serving the fused order")
             result.degraded.append("rerank")
@@ -425,8 +483,17 @@ class SearchService:
             if request.rerank_weight is not None
             else self.settings.rerank_weight
         )
-        # The head arrives in fused order; merged keeps the fused order's evidence too.
-        merged = merge_rerank(scores.tolist(), weight=weight)
+        method = request.rerank_merge or self.settings.rerank_merge
+        if method == "scores":
+            merged = merge_scores(
+                scores.tolist(),
+                [c.lexical_score for c in head],
+                [c.dense_score for c in head],
+                weight=weight,
+            )
+        else:
+            # The head arrives in fused order, which the rank merge reads as its evidence.
+            merged = merge_rerank(scores.tolist(), weight=weight)
         for cand, score, final in zip(head, scores.tolist(), merged, strict=True):
             cand.rerank_score = score
             cand.final_score = final
@@ -452,6 +519,7 @@ class SearchService:
         hits = [_hit(table.products[c.row], c, request.explain) for c in page]
         result.timings_ms["total"] = _ms(started)
         snap = result.snapshot
+        rewrite = result.rewrite
         return SearchResponse(
             query_id=uuid.uuid4().hex,
             q=result.query,
@@ -466,6 +534,17 @@ class SearchService:
             models=self.models(),
             rerank=result.rerank_status,
             degraded=result.degraded,
+            rewrite=(
+                RewriteOut(
+                    searched_q=rewrite.text,
+                    changes=[
+                        RewriteChangeOut(typed=c.typed, searched=c.searched, reason=c.reason)  # type: ignore[arg-type]
+                        for c in rewrite.changes
+                    ],
+                )
+                if rewrite is not None and rewrite.changed
+                else None
+            ),
         )
 
     def models(self) -> dict[str, dict[str, str] | None]:

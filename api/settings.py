@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rerank.merge import DEFAULT_RERANK_WEIGHT
+from rerank.cross_encoder import RerankerBackend
+from rerank.merge import DEFAULT_RERANK_WEIGHT, MergeMethod
 from retrieval.encoders import EncoderBackend
 
 if TYPE_CHECKING:
@@ -63,14 +64,30 @@ class Settings(BaseSettings):
         DEFAULT_RERANK_WEIGHT,
         ge=0.0,
         le=1.0,
-        description="Weight of the reranker's order when merged with the fused order by "
-        "weighted RRF (0: fused only, 1: reranker only); chosen on the Home Depot dev split.",
+        description="Weight of the reranker in the merge with the first stage (0: first "
+        "stage only, 1: reranker only); chosen on the Home Depot dev split.",
+    )
+    rerank_merge: MergeMethod = Field(
+        "scores",
+        description="How reranker scores merge with the first stage: 'scores' (weighted sum "
+        "of standardized reranker, BM25 and cosine scores) or 'ranks' (weighted RRF of the "
+        "two orders); see rerank/merge.py.",
     )
     rerank_batch_size: int = Field(32, ge=1, le=1024)
-    reranker_backend: EncoderBackend = Field(
-        "torch",
-        description="How the cross-encoder runs: torch, onnx (onnxruntime fp32) or onnx-int8 "
-        "(dynamic int8, the fast CPU path).",
+    reranker_backend: RerankerBackend = Field(
+        "auto",
+        description="How the cross-encoder runs: auto (onnx-int8 on a CPU, torch on a GPU), "
+        "torch, onnx (onnxruntime fp32) or onnx-int8 (dynamic int8, the fast CPU path).",
+    )
+    units: bool = Field(
+        True,
+        description="Rewrite measurement units in queries the catalog's way ('18inches' -> "
+        "'18 in') before retrieval (retrieval/query_rewrite.py).",
+    )
+    spelling: bool = Field(
+        True,
+        description="Correct unknown query words to catalog words before retrieval "
+        "(retrieval/spelling.py). A request turns both rewrites off with rewrite=false.",
     )
     nprobe: int | None = Field(None, ge=1, description="Override the snapshot's IVF nprobe.")
     refine_factor: int | None = Field(None, ge=1, description="Override the refine depth factor.")

@@ -59,9 +59,13 @@ class Configuration:
     fusion: str = "rrf"
     lexical_weight: float | None = None
     rerank: bool = False
-    #: Weight of the reranker's order in ``rerank.merge``; None: the service's setting.
+    #: Weight of the reranker in ``rerank.merge``; None: the service's setting.
     rerank_weight: float | None = None
+    #: ``rerank.merge`` method ("scores" or "ranks"); None: the service's setting.
+    rerank_merge: str | None = None
     exact_dense: bool = False
+    #: Query rewriting (units, spelling); None: the service's settings (on by default).
+    rewrite: bool | None = None
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
@@ -73,11 +77,14 @@ def default_configurations(
     weights: Sequence[float] = (0.3, 0.5, 0.7),
     rerank_weights: Sequence[float | None] = (None,),
 ) -> list[Configuration]:
-    """Lexical, dense exact, dense IVF-PQ, hybrid RRF and a weighted-fusion sweep, and
-    when a reranker is configured each hybrid once more with rerank per entry of
-    ``rerank_weights`` (``None``: the service's setting, named ``<hybrid>+rerank``;
-    a number ``w``: named ``<hybrid>+rerank-w<w>``)."""
+    """Lexical (on the query as typed, and rewritten), dense exact, dense IVF-PQ, hybrid
+    RRF and a weighted-fusion sweep, and when a reranker is configured each hybrid once
+    more with rerank per entry of ``rerank_weights`` (``None``: the service's setting,
+    named ``<hybrid>+rerank``; a number ``w``: named ``<hybrid>+rerank-w<w>``), and once
+    with the rank merge at the service's weight (``<hybrid>+rerank-ranks``)."""
     configs = [
+        # BM25 on the query as typed: the reference the product's gains are measured against.
+        Configuration("lexical-typed", mode="lexical", rewrite=False),
         Configuration("lexical", mode="lexical"),
         Configuration("dense-exact", mode="dense", exact_dense=True),
         Configuration("dense-ivfpq", mode="dense"),
@@ -98,6 +105,10 @@ def default_configurations(
             for c in configs
             if c.mode == "hybrid"
             for rw in rerank_weights
+        ] + [
+            dataclasses.replace(c, name=f"{c.name}+rerank-ranks", rerank=True, rerank_merge="ranks")
+            for c in configs
+            if c.mode == "hybrid"
         ]
     return configs
 
@@ -296,6 +307,8 @@ def _run_configurations(
                     rerank=config.rerank,
                     rerank_depth=rerank_depth if config.rerank else None,
                     rerank_weight=config.rerank_weight,
+                    rerank_merge=config.rerank_merge,  # type: ignore[arg-type]
+                    rewrite=config.rewrite,
                     depth=depth,
                 )
                 started = time.perf_counter()

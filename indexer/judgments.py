@@ -16,10 +16,11 @@ Generic format (what any shop can produce; ``convert_homedepot`` writes it):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,14 @@ class EvalDataset:
     def by_qid(self) -> dict[str, JudgedQuery]:
         """The queries keyed by ``qid``."""
         return {q.qid: q for q in self.queries}
+
+    def with_texts(self, rewrite: Callable[[str], str]) -> EvalDataset:
+        """The same dataset with each query's text replaced by ``rewrite(text)``; ids,
+        judgments and order are kept (so runs and metrics still line up)."""
+        return dataclasses.replace(
+            self,
+            queries=tuple(dataclasses.replace(q, text=rewrite(q.text)) for q in self.queries),
+        )
 
 
 def homedepot_qid(search_term: str) -> str:

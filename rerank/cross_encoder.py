@@ -2,7 +2,8 @@
 
 Any sentence-transformers ``CrossEncoder`` directory works. ``backend`` picks the runtime
 as for the towers: ``torch``, or onnxruntime ``onnx`` (fp32) / ``onnx-int8`` (dynamic int8,
-the fast CPU path; exports cached by :mod:`retrieval.onnx_export`). No pretrained reranker is
+the fast CPU path; exports cached by :mod:`retrieval.onnx_export`), or ``auto`` (the
+service's default): int8 on a CPU, torch on a GPU. No pretrained reranker is
 installable offline and an untrained head scores noise, so the service runs this stage
 only when a trained model is configured (``SHOPSEARCH_RERANKER_DIR``); otherwise the
 response says ``rerank: skipped (no model)``.
@@ -15,6 +16,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +30,15 @@ from retrieval.encoders import (
 )
 from retrieval.types import ShopsearchError
 
-__all__ = ["FALLBACK_MAX_LENGTH", "Reranker", "RerankerError", "trained_max_length"]
+__all__ = [
+    "FALLBACK_MAX_LENGTH",
+    "RERANKER_BACKENDS",
+    "Reranker",
+    "RerankerBackend",
+    "RerankerError",
+    "resolve_reranker_backend",
+    "trained_max_length",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +46,29 @@ log = logging.getLogger(__name__)
 #: Word pieces per pair when a model has no card: a title with brand and category fits.
 FALLBACK_MAX_LENGTH = 128
 
+RerankerBackend = Literal["auto", "torch", "onnx", "onnx-int8"]
+RERANKER_BACKENDS: tuple[str, ...] = get_args(RerankerBackend)
+
 
 class RerankerError(ShopsearchError):
     """The reranker model cannot be loaded or failed to score."""
+
+
+def resolve_reranker_backend(backend: str, device: str = "auto") -> EncoderBackend:
+    """The runtime ``backend`` names on ``device``: ``auto`` is ``onnx-int8`` on a CPU
+    (measured 2.9x faster than torch at depth 50 on Home Depot, nDCG@10 within 0.002) and
+    ``torch`` on a GPU (the ONNX graphs run on the CPU); the others name themselves.
+
+    Raises:
+        RerankerError: ``backend`` is not one of :data:`RERANKER_BACKENDS`.
+    """
+    if backend not in RERANKER_BACKENDS:
+        raise RerankerError(
+            f"unknown reranker backend {backend!r}; choose one of {', '.join(RERANKER_BACKENDS)}"
+        )
+    if backend == "auto":
+        return "torch" if resolve_device(device).startswith("cuda") else "onnx-int8"
+    return backend  # type: ignore[return-value]
 
 
 def trained_max_length(path: Path) -> int:
@@ -72,18 +102,20 @@ class Reranker:
         device: str = "auto",
         batch_size: int = 32,
         max_length: int | None = None,
-        backend: EncoderBackend = "torch",
+        backend: RerankerBackend = "torch",
     ) -> None:
         from sentence_transformers import CrossEncoder
 
+        runtime = resolve_reranker_backend(backend, device)
         self.path = Path(path)
         if max_length is None:
             max_length = trained_max_length(self.path)
         self.max_length = max_length
         self.info: ModelInfo = model_info(self.path)
-        self.backend = backend
+        #: The runtime in use (``auto`` resolved).
+        self.backend: EncoderBackend = runtime
         # The ONNX graphs run on the CPU (onnxruntime); torch stays on the chosen device.
-        self.device = resolve_device(device) if backend == "torch" else "cpu"
+        self.device = resolve_device(device) if runtime == "torch" else "cpu"
         self.batch_size = batch_size
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -92,11 +124,11 @@ class Reranker:
             )
         except (OSError, ValueError) as exc:
             raise RerankerError(f"cannot load cross-encoder from {self.path}: {exc}") from exc
-        if backend != "torch":
+        if runtime != "torch":
             from retrieval.onnx_export import OnnxExportError
 
             try:
-                self.info = attach_onnx_backend(self.model, self.info, backend)
+                self.info = attach_onnx_backend(self.model, self.info, runtime)
             except OnnxExportError as exc:
                 raise RerankerError(f"{self.path}: {exc}") from exc
 

@@ -37,6 +37,8 @@ __all__ = [
     "default_model_path",
     "model_info",
     "resolve_device",
+    "tokenizer_words",
+    "vocabulary_words",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,6 +232,10 @@ class Encoder:
                 progress(len(chunk))
         return out
 
+    def known_words(self) -> frozenset[str]:
+        """:func:`vocabulary_words` of the towers' tokenizer."""
+        return vocabulary_words(getattr(self.model, "tokenizer", None))
+
     def encode_query(
         self,
         queries: Sequence[str],
@@ -255,3 +261,28 @@ class Encoder:
         out = np.empty_like(encoded)
         out[order] = encoded
         return out
+
+
+def vocabulary_words(tokenizer: Any) -> frozenset[str]:
+    """The whole words (letters only, case-folded) of a Hugging Face tokenizer's
+    vocabulary: words the model knows, which spelling correction leaves alone. Empty
+    when ``tokenizer`` has no readable vocabulary."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return frozenset()
+    # WordPiece marks word continuations with "##" (not letters, so dropped); BPE and
+    # SentencePiece mark word starts with "Ġ" / "▁", stripped here.
+    stripped = (token.lstrip("Ġ▁") for token in get_vocab())
+    return frozenset(t.casefold() for t in stripped if t.isalpha())
+
+
+def tokenizer_words(path: Path) -> frozenset[str]:
+    """:func:`vocabulary_words` of the tokenizer saved in model dir ``path`` (loads only
+    the tokenizer, offline). Raises :class:`ModelError` when it cannot be read."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    return vocabulary_words(tokenizer)

@@ -13,6 +13,8 @@ from typing import Any
 __all__ = [
     "Candidate",
     "Product",
+    "QueryRewrite",
+    "RewriteChange",
     "ShopsearchError",
 ]
 
@@ -76,3 +78,30 @@ class Candidate:
     rerank_score: float | None = None
     #: The served order's score after rerank (``rerank.merge``); ``None`` if not reranked.
     final_score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteChange:
+    """One rewrite of a query: what was typed, what is searched instead, and why
+    (``"units"`` or ``"spelling"``)."""
+
+    typed: str
+    searched: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRewrite:
+    """A query before and after rewriting (``retrieval.query_rewrite``).
+
+    ``text`` is what every stage searches; ``changes`` lists the rewrites in the order
+    they were made, empty when the query is searched as typed.
+    """
+
+    original: str
+    text: str
+    changes: tuple[RewriteChange, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)

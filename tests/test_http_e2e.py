@@ -92,7 +92,11 @@ def test_search_box_query(server: httpx.Client, index_dir: Path) -> None:
     assert {"id", "score", "title", "brand", "category", "price", "in_stock", "image_url"} <= set(
         hit
     )
-    assert "explain" not in hit
+    assert "explain" not in hit and "rewrite" not in body  # nothing to rewrite
+    typo = server.get("/v1/search", params={"q": "cordles dril"}).json()
+    assert typo["rewrite"]["searched_q"] == "cordless drill"
+    assert [c["reason"] for c in typo["rewrite"]["changes"]] == ["spelling", "spelling"]
+    assert [h["id"] for h in typo["hits"]] == [h["id"] for h in body["hits"]]
     product = server.get(f"/v1/products/{hit['id']}").json()
     assert product["title"] == hit["title"]
     assert server.get("/v1/products/NOPE").status_code == 404

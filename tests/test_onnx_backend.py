@@ -181,3 +181,17 @@ def test_reranker_onnx_backends_score_like_torch(onnx_cache: Path, cross_encoder
     np.testing.assert_allclose(fp32_scores, torch_scores, atol=1e-4)
     assert np.corrcoef(int8_scores, torch_scores)[0, 1] > 0.95
     assert fp32.score(query, []).shape == (0,)
+    # The service's default: int8 on this CPU, the same export.
+    auto = Reranker(cross_encoder_dir, device="cpu", backend="auto")
+    assert auto.backend == "onnx-int8" and auto.info.sha256 == int8.info.sha256
+    np.testing.assert_allclose(auto.score(query, TEXTS), int8_scores, rtol=1e-5)
+
+
+def test_reranker_backend_resolution() -> None:
+    from rerank.cross_encoder import RerankerError, resolve_reranker_backend
+
+    assert resolve_reranker_backend("auto", "cpu") == "onnx-int8"
+    assert resolve_reranker_backend("auto", "cuda") == "torch"
+    assert resolve_reranker_backend("onnx", "cuda") == "onnx"
+    with pytest.raises(RerankerError, match="choose one of auto, torch, onnx, onnx-int8"):
+        resolve_reranker_backend("tensorrt", "cpu")

@@ -16,7 +16,7 @@ from api.schemas import SearchRequest
 from api.service import SearchService
 from api.settings import Settings
 from rerank.cross_encoder import FALLBACK_MAX_LENGTH, Reranker
-from rerank.merge import merge_rerank
+from rerank.merge import merge_rerank, merge_scores, standardize
 from retrieval.encoders import Encoder, ModelError
 
 
@@ -52,11 +52,13 @@ def test_rerank_stage_reorders_the_head(
     off = svc.search(SearchRequest(q="cordless drill", size=20, rerank=False, explain=True))
     assert off.rerank == "off"
     assert {h.id for h in off.hits[:10]} == {h.id for h in head}  # same candidates, new order
-    # Weight 1: the reranker's order alone; weight 0: the fused order is kept.
+    # Weight 1: the reranker's order alone; weight 0 with the rank merge: the fused order.
     only = svc.search(SearchRequest(q="cordless drill", size=20, rerank_weight=1.0, explain=True))
     scores = [h.explain.rerank_score for h in only.hits[:10] if h.explain]
     assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
-    kept = svc.search(SearchRequest(q="cordless drill", size=20, rerank_weight=0.0))
+    kept = svc.search(
+        SearchRequest(q="cordless drill", size=20, rerank_weight=0.0, rerank_merge="ranks")
+    )
     assert [h.id for h in kept.hits] == [h.id for h in off.hits]
     assert [h.id for h in only.hits[:10]] != [h.id for h in off.hits[:10]]  # noise reorders
 
@@ -73,6 +75,40 @@ def test_merge_rerank_weights_the_two_orders() -> None:
     assert a > b > c
     with pytest.raises(ValueError, match="rerank weight must be in"):
         merge_rerank([1.0], weight=1.5)
+
+
+def test_standardize_puts_missing_values_last_and_constants_at_zero() -> None:
+    z = standardize([2.0, None, 4.0])
+    assert z[1] == z[0] < z[2] and z.mean() == pytest.approx(0.0)
+    assert standardize([3.0, 3.0]).tolist() == [0.0, 0.0]
+    assert standardize([None, None]).tolist() == [0.0, 0.0]
+    assert standardize([]).tolist() == []
+
+
+def test_merge_scores_weights_the_reranker_against_both_legs() -> None:
+    rerank = [0.0, 0.1, 5.0]  # c is far ahead for the reranker
+    lexical = [9.0, 8.0, 1.0]  # a ahead for BM25
+    dense = [0.5, 0.9, 0.1]  # b ahead for the cosine
+    a, b, c = merge_scores(rerank, lexical, dense, weight=1.0)
+    assert c > b > a
+    a, b, c = merge_scores(rerank, lexical, dense, weight=0.0, lexical_share=1.0)
+    assert a > b > c
+    a, b, c = merge_scores(rerank, lexical, dense, weight=0.0, lexical_share=0.0)
+    assert b > a > c
+    # A leg that returned nothing (here dense) leaves BM25 as the first stage.
+    merged = merge_scores(rerank, lexical, [None, None, None], weight=0.3)
+    expected = 0.3 * standardize(rerank) + 0.7 * standardize(lexical)
+    assert merged == pytest.approx(expected.tolist())
+    assert merge_scores([], [], [], weight=0.5) == []
+
+
+def test_merge_scores_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="rerank weight must be in"):
+        merge_scores([1.0], [1.0], [1.0], weight=-0.1)
+    with pytest.raises(ValueError, match="lexical share"):
+        merge_scores([1.0], [1.0], [1.0], lexical_share=2.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        merge_scores([1.0, 2.0], [1.0], [1.0, 2.0])
 
 
 def test_reranker_takes_max_length_from_its_card(cross_encoder_dir: Path, tmp_path: Path) -> None:

@@ -420,6 +420,7 @@ def test_cli_train_reranker(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout[result.stdout.index("{") :])
     assert card["kind"] == "reranker" and card["max_length"] >= 8
+    assert card["training_data"]["query_rewrite"]["enabled"] is True
     assert card["training_examples"]["labels"]["zero_labels"] > 0
 
 
