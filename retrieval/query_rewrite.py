@@ -10,9 +10,9 @@ follows a number is touched: "in" the preposition and "foot" in "foot stool" sta
 :class:`QueryRewriter` runs units, then :class:`retrieval.spelling.SpellCorrector`,
 and reports every change with its reason, so the response can say what was searched.
 
-Measured on the Home Depot dev split (protocol A, README): unit normalization adds
-0.010 nDCG@10 to BM25 on top of spelling correction (0.414 -> 0.424 with the generic
-qrels); 127 of 1,248 queries are rewritten.
+Measured on the Home Depot dev split (protocol A, README "Query rewriting"): on top of
+spelling correction, units take BM25 from 0.4065 to 0.4173 nDCG@10 (0.3902 as typed);
+together the two rewrite 256 of 1,248 queries.
 """
 
 from __future__ import annotations

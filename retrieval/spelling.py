@@ -24,8 +24,8 @@ characters only). Ties go to the word more products use. Only words used by at l
 A candidate that only drops characters from either end ("unframed" -> "framed") is
 refused: it changes the meaning rather than the spelling.
 
-Measured on the Home Depot dev split (protocol A, README): BM25 nDCG@10 +0.017, the
-fine-tuned hybrid +0.012; 183 of 1,248 queries are rewritten.
+Measured on the Home Depot dev split (protocol A, README "Query rewriting"): alone, it adds
+0.016 nDCG@10 to BM25 and 0.011 to the fine-tuned RRF hybrid; 175 of 1,248 queries change.
 """
 
 from __future__ import annotations
