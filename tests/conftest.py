@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from api.cli import sample_catalog_path
+from api.service import SearchService
+from api.settings import Settings
 from indexer.catalog import load_catalog
 from indexer.snapshot import BuildOptions, build_snapshot
 from retrieval.encoders import Encoder, default_model_path
@@ -86,6 +88,14 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> 
     products, report = load_catalog(sample_catalog_path())
     build_snapshot(products, report, index_dir, encoder, BuildOptions(probe_count=50))
     return index_dir
+
+
+@pytest.fixture(scope="session")
+def sample_service(sample_index: Path, encoder: Encoder) -> SearchService:
+    """A service over ``sample_index`` with default settings (search only; do not modify)."""
+    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
+    svc.load()
+    return svc
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Query rewriting: the spelling and unit rules, and the service searching the rewritten text."""
+"""Query rewriting: the spelling and unit rules, and the sample_service searching the rewritten text."""
 
 from __future__ import annotations
 
@@ -119,15 +119,10 @@ def test_the_rewriter_runs_units_then_spelling() -> None:
     assert rewriter.rewrite("toliet 12inch", spelling=False).text == "toliet 12 in"
 
 
-@pytest.fixture(scope="module")
-def service(sample_index: Path, encoder: Encoder) -> SearchService:
-    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
-    svc.load()
-    return svc
-
-
-def test_the_service_searches_the_corrected_query_and_says_so(service: SearchService) -> None:
-    response = service.search(SearchRequest(q="cordles  driil", size=5, mode="lexical"))
+def test_the_service_searches_the_corrected_query_and_says_so(
+    sample_service: SearchService,
+) -> None:
+    response = sample_service.search(SearchRequest(q="cordles  driil", size=5, mode="lexical"))
     assert response.rewrite is not None
     assert response.rewrite.searched_q == "cordless drill"
     assert [(c.typed, c.searched, c.reason) for c in response.rewrite.changes] == [
@@ -139,10 +134,10 @@ def test_the_service_searches_the_corrected_query_and_says_so(service: SearchSer
     assert all(h.category == "Tools > Power Tools > Drills" for h in response.hits[:3])
 
     # BM25 alone finds nothing for two unknown words; the request can turn rewriting off.
-    raw = service.search(SearchRequest(q="cordles driil", mode="lexical", rewrite=False))
+    raw = sample_service.search(SearchRequest(q="cordles driil", mode="lexical", rewrite=False))
     assert raw.rewrite is None and raw.hits == []
 
-    clean = service.search(SearchRequest(q="cordless drill", size=5, mode="lexical"))
+    clean = sample_service.search(SearchRequest(q="cordless drill", size=5, mode="lexical"))
     assert clean.rewrite is None
     assert [h.id for h in clean.hits] == [h.id for h in response.hits]
 

@@ -16,24 +16,17 @@ from retrieval.lexical_index import filters_hold
 from retrieval.types import Product
 
 
-@pytest.fixture(scope="module")
-def service(sample_index: Path, encoder: Encoder) -> SearchService:
-    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
-    svc.load()
-    return svc
-
-
-def test_cordless_drill_finds_drills_first(service: SearchService) -> None:
+def test_cordless_drill_finds_drills_first(sample_service: SearchService) -> None:
     for mode in ("hybrid", "dense", "lexical"):
-        response = service.search(SearchRequest(q="cordless drill", size=5, mode=mode))
+        response = sample_service.search(SearchRequest(q="cordless drill", size=5, mode=mode))
         assert len(response.hits) == 5
         assert all(h.category == "Tools > Power Tools > Drills" for h in response.hits[:3]), mode
-        assert response.index_version == service.snapshot.version
+        assert response.index_version == sample_service.snapshot.version
         assert response.rerank == "off"
 
 
-def test_timings_and_models_are_reported(service: SearchService) -> None:
-    response = service.search(SearchRequest(q="garden hose 50 ft", explain=True))
+def test_timings_and_models_are_reported(sample_service: SearchService) -> None:
+    response = sample_service.search(SearchRequest(q="garden hose 50 ft", explain=True))
     assert {"encode", "dense", "lexical", "fuse", "filter", "facets", "total"} <= set(
         response.timings_ms
     )
@@ -45,7 +38,7 @@ def test_timings_and_models_are_reported(service: SearchService) -> None:
 
 
 def test_filters_never_leak_and_widen(
-    service: SearchService, sample_products: list[Product]
+    sample_service: SearchService, sample_products: list[Product]
 ) -> None:
     by_id = {p.id: p for p in sample_products}
     cases = [
@@ -61,7 +54,7 @@ def test_filters_never_leak_and_widen(
 
     for spec in cases:
         request = SearchRequest(q="cordless drill", size=20, filters=spec)
-        response = service.search(request)
+        response = sample_service.search(request)
         filters = to_filters(FilterSpec.model_validate(spec))
         assert response.hits, f"no hits for {spec}"
         for hit in response.hits:
@@ -71,8 +64,8 @@ def test_filters_never_leak_and_widen(
         assert len(response.hits) == min(20, matching), spec
 
 
-def test_facets_count_the_filtered_candidates(service: SearchService) -> None:
-    response = service.search(
+def test_facets_count_the_filtered_candidates(sample_service: SearchService) -> None:
+    response = sample_service.search(
         SearchRequest(
             q="drill", size=5, filters={"category": "Tools"}, facets=["brand", "price", "color"]
         )
@@ -87,29 +80,29 @@ def test_facets_count_the_filtered_candidates(service: SearchService) -> None:
     assert counts == sorted(counts, reverse=True)
 
 
-def test_paging_is_consistent(service: SearchService) -> None:
-    first = service.search(SearchRequest(q="led light bulb", size=5, page=1))
-    second = service.search(SearchRequest(q="led light bulb", size=5, page=2))
-    both = service.search(SearchRequest(q="led light bulb", size=10, page=1))
+def test_paging_is_consistent(sample_service: SearchService) -> None:
+    first = sample_service.search(SearchRequest(q="led light bulb", size=5, page=1))
+    second = sample_service.search(SearchRequest(q="led light bulb", size=5, page=2))
+    both = sample_service.search(SearchRequest(q="led light bulb", size=10, page=1))
     assert [h.id for h in first.hits + second.hits] == [h.id for h in both.hits]
 
 
-def test_unknown_filter_and_facet_fields(service: SearchService) -> None:
+def test_unknown_filter_and_facet_fields(sample_service: SearchService) -> None:
     with pytest.raises(InvalidFilterError, match="unknown filter field") as info:
-        service.search(SearchRequest(q="drill", filters={"colour": "red"}))
+        sample_service.search(SearchRequest(q="drill", filters={"colour": "red"}))
     assert info.value.field == "filters.colour"
     with pytest.raises(InvalidFilterError, match="unknown facet field"):
-        service.search(SearchRequest(q="drill", facets=["weight"]))
+        sample_service.search(SearchRequest(q="drill", facets=["weight"]))
 
 
 def test_lexical_failure_degrades_to_dense(
-    service: SearchService, monkeypatch: pytest.MonkeyPatch
+    sample_service: SearchService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("lexical engine down")
 
-    monkeypatch.setattr(service.snapshot.lexical, "search", broken)
-    response = service.search(SearchRequest(q="cordless drill"))
+    monkeypatch.setattr(sample_service.snapshot.lexical, "search", broken)
+    response = sample_service.search(SearchRequest(q="cordless drill"))
     assert response.degraded == ["lexical"]
     assert response.hits and response.hits[0].category.startswith("Tools")
 
@@ -128,7 +121,7 @@ def test_refuses_snapshot_of_another_item_tower(sample_index: Path, encoder: Enc
     assert not svc.ready
 
 
-def test_rerank_skipped_without_model(service: SearchService) -> None:
-    response = service.search(SearchRequest(q="cordless drill", rerank=True))
+def test_rerank_skipped_without_model(sample_service: SearchService) -> None:
+    response = sample_service.search(SearchRequest(q="cordless drill", rerank=True))
     assert response.rerank == "skipped (no model)"
     assert "rerank" not in response.timings_ms
