@@ -335,6 +335,14 @@ class SearchService:
         vector.setflags(write=False)
         return vector
 
+    def rewrite_query(self, query: str, snap: LoadedSnapshot | None = None) -> QueryRewrite | None:
+        """``query`` (already normalized) rewritten as the stages search it on ``snap``
+        (default: the serving snapshot); None when the server rewrites nothing."""
+        rewriter: QueryRewriter | None = (snap or self.snapshot).extra.get(REWRITER_KEY)
+        if rewriter is None:
+            return None
+        return rewriter.rewrite(query, units=self.settings.units, spelling=self.settings.spelling)
+
     def retrieve(self, request: SearchRequest) -> Retrieval:
         """Run retrieval, fusion, filtering and rerank for ``request`` (no paging)."""
         snap = self.snapshot
@@ -344,14 +352,12 @@ class SearchService:
         query = normalize_query(request.q)
         result = Retrieval(snapshot=snap, query=query)
         timings = result.timings_ms
-        rewriter: QueryRewriter | None = snap.extra.get(REWRITER_KEY)
-        if rewriter is not None and request.rewrite is not False:
+        if request.rewrite is not False:
             t = time.perf_counter()
-            result.rewrite = rewriter.rewrite(
-                query, units=self.settings.units, spelling=self.settings.spelling
-            )
-            timings["rewrite"] = _ms(t)
-            query = result.search_text
+            result.rewrite = self.rewrite_query(query, snap)
+            if result.rewrite is not None:
+                timings["rewrite"] = _ms(t)
+                query = result.search_text
         need = request.page * request.size
         depth = request.depth or max(self.settings.leg_depth, need)
         use_dense = request.mode in ("hybrid", "dense")

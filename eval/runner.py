@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from api.schemas import SearchRequest
-from api.service import SearchService
+from api.service import SearchService, normalize_query
 from eval.loadtest import summarize_latencies
 from eval.metrics import (
     MetricsResult,
@@ -171,6 +171,13 @@ class EvalOutcome:
         )
 
 
+def _searched(service: SearchService, text: str) -> str:
+    """``text`` as the service's stages would search it (normalized, then rewritten)."""
+    query = normalize_query(text)
+    done = service.rewrite_query(query)
+    return done.text if done is not None else query
+
+
 def _dense_scorer(
     service: SearchService,
 ) -> Callable[[JudgedQuery, Sequence[str]], Sequence[float]]:
@@ -179,7 +186,7 @@ def _dense_scorer(
     vectors = snap.vectors.vectors if isinstance(snap.vectors, (ExactIndex, FaissIndex)) else None
 
     def score(query: JudgedQuery, ids: Sequence[str]) -> Sequence[float]:
-        qvec = service.encoder.encode_query([query.text])[0]
+        qvec = service.encoder.encode_query([_searched(service, query.text)])[0]
         rows = [snap.table.row_of.get(pid) for pid in ids]
         if vectors is None:
             return [0.0] * len(ids)
@@ -202,7 +209,7 @@ def _rerank_scorer(
             item_text(table.products[table.row_of[pid]]) if pid in table.row_of else ""
             for pid in ids
         ]
-        return reranker.score(query.text, texts).tolist()
+        return reranker.score(_searched(service, query.text), texts).tolist()
 
     return score
 
