@@ -639,6 +639,7 @@ def update(
     logged in its manifest) and a running server picks it up at its next reload check.
     Rejected products are listed by id (exit code 1); the others are applied.
     """
+    from api.service import with_snapshot_towers
     from indexer.catalog import load_catalog
     from indexer.updates import UpdateError, apply_updates, read_delete_ids
     from retrieval.encoders import Encoder
@@ -666,6 +667,8 @@ def update(
             raise SnapshotError(
                 f"{store.current_file} does not exist; build a snapshot with `shopsearch build`"
             )
+        # Without --model, the towers that built the snapshot encode its new products.
+        settings = with_snapshot_towers(settings)
         encoder = Encoder(
             settings.model_dir, device=settings.device, backend=settings.encoder_backend
         )

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -69,6 +70,7 @@ __all__ = [
     "ServiceError",
     "normalize_query",
     "to_filters",
+    "with_snapshot_towers",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,22 @@ _SPACES = re.compile(r"\s+")
 def normalize_query(q: str) -> str:
     """Trim and collapse whitespace; case is left to each leg's analyzer."""
     return _SPACES.sub(" ", q).strip()
+
+
+def with_snapshot_towers(settings: Settings) -> Settings:
+    """``settings`` with ``model_dir`` set to the towers that built the ``CURRENT``
+    snapshot of ``settings.index_dir`` when no model was given and that directory still
+    exists (a snapshot built with fine-tuned towers is then queried with them, not refused
+    for a mismatch with the bundled base model). Otherwise ``settings`` unchanged."""
+    if settings.model_dir is not None:
+        return settings
+    try:
+        tower = SnapshotStore(settings.index_dir).current_item_tower()
+    except SnapshotError:
+        return settings  # load() reports the damaged snapshot
+    if tower is None or not Path(tower["path"]).is_dir():
+        return settings
+    return settings.model_copy(update={"model_dir": Path(tower["path"])})
 
 
 def to_filters(spec: FilterSpec | None) -> Filters:
@@ -151,14 +169,13 @@ class SearchService:
         encoder: Encoder | None = None,
         reranker: Reranker | None = None,
     ) -> None:
-        self.settings = settings
-        self.encoder = (
-            encoder
-            if encoder is not None
-            else Encoder(
+        if encoder is None:
+            settings = with_snapshot_towers(settings)
+            encoder = Encoder(
                 settings.model_dir, device=settings.device, backend=settings.encoder_backend
             )
-        )
+        self.settings = settings
+        self.encoder = encoder
         if reranker is None and settings.reranker_dir is not None:
             reranker = Reranker(
                 settings.reranker_dir,

@@ -164,7 +164,9 @@ def evaluate(
         updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
     if reranker is not None:
         updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
-    settings = _with_snapshot_towers(settings.model_copy(update=updates))
+    from api.service import with_snapshot_towers
+
+    settings = with_snapshot_towers(settings.model_copy(update=updates))
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit)
     try:
         service = SearchService(settings)
@@ -283,31 +285,6 @@ def evaluate(
         console.print(f"[green]gate passed[/] ({gate_config}, tolerance {tolerance})")
 
 
-def _snapshot_tower(index_dir: Path) -> dict[str, str] | None:
-    """The item tower (``{"id", "path", "sha256", ...}``) that built ``index_dir``'s
-    CURRENT snapshot, or ``None`` when there is no promoted snapshot."""
-    from indexer.snapshot import SnapshotStore
-
-    store = SnapshotStore(index_dir)
-    version = store.current()
-    if version is None:
-        return None
-    manifest = json.loads((store.path(version) / "manifest.json").read_text())
-    return dict(manifest["models"]["item_tower"])
-
-
-def _with_snapshot_towers(settings: Settings) -> Settings:
-    """``settings`` with ``model_dir`` set to the towers that built the CURRENT snapshot of
-    ``settings.index_dir`` when no model was given (else a fine-tuned snapshot would be
-    queried with the base towers and refused)."""
-    if settings.model_dir is not None:
-        return settings
-    tower = _snapshot_tower(settings.index_dir)
-    if tower is None:
-        return settings
-    return settings.model_copy(update={"model_dir": Path(tower["path"])})
-
-
 def _compare_outcomes(  # type: ignore[no-untyped-def]
     settings: Settings, index_dir: Path, dataset, configs, depth: int, rerank_depth: int, progress
 ) -> list:  # type: ignore[type-arg]
@@ -316,8 +293,9 @@ def _compare_outcomes(  # type: ignore[no-untyped-def]
 
     from api.service import SearchService
     from eval.runner import evaluate_configurations
+    from indexer.snapshot import SnapshotStore
 
-    tower = _snapshot_tower(index_dir)
+    tower = SnapshotStore(index_dir).current_item_tower()
     if tower is None:
         raise typer.BadParameter(f"{index_dir} has no CURRENT snapshot; build one first")
     other = SearchService(
@@ -442,7 +420,9 @@ def bench_command(
         }
         | {"reload_interval_s": 0.0, "query_cache_size": 0}
     )
-    settings = _with_snapshot_towers(settings)
+    from api.service import with_snapshot_towers
+
+    settings = with_snapshot_towers(settings)
     service = SearchService(settings)
     service.load()
     stages: dict[str, list[float]] = {}

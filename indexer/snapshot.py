@@ -252,6 +252,15 @@ class SnapshotStore:
             raise SnapshotError(f"{path} cannot be read: {exc}") from exc
         return data
 
+    def current_item_tower(self) -> dict[str, str] | None:
+        """The item tower (``{"id", "path", "sha256", ...}``) that built the ``CURRENT``
+        snapshot, or None before the first promotion (raises :class:`SnapshotError` when
+        its manifest cannot be read)."""
+        version = self.current()
+        if version is None:
+            return None
+        return dict(self.manifest(version)["models"]["item_tower"])
+
     def generation(self, version: str) -> int:
         """The committed update generation of ``version`` (0 until an update)."""
         return int(self.manifest(version).get("generation", 0))

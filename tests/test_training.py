@@ -265,6 +265,22 @@ def test_separate_towers_reload_as_one_model(tmp_path: Path, tiny_data) -> None:
     encoder = Encoder(tmp_path / "sep", device="cpu")
     assert encoder.encode_query(["drill"]).shape == encoder.encode_document(["a drill"]).shape
 
+    # A snapshot built with these towers is served with them when no model is given
+    # (the bundled base towers would be refused for the mismatch).
+    from api.schemas import SearchRequest
+    from api.service import SearchService
+    from api.settings import Settings
+    from indexer.catalog import CatalogReport
+    from indexer.snapshot import BuildOptions, build_snapshot
+
+    report = CatalogReport(path="t", format="jsonl", sha256="t" * 64, rows_read=12, products=12)
+    index_dir = tmp_path / "index"
+    build_snapshot(PRODUCTS, report, index_dir, encoder, BuildOptions(probe_count=4))
+    service = SearchService(Settings(index_dir=index_dir, reload_interval_s=0, device="cpu"))
+    service.load()
+    assert service.encoder.info.sha256 == encoder.info.sha256 != model_info(BASE).sha256
+    assert service.search(SearchRequest(q="garden hose", size=2)).hits
+
 
 def test_training_budget_errors(tmp_path: Path, tiny_data) -> None:
     with pytest.raises(TrainingError, match="budget ended before the first step"):
