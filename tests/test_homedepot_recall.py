@@ -5,6 +5,7 @@ measurement (see README "Results"). Protocol A relevance: grade >= 2.5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -137,18 +138,24 @@ def test_rerank_weight_sweep_scores_each_pair_once(
         "hybrid-rrf+rerank",
         "hybrid-rrf+rerank-w0",
         "hybrid-rrf+rerank-w1",
+        "hybrid-rrf+rerank-ranks",
     ]
+    configs.append(
+        dataclasses.replace(configs[2], name="ranks-w0", rerank_merge="ranks", rerank_weight=0.0)
+    )
     outcomes = {
         o.config.name: o
         for o in evaluate_configurations(service, small, configs, depth=100, rerank_depth=10)
     }
     assert service.reranker is reranker  # the memo is taken off again
     judged = sum(len(q.judgments) for q in small.queries)
-    # One sweep of 3 weights scores the heads once (+ protocol B's judged products).
+    # A sweep of 3 weights and 2 merges scores the heads once (+ protocol B's judged products).
     assert sum(scored) <= len(small.queries) * 10 + judged
-    # Weight 0 keeps the fused order; the first rerank configuration reports latency,
-    # the reused ones do not.
-    assert outcomes["hybrid-rrf+rerank-w0"].run == outcomes["hybrid-rrf"].run
+    # The rank merge at weight 0 keeps the fused order (the score merge at 0 orders by the
+    # legs' scores instead); the first rerank configuration reports latency, the reused
+    # ones do not.
+    assert outcomes["ranks-w0"].run == outcomes["hybrid-rrf"].run
+    assert outcomes["hybrid-rrf+rerank-w0"].run != outcomes["hybrid-rrf+rerank-w1"].run
     assert outcomes["hybrid-rrf+rerank"].latency_ms
     assert not outcomes["hybrid-rrf+rerank-w1"].latency_ms
     assert outcomes["hybrid-rrf+rerank-w1"].run != outcomes["hybrid-rrf"].run
