@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,18 +152,12 @@ def rewrite_splits(inputs: TrainingInputs, tokenizer_dir: Path) -> TrainingInput
     rewriter = QueryRewriter.for_products(
         inputs.products, known_words=tokenizer_words(tokenizer_dir)
     )
-    counts = {"train": 0, "dev": 0}
-
-    def rewriter_for(split: str) -> Callable[[str], str]:
-        def rewrite(text: str) -> str:
-            done = rewriter.rewrite(text)
-            counts[split] += done.changed
-            return done.text
-
-        return rewrite
-
-    train = inputs.train.with_texts(rewriter_for("train"))
-    dev = inputs.dev.with_texts(rewriter_for("dev"))
+    train = inputs.train.with_texts(lambda text: rewriter.rewrite(text).text)
+    dev = inputs.dev.with_texts(lambda text: rewriter.rewrite(text).text)
+    counts = {
+        name: sum(a.text != b.text for a, b in zip(before.queries, after.queries, strict=True))
+        for name, before, after in (("train", inputs.train, train), ("dev", inputs.dev, dev))
+    }
     log.info(
         "query rewriting: %d of %d train and %d of %d dev queries rewritten",
         counts["train"],

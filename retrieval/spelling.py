@@ -77,7 +77,9 @@ class SpellCorrector:
         max_edit_distance: int = 2,
     ) -> None:
         import snowballstemmer
-        from symspellpy import SymSpell
+        from symspellpy import SymSpell, Verbosity
+
+        self._closest = Verbosity.CLOSEST
 
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -125,13 +127,11 @@ class SpellCorrector:
 
     def suggest(self, word: str) -> str | None:
         """The replacement for one case-folded word, or None to keep it."""
-        from symspellpy import Verbosity
-
         if len(word) < MIN_WORD_CHARS or _HAS_DIGIT.search(word) or self._is_known(word):
             return None
         limit = 1 if len(word) <= ONE_EDIT_MAX_CHARS else self.max_edit_distance
         # CLOSEST: the suggestions at the smallest distance, most used first.
-        found = self._symspell.lookup(word, Verbosity.CLOSEST, max_edit_distance=limit)
+        found = self._symspell.lookup(word, self._closest, max_edit_distance=limit)
         if found and _only_trims(word, found[0].term):
             return None  # the nearest catalog word is a different word inside this one
         edit = (found[0].distance, found[0].term) if found else None
