@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -49,17 +50,36 @@ def _commit() -> str:
 
 
 def _load_dataset(
-    homedepot_dir: Path, split: str, queries: Path | None, qrels: Path | None, limit: int | None
+    homedepot_dir: Path,
+    split: str,
+    queries: Path | None,
+    qrels: Path | None,
+    limit: int | None,
+    gain_offset: float | None = None,
 ):  # type: ignore[no-untyped-def]
-    from indexer.judgments import EvalDataset, load_generic, load_homedepot
+    """The judged queries: generic (--queries/--qrels) or a Home Depot split.
 
+    ``gain_offset`` is the value of --gain-offset, ``None`` when it was not given: the
+    generic format then uses 0, and the Home Depot path, whose offset is fixed at
+    ``HOMEDEPOT_GAIN_OFFSET``, refuses it.
+    """
+    from indexer.judgments import HOMEDEPOT_GAIN_OFFSET, EvalDataset, load_generic, load_homedepot
+
+    if gain_offset is not None and not math.isfinite(gain_offset):
+        raise typer.BadParameter(f"--gain-offset must be a finite number, got {gain_offset}")
     if queries is not None or qrels is not None:
         if queries is None or qrels is None:
             raise typer.BadParameter(
                 "--queries and --qrels go together (TSV qid<TAB>text and TREC qrels)"
             )
-        dataset = load_generic(queries, qrels)
+        dataset = load_generic(queries, qrels, gain_offset=gain_offset or 0.0)
     else:
+        if gain_offset is not None:
+            raise typer.BadParameter(
+                "--gain-offset applies to the generic format (--queries/--qrels) only; the "
+                f"Home Depot split always uses gain = relevance - {HOMEDEPOT_GAIN_OFFSET:g}, "
+                "so drop --gain-offset"
+            )
         split_csv = homedepot_dir / f"{split}.csv"
         if not split_csv.is_file():
             raise typer.BadParameter(
@@ -99,6 +119,14 @@ def evaluate(
     queries: Annotated[Path | None, typer.Option(help="Generic format: TSV qid<TAB>text.")] = None,
     qrels: Annotated[
         Path | None, typer.Option(help="Generic format: TREC qrels 'qid 0 docid grade'.")
+    ] = None,
+    gain_offset: Annotated[
+        float | None,
+        typer.Option(
+            help="Generic format: grade minus this is the nDCG gain, gain = max(grade - offset, "
+            "0); default 0 (Home Depot files, e.g. from `eval convert`: 1). Not allowed with "
+            "the Home Depot split, which always uses 1."
+        ),
     ] = None,
     configs: Annotated[
         str | None,
@@ -167,7 +195,7 @@ def evaluate(
     from api.service import with_snapshot_towers
 
     settings = with_snapshot_towers(settings.model_copy(update=updates))
-    dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit)
+    dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit, gain_offset)
     try:
         service = SearchService(settings)
         service.load()
@@ -223,6 +251,7 @@ def evaluate(
     meta = {
         "dataset": dataset.name,
         "queries": len(dataset.queries),
+        "gain_offset": dataset.gain_offset,
         "index_version": service.snapshot.version,
         "models": service.models(),
         "command": " ".join(["shopsearch", *sys.argv[1:]]),
@@ -322,12 +351,27 @@ def convert(
 ) -> None:
     """Convert a Home Depot split into the generic format (queries TSV + TREC qrels).
 
-    The catalog is products.csv, read with --id-field product_uid --title-field product_title.
+    The qrels keep the raw relevance (1..3), so evaluate them with --gain-offset 1. The
+    catalog is products.csv, read with --id-field product_uid --title-field product_title.
     """
-    from indexer.judgments import convert_homedepot
+    import shlex
+
+    from indexer.judgments import HOMEDEPOT_GAIN_OFFSET, convert_homedepot
 
     queries_path, qrels_path = convert_homedepot(homedepot_dir / f"{split}.csv", out)
     console.print(f"wrote {queries_path} and {qrels_path}")
+    products = shlex.quote(str(homedepot_dir / "products.csv"))
+    console.print(
+        "index the catalog, then evaluate (gain = relevance - 1, as on the Home Depot split):",
+        f"  shopsearch build --catalog {products} --id-field product_uid "
+        "--title-field product_title",
+        f"  shopsearch eval --queries {shlex.quote(str(queries_path))} "
+        f"--qrels {shlex.quote(str(qrels_path))} --gain-offset {HOMEDEPOT_GAIN_OFFSET:g}",
+        sep="\n",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 def bench_command(

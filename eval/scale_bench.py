@@ -14,7 +14,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,16 @@ from eval.loadtest import summarize_latencies
 from eval.scale import scale_catalog, write_catalog
 from indexer.catalog import ColumnMapping, load_catalog
 from indexer.progress import ProgressFactory, no_progress
-from indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
+from indexer.snapshot import (
+    MANIFEST,
+    BuildOptions,
+    SnapshotError,
+    SnapshotStore,
+    build_snapshot,
+)
 from retrieval.encoders import Encoder
 
-__all__ = ["ScalePoint", "run_scale_bench"]
+__all__ = ["ScalePoint", "approx_recall", "run_scale_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,30 @@ def _rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def approx_recall(manifest: Mapping[str, Any], manifest_path: Path, recall_k: int) -> float:
+    """The approximate-vs-exact recall that ``build_snapshot`` wrote into ``manifest``:
+    ``approx_vs_exact["recall@<k>"]`` with k = min(``recall_k``, products), i.e.
+    recall@100 by default, recall@<n> for a catalog of n < 100 products.
+
+    Raises:
+        SnapshotError: the manifest lacks ``counts.products`` or that recall key (the
+            message names ``manifest_path`` and the key).
+    """
+    products = manifest.get("counts", {}).get("products")
+    if not isinstance(products, int):
+        raise SnapshotError(
+            f"{manifest_path}: no 'counts.products'; rebuild the snapshot with this shopsearch"
+        )
+    key = f"recall@{min(recall_k, products)}"
+    found = manifest.get("approx_vs_exact", {})
+    if key not in found:
+        raise SnapshotError(
+            f"{manifest_path}: 'approx_vs_exact' has no {key!r} (keys: {sorted(found)}); "
+            "rebuild the snapshot with this shopsearch"
+        )
+    return float(found[key])
+
+
 def run_scale_bench(
     base_rows: Sequence[dict[str, object]],
     sizes: Sequence[int],
@@ -99,14 +129,8 @@ def run_scale_bench(
         products, report = load_catalog(catalog, ColumnMapping(id=id_field, title=title_field))
         index_dir = work_dir / f"index-{size}"
         started = time.perf_counter()
-        manifest = build_snapshot(
-            products,
-            report,
-            index_dir,
-            encoder,
-            BuildOptions(cache_dir=work_dir / "embedding-cache", keep=1),
-            progress=progress,
-        )
+        options = BuildOptions(cache_dir=work_dir / "embedding-cache", keep=1)
+        manifest = build_snapshot(products, report, index_dir, encoder, options, progress=progress)
         build_s = time.perf_counter() - started
         del products
         serving = measure_serving(index_dir, encoder, queries)
@@ -120,10 +144,7 @@ def run_scale_bench(
             index_factory=str(
                 manifest["vector_index"].get("factory", manifest["vector_index"]["kind"])
             ),
-            # recall@100, or recall@<size> for a catalog smaller than 100 products.
-            approx_recall_at_100=float(
-                next(v for k, v in manifest["approx_vs_exact"].items() if k.startswith("recall@"))
-            ),
+            approx_recall_at_100=approx_recall(manifest, snapshot_dir / MANIFEST, options.recall_k),
             disk_mib=round(_dir_mib(snapshot_dir), 1),
             serving_rss_mib=serving["rss_mib"],
             rss_growth_mib=serving["rss_growth_mib"],

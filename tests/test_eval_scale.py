@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from eval.scale import scale_catalog, write_catalog
-from eval.scale_bench import run_scale_bench
+from eval.scale_bench import approx_recall, run_scale_bench
+from indexer.snapshot import SnapshotError
 from retrieval.encoders import Encoder
 
 BASE = [
@@ -112,6 +113,23 @@ def test_write_catalog_failure_leaves_no_catalog(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="the first row lacks"):
         write_catalog(rows, tmp_path / "c.parquet", chunk_size=2)
     assert not (tmp_path / "c.parquet").exists()
+
+
+def test_approx_recall_reads_the_key_the_build_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    probes = {"probe_queries": 3, "probe_kind": "title words"}
+    big = {"counts": {"products": 5000}, "approx_vs_exact": {**probes, "recall@100": 0.97}}
+    assert approx_recall(big, path, 100) == 0.97
+    small = {"counts": {"products": 60}, "approx_vs_exact": {"recall@60": 1.0, **probes}}
+    assert approx_recall(small, path, 100) == 1.0
+    # Another recall key is not taken for the one meant (the old code took the first).
+    other = {"counts": {"products": 5000}, "approx_vs_exact": {"recall@10": 0.5, **probes}}
+    with pytest.raises(
+        SnapshotError, match=r"manifest\.json: 'approx_vs_exact' has no 'recall@100'"
+    ):
+        approx_recall(other, path, 100)
+    with pytest.raises(SnapshotError, match=r"manifest\.json: no 'counts\.products'"):
+        approx_recall({"approx_vs_exact": {"recall@100": 1.0}}, path, 100)
 
 
 @pytest.mark.slow
