@@ -8,6 +8,11 @@ hold the same text twice, so an in-batch "negative" is never another copy of a p
 ``mini_batch_size`` switches to the cached (GradCache) variant, which allows batches
 larger than memory would hold; on a CPU with plenty of memory the plain loss is faster.
 
+Distillation (issue item 7): given a trained cross-encoder's margin for each triplet
+(``rerank.distill.teacher_margins``), the loss adds ``distill_weight`` x MarginMSELoss,
+which fits ``cos(q, pos) - cos(q, neg)`` to the teacher's margin. The teacher says how
+much better the positive is, not only that it is.
+
 Two layouts of the towers are possible:
 
 - ``shared``: one encoder for queries and items (the base model's layout);
@@ -78,6 +83,11 @@ log = logging.getLogger(__name__)
 #: Layouts of the two towers; ``auto`` measures ``shared`` against ``separate``.
 TOWER_LAYOUTS: tuple[str, ...] = ("shared", "separate", "auto")
 Layout = Literal["shared", "separate", "auto"]
+
+#: Weight of margin-MSE against MultipleNegativesRankingLoss in distillation. The MSE is
+#: in cosine units (margins of at most 2) while MNRL's logits are cosine x ``scale`` 20,
+#: so the term needs a weight of this order to move the towers at all.
+DEFAULT_DISTILL_WEIGHT = 10.0
 
 
 class TrainingError(ShopsearchError):
@@ -413,6 +423,8 @@ class TowerTrainingConfig(TrainingBudget):
     max_seq_length: int = 128
     mini_batch_size: int | None = None  # set: CachedMultipleNegativesRankingLoss
     pilot_steps: int = 30
+    #: Weight of the margin-MSE term when teacher margins are given (distillation).
+    distill_weight: float = DEFAULT_DISTILL_WEIGHT
 
     min_batch: ClassVar[int] = 2
     batch_hint: ClassVar[str] = " for in-batch negatives"
@@ -422,6 +434,8 @@ class TowerTrainingConfig(TrainingBudget):
             raise TrainingError(
                 f"towers={self.towers!r}; valid layouts are: {', '.join(TOWER_LAYOUTS)}"
             )
+        if self.distill_weight < 0:
+            raise TrainingError(f"distill_weight must be >= 0, got {self.distill_weight}")
         # Explicit base call: zero-argument super() fails in slotted dataclasses.
         TrainingBudget.__post_init__(self)
 
@@ -487,13 +501,21 @@ class _Run:
     """One model with its loss, optimiser and schedule, stepping through given batches."""
 
     def __init__(
-        self, model: Any, config: TowerTrainingConfig, planned_steps: int, device: str
+        self,
+        model: Any,
+        config: TowerTrainingConfig,
+        planned_steps: int,
+        device: str,
+        *,
+        distill: bool = False,
     ) -> None:
         import torch
         from sentence_transformers.sentence_transformer.losses import (
             CachedMultipleNegativesRankingLoss,
+            MarginMSELoss,
             MultipleNegativesRankingLoss,
         )
+        from sentence_transformers.util import pairwise_cos_sim
 
         self.model = model
         self.device = device
@@ -507,6 +529,10 @@ class _Run:
             )
         else:
             self.loss = MultipleNegativesRankingLoss(model, scale=config.scale)
+        # Distillation: the margin cos(q, pos) - cos(q, neg) is fitted to the teacher's.
+        self.margin_loss: Any = (
+            MarginMSELoss(model, similarity_fct=pairwise_cos_sim) if distill else None
+        )
         self.optimizer = make_adamw(model, config.learning_rate, config.weight_decay)
         self.schedule = LinearWarmupSchedule(planned_steps, config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
@@ -517,8 +543,13 @@ class _Run:
 
         return dict(batch_to_device(self.model.preprocess(texts, task=task), self.model.device))
 
-    def step(self, triplets: Sequence[tuple[str, str, str]]) -> float:
+    def step(
+        self, triplets: Sequence[tuple[str, str, str]], margins: Sequence[float] | None = None
+    ) -> float:
+        """One optimisation step; ``margins`` (the teacher's, aligned with ``triplets``)
+        add the margin-MSE term. Returns the step's loss."""
         import torch
+        from sentence_transformers.base.losses.merged_forward import embed_columns
 
         self.model.train()
         features = [
@@ -527,7 +558,17 @@ class _Run:
             self._features([t[2] for t in triplets], "document"),
         ]
         with autocast(self.device, self.config.bf16):
-            loss = self.loss(features, None)
+            if self.margin_loss is None or margins is None:
+                loss = self.loss(features, None)
+            else:
+                # One forward pass feeds both losses.
+                embeddings = embed_columns(self.model, features)
+                target = torch.tensor(list(margins), dtype=torch.float32, device=self.device)
+                loss = self.loss.compute_loss_from_embeddings(
+                    embeddings, None
+                ) + self.config.distill_weight * self.margin_loss.compute_loss_from_embeddings(
+                    embeddings, target
+                )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
@@ -555,17 +596,23 @@ def train_towers(
     *,
     dev: RetrievalDevSet | None = None,
     on_step: StepCallback | None = None,
+    teacher_margins: Sequence[float] | None = None,
 ) -> TowerTrainingResult:
     """Fine-tune the towers from ``base_model`` on ``triplets`` and save them to ``output_dir``.
 
-    ``triplets`` are ``(query, positive item text, negative item text)``. With ``dev``,
+    ``triplets`` are ``(query, positive item text, negative item text)``. With
+    ``teacher_margins`` (one per triplet: a cross-encoder's score of the positive minus
+    its score of the negative, see ``rerank.distill``), the loss adds
+    ``config.distill_weight`` x margin-MSE between the towers' cosine margin and the
+    teacher's (distillation). With ``dev``,
     nDCG@10 and recall@100 on it are measured before training, after each epoch and at
     the end (and drive ``towers="auto"``). Saves a sentence-transformers directory and
     ``loss_curve.png`` into ``output_dir``.
 
     Raises:
-        TrainingError: fewer than 2 triplets, ``towers="auto"`` without ``dev``, or the
-            budget ends before the first step.
+        TrainingError: fewer than 2 triplets, ``towers="auto"`` without ``dev``, teacher
+            margins not aligned with the triplets or combined with ``mini_batch_size``, or
+            the budget ends before the first step.
         ModelError: the base model cannot be loaded.
     """
     config = config or TowerTrainingConfig()
@@ -575,13 +622,30 @@ def train_towers(
         raise TrainingError(
             "towers='auto' measures on a dev set; pass dev or choose shared|separate"
         )
+    if teacher_margins is not None:
+        if len(teacher_margins) != len(triplets):
+            raise TrainingError(
+                f"{len(teacher_margins)} teacher margins for {len(triplets)} triplets; "
+                "score every triplet (rerank.distill.teacher_margins)"
+            )
+        if config.mini_batch_size:
+            raise TrainingError(
+                "distillation runs with the plain MNRL loss; leave mini_batch_size unset"
+            )
     device = resolve_device(config.device)
     deadline = Deadline(config.max_minutes)
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
-    pool = list(triplets)
-    if config.max_pairs is not None and len(pool) > config.max_pairs:
-        pool = [pool[i] for i in sorted(rng.choice(len(pool), config.max_pairs, replace=False))]
+    chosen: Sequence[int] = range(len(triplets))
+    if config.max_pairs is not None and len(triplets) > config.max_pairs:
+        chosen = sorted(rng.choice(len(triplets), config.max_pairs, replace=False).tolist())
+    pool = [triplets[i] for i in chosen]
+    margins = None if teacher_margins is None else [float(teacher_margins[i]) for i in chosen]
+    distill = margins is not None
+
+    def batch_margins(batch: Sequence[int]) -> list[float] | None:
+        return None if margins is None else [margins[j] for j in batch]
+
     epoch_plans = list(_epoch_batches(pool, config))
     planned = sum(len(b) for b in epoch_plans)
     if planned == 0:
@@ -618,10 +682,10 @@ def train_towers(
         for layout in ("shared", "separate"):
             seed_everything(config.seed)
             model = copy.deepcopy(base) if layout == "shared" else _separate_towers(base, device)
-            run = _Run(model, config, planned, device)
+            run = _Run(model, config, planned, device, distill=distill)
             pilot_losses[layout] = []
             for i in range(pilot):
-                loss = run.step([pool[j] for j in flat[i][1]])
+                loss = run.step([pool[j] for j in flat[i][1]], batch_margins(flat[i][1]))
                 pilot_losses[layout].append(loss)
                 if on_step:
                     on_step(TrainingProgress(f"pilot {layout}", i + 1, pilot, loss))
@@ -645,7 +709,7 @@ def train_towers(
     else:
         seed_everything(config.seed)
         model = base if config.towers == "shared" else _separate_towers(base, device)
-        run = _Run(model, config, planned, device)
+        run = _Run(model, config, planned, device, distill=distill)
         decision = {
             "layout": config.towers,
             "how": "given by --towers (default separate: what the auto pilot chose on the "
@@ -667,7 +731,7 @@ def train_towers(
         if deadline.expired():
             stopped_by = "deadline"
             break
-        loss = run.step([pool[j] for j in batch])
+        loss = run.step([pool[j] for j in batch], batch_margins(batch))
         losses.append(loss)
         epoch_losses.append(loss)
         pairs_seen += len(batch)
@@ -697,11 +761,14 @@ def train_towers(
     output_dir.mkdir(parents=True, exist_ok=True)
     run.model.save(str(output_dir))
     epoch_ends = [e.steps for e in epochs]
+    loss_name = type(run.loss).__name__
+    if distill:
+        loss_name += f" + {config.distill_weight:g} x MarginMSELoss (teacher margins)"
     marks = [(decision["pilot_steps"], f"pilot end: {layout}")] if "pilot_steps" in decision else []
     curve = save_loss_curve(
         losses,
         output_dir / "loss_curve.png",
-        title=f"towers ({layout}) - MultipleNegativesRankingLoss",
+        title=f"towers ({layout}) - {loss_name}",
         epoch_ends=epoch_ends[:-1],
         marks=marks,
     )
@@ -720,7 +787,7 @@ def train_towers(
         stopped_by=stopped_by,
         wall_s=deadline.elapsed(),
         device=device,
-        loss_name=type(run.loss).__name__,
+        loss_name=loss_name,
         loss_curve=curve,
     )
     log.info(

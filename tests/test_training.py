@@ -23,6 +23,7 @@ from indexer.training_data import (
     mine_candidates,
 )
 from rerank.cross_encoder import Reranker
+from rerank.distill import teacher_margins
 from rerank.training import (
     RerankDevSet,
     RerankerTrainingConfig,
@@ -282,6 +283,28 @@ def test_separate_towers_reload_as_one_model(tmp_path: Path, tiny_data) -> None:
     assert service.search(SearchRequest(q="garden hose", size=2)).hits
 
 
+def test_towers_distillation_adds_the_margin_term(tmp_path: Path, tiny_data) -> None:
+    triplets = tiny_data.tower_triplets() * 4
+    config = TowerTrainingConfig(towers="shared", batch_size=4, max_pairs=4, seed=7)
+    plain = train_towers(triplets, BASE, tmp_path / "plain", config)
+    # The teacher asks for a margin of 1.0 (in cosine units) that the base model lacks.
+    margins = [1.0] * len(triplets)
+    runs = [
+        train_towers(triplets, BASE, tmp_path / f"distill{i}", config, teacher_margins=margins)
+        for i in range(2)
+    ]
+    assert runs[0].first_step_loss == pytest.approx(runs[1].first_step_loss, abs=1e-6)
+    assert runs[0].first_step_loss > plain.first_step_loss + 0.1
+    assert "MarginMSELoss" in runs[0].loss_name and "MarginMSE" not in plain.loss_name
+    with pytest.raises(TrainingError, match="teacher margins for"):
+        train_towers(triplets, BASE, tmp_path / "x", config, teacher_margins=[1.0])
+    cached = TowerTrainingConfig(towers="shared", batch_size=4, mini_batch_size=2)
+    with pytest.raises(TrainingError, match="mini_batch_size"):
+        train_towers(triplets, BASE, tmp_path / "y", cached, teacher_margins=margins)
+    with pytest.raises(TrainingError, match="distill_weight"):
+        TowerTrainingConfig(distill_weight=-1.0)
+
+
 def test_training_budget_errors(tmp_path: Path, tiny_data) -> None:
     with pytest.raises(TrainingError, match="budget ended before the first step"):
         train_towers(
@@ -421,23 +444,52 @@ def test_cli_train_towers_and_models_list_show(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no reranker model" in result.output
 
 
-def test_cli_train_reranker(tmp_path: Path) -> None:
+def test_cli_train_reranker_then_distil_it_into_the_towers(tmp_path: Path) -> None:
     files = _tiny_generic(tmp_path)
     models = tmp_path / "models"
-    args = [
-        "train", "reranker",
+    common = [
         "--train", str(files["queries"]), "--train-qrels", str(files["qrels"]),
         "--dev", str(files["queries"]), "--dev-qrels", str(files["qrels"]),
         "--gain-offset", "1", "--catalog", str(files["catalog"]),
-        "--models-dir", str(models), "--max-pairs", "16", "--batch-size", "16",
-        "--dev-queries", "3", "--device", "cpu", "--json",
+        "--models-dir", str(models), "--dev-queries", "3", "--device", "cpu", "--json",
     ]  # fmt: skip
+    args = ["train", "reranker", *common, "--max-pairs", "16", "--batch-size", "16"]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     card = json.loads(result.stdout[result.stdout.index("{") :])
     assert card["kind"] == "reranker" and card["max_length"] >= 8
     assert card["training_data"]["query_rewrite"]["enabled"] is True
     assert card["training_examples"]["labels"]["zero_labels"] > 0
+
+    # The trained cross-encoder teaches the towers: one margin per triplet, grouped by query.
+    # torch: int8 scores shift a little with the batch (activations are quantized per batch).
+    teacher = Reranker(resolve_model("reranker/latest", models), device="cpu", backend="torch")
+    triplets = [
+        ("cordless drill", "DeWalt 20V cordless drill", "Round front toilet seat"),
+        ("garden hose", "50 ft garden hose", "LED ceiling light"),
+        ("cordless drill", "DeWalt 20V cordless drill", "Exterior wood stain"),
+    ]
+    done = []
+    margins = teacher_margins(teacher, triplets, progress=done.append)
+    for (query, pos, neg), margin in zip(triplets, margins, strict=True):
+        want = teacher.score(query, [pos, neg])
+        assert margin == pytest.approx(float(want[0] - want[1]), abs=1e-5)
+    assert sorted(done) == [1, 2]  # one teacher call per query
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "train", "towers", *common, "--towers", "shared", "--batch-size", "4",
+            "--max-pairs", "8", "--distill-from", "reranker/latest",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout[result.stdout.index("{") :])
+    distillation = card["distillation"]
+    teacher_dir = resolve_model("reranker/latest", models)
+    assert distillation["teacher"]["id"] == f"{teacher_dir.name}+onnx-int8"  # auto on a CPU
+    assert distillation["teacher"]["path"] == str(teacher_dir)
+    assert distillation["margins"]["count"] == card["training_examples"]["triplets"]
+    assert "MarginMSELoss" in card["loss"]
 
 
 # -- real data --------------------------------------------------------------------
