@@ -32,7 +32,8 @@ def teacher_margins(
     progress: Callable[[int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """``teacher(q, positive) - teacher(q, negative)`` for each ``(q, positive, negative)``
-    triplet, shape ``(len(triplets),)``, in the teacher's raw score units.
+    triplet, shape ``(len(triplets),)``, in the units of ``teacher.score`` (for
+    :class:`rerank.Reranker`, the one-logit head's sigmoid: margins in [-1, 1]).
 
     Triplets are grouped by query and each distinct text is scored once per query (the
     same positive recurs with several negatives), so the cost is one teacher call per
