@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
+import numpy.typing as npt
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -505,10 +507,8 @@ def _summary(model: RegisteredModel) -> None:
 
 def _teacher_margins(
     teacher_path: Path, triplets: Sequence[tuple[str, str, str]], device: str, bars: _Bars
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
     """The teacher's margin for every triplet, and what the model card says of it."""
-    import numpy as np
-
     from rerank.cross_encoder import Reranker
     from rerank.distill import teacher_margins
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from retrieval.types import RewriteReason
+
 __all__ = [
     "MAX_QUERY_CHARS",
     "MAX_SIZE",
@@ -153,7 +155,7 @@ class Hit(BaseModel):
 class RewriteChangeOut(BaseModel):
     typed: str = Field(description="What the shopper typed.")
     searched: str = Field(description="What was searched instead.")
-    reason: Literal["units", "spelling"]
+    reason: RewriteReason
 
 
 class RewriteOut(BaseModel):

@@ -561,7 +561,7 @@ class SearchService:
                 RewriteOut(
                     searched_q=rewrite.text,
                     changes=[
-                        RewriteChangeOut(typed=c.typed, searched=c.searched, reason=c.reason)  # type: ignore[arg-type]
+                        RewriteChangeOut(typed=c.typed, searched=c.searched, reason=c.reason)
                         for c in rewrite.changes
                     ],
                 )

@@ -192,9 +192,8 @@ def evaluate(
         updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
     if reranker is not None:
         updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
-    from api.service import with_snapshot_towers
-
-    settings = with_snapshot_towers(settings.model_copy(update=updates))
+    # Without --model, SearchService serves with the towers that built the snapshot.
+    settings = settings.model_copy(update=updates)
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit, gain_offset)
     try:
         service = SearchService(settings)
@@ -464,10 +463,7 @@ def bench_command(
         }
         | {"reload_interval_s": 0.0, "query_cache_size": 0}
     )
-    from api.service import with_snapshot_towers
-
-    settings = with_snapshot_towers(settings)
-    service = SearchService(settings)
+    service = SearchService(settings)  # with the snapshot's towers when no --model
     service.load()
     stages: dict[str, list[float]] = {}
     for i, text in enumerate(texts[: warmup + n]):

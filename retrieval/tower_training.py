@@ -596,7 +596,7 @@ def train_towers(
     *,
     dev: RetrievalDevSet | None = None,
     on_step: StepCallback | None = None,
-    teacher_margins: Sequence[float] | None = None,
+    teacher_margins: Sequence[float] | npt.NDArray[np.float32] | None = None,
 ) -> TowerTrainingResult:
     """Fine-tune the towers from ``base_model`` on ``triplets`` and save them to ``output_dir``.
 

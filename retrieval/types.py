@@ -8,13 +8,14 @@ also the id the vector index uses. ``-1`` means "no result" in row arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "Candidate",
     "Product",
     "QueryRewrite",
     "RewriteChange",
+    "RewriteReason",
     "ShopsearchError",
 ]
 
@@ -80,6 +81,10 @@ class Candidate:
     final_score: float | None = None
 
 
+#: Why a query word was rewritten.
+RewriteReason = Literal["units", "spelling"]
+
+
 @dataclass(frozen=True, slots=True)
 class RewriteChange:
     """One rewrite of a query: what was typed, what is searched instead, and why
@@ -87,7 +92,7 @@ class RewriteChange:
 
     typed: str
     searched: str
-    reason: str
+    reason: RewriteReason
 
 
 @dataclass(frozen=True, slots=True)
