@@ -11,6 +11,7 @@ or updated snapshot without dropping in-flight requests.
 # No `from __future__ import annotations`: FastAPI must see the real types of the
 # endpoint parameters, which refer to dependencies defined inside create_app().
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -24,16 +25,29 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.schemas import MAX_QUERY_CHARS, MAX_SIZE, SearchRequest, SearchResponse
+from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
+from api.guard import RequestGuard, admin_denial
+from api.schemas import (
+    MAX_DEADLINE_MS,
+    MAX_QUERY_CHARS,
+    MAX_RESULT_WINDOW,
+    MAX_SIZE,
+    MIN_DEADLINE_MS,
+    ErrorOut,
+    SearchRequest,
+    SearchResponse,
+)
 from api.service import SearchService, ServiceError
 from api.settings import Settings
 from indexer.snapshot import SnapshotError, SnapshotStore
 from indexer.updates import UpdateError, UpdateReport
+from retrieval.deadline import Deadline
 from retrieval.filters import InvalidFilterError
 from retrieval.lexical_index import LexicalIndexError
 from retrieval.types import Product
@@ -50,7 +64,8 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5
 class ProductIn(BaseModel):
     """A product to upsert through ``POST /v1/admin/products``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON false is not a price of 0, nor 1 an in-stock flag.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(min_length=1, max_length=512)
     title: str = Field(min_length=1)
@@ -112,6 +127,31 @@ class _Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "shopsearch_rejected_total",
+            "Searches refused by admission control (queue_full, deadline, cancelled).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cut = Counter(
+            "shopsearch_cut_total",
+            "Answers that left out work to meet their deadline, by what was cut.",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "shopsearch_abandoned_total",
+            "Searches whose client hung up before the answer (their work stopped early).",
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "shopsearch_searches_running", "Searches computing now.", registry=self.registry
+        )
+        self.waiting = Gauge(
+            "shopsearch_searches_waiting",
+            "Searches waiting for a worker.",
+            registry=self.registry,
+        )
 
 
 def _watch_snapshots(
@@ -126,6 +166,45 @@ def _watch_snapshots(
             metrics.reloads.labels("error").inc()
 
 
+#: Error answers documented in the OpenAPI schema, by status.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body could not be read as JSON text."},
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorOut, "description": "Not found (or admin endpoints are off)."},
+    409: {
+        "model": ErrorOut,
+        "description": "The snapshot cannot be served (damaged or mismatched).",
+    },
+    413: {"model": ErrorOut, "description": "Request body over the size limit."},
+    503: {
+        "model": ErrorOut,
+        "description": "Busy (retry after `Retry-After` seconds), past the deadline, or not ready.",
+    },
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+_ADMIN_ERRORS = _errors(400, 401, 404, 409, 413, 503)
+
+
+def _json_safe(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without its ``input`` and ``ctx``: they may hold non-finite
+    floats (``NaN`` is accepted by the JSON parser) that cannot be written back as JSON,
+    or megabytes of the request."""
+    return {"loc": list(error["loc"]), "msg": str(error["msg"]), "type": str(error["type"])}
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client has gone (the request's body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 def create_app(
     settings: Settings | None = None, *, service: SearchService | None = None
 ) -> FastAPI:
@@ -133,6 +212,13 @@ def create_app(
     settings = settings or Settings()
     metrics = _Metrics()
     state: dict[str, Any] = {"service": service}
+    admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    # Made here, not in the lifespan: it binds to no event loop until a search runs.
+    admission = AdmissionController(
+        max_inflight=settings.max_inflight or default_inflight(), max_queue=settings.max_queue
+    )
+    metrics.running.set_function(lambda: admission.stats().running)
+    metrics.waiting.set_function(lambda: admission.stats().waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -170,6 +256,23 @@ def create_app(
         lifespan=lifespan,
     )
 
+    def count_refusal(exc: Overloaded) -> None:
+        metrics.requests.labels("/v1/search", "503").inc()
+        metrics.rejected.labels(exc.reason).inc()
+
+    # Middleware added last runs first. Before FastAPI reads a body: a search refused while
+    # every worker and place in line is taken (api/admission.py), then the admin token and
+    # the body-size limit (api/guard.py).
+    app.add_middleware(
+        RequestGuard,
+        admin_token=admin_token,
+        max_body_bytes=settings.max_body_bytes,
+        max_admin_body_bytes=settings.max_admin_body_bytes,
+    )
+    app.add_middleware(
+        AdmissionGate, controller=admission, paths=("/v1/search",), on_refuse=count_refusal
+    )
+
     def get_service() -> SearchService:
         svc: SearchService | None = state["service"]
         if svc is None:
@@ -177,12 +280,27 @@ def create_app(
         return svc
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not settings.admin_token:
-            raise HTTPException(
-                status_code=404, detail="admin endpoints are off; set SHOPSEARCH_ADMIN_TOKEN"
-            )
-        if authorization != f"Bearer {settings.admin_token}":
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+        # RequestGuard has already refused a wrong token before the body was read; this
+        # dependency documents the header in the OpenAPI schema and guards direct use.
+        denial = admin_denial(admin_token, authorization)
+        if denial is not None:
+            status, detail = denial
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            raise HTTPException(status_code=status, detail=detail, headers=headers)
+
+    def redact(message: str) -> str:
+        """Error text without the server's absolute paths (they tell a caller nothing
+        useful and too much about the host)."""
+        for path in {str(settings.index_dir.resolve()), str(settings.index_dir)}:
+            message = message.replace(path, "<index-dir>")
+        return message
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.requests.labels(request.url.path, "422").inc()
+        return JSONResponse(
+            status_code=422, content={"detail": [_json_safe(e) for e in exc.errors()]}
+        )
 
     @app.exception_handler(InvalidFilterError)
     async def _invalid_filter(request: Request, exc: InvalidFilterError) -> JSONResponse:
@@ -193,57 +311,112 @@ def create_app(
             content={"detail": [{"loc": loc, "msg": exc.message, "type": "value_error"}]},
         )
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        count_refusal(exc)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         metrics.requests.labels(request.url.path, "503").inc()
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+        return JSONResponse(
+            status_code=503, content={"detail": redact(str(exc))}, headers={"Retry-After": "1"}
+        )
 
     @app.exception_handler(SnapshotError)
     async def _snapshot_error(request: Request, exc: SnapshotError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
+        return JSONResponse(status_code=409, content={"detail": redact(str(exc))})
 
     @app.exception_handler(UpdateError)
     async def _update_error(request: Request, exc: UpdateError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+        return JSONResponse(status_code=400, content={"detail": redact(str(exc))})
 
     @app.exception_handler(LexicalIndexError)
     async def _lexical_error(request: Request, exc: LexicalIndexError) -> JSONResponse:
         # Only admin calls get here (searches degrade instead): the cluster is unavailable.
         return JSONResponse(status_code=503, content={"detail": str(exc)})
 
-    def run_search(svc: SearchService, req: SearchRequest, endpoint: str) -> SearchResponse:
-        response = svc.search(req)
+    async def run_search(request: Request, req: SearchRequest, endpoint: str) -> Response:
+        """``req`` through admission control, within its deadline; the work stops at
+        the next stage when the client hangs up."""
+        svc = get_service()
+        deadline = Deadline.after_ms(req.deadline_ms or settings.deadline_ms)
+        watcher = asyncio.ensure_future(_until_disconnected(request))
+
+        def on_gone(task: asyncio.Future[None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                deadline.cancel("client disconnected")
+
+        watcher.add_done_callback(on_gone)
+
+        def work() -> tuple[SearchResponse, bytes]:
+            # Serialised on the worker too: the event loop only moves bytes.
+            answer = svc.search(req, deadline)
+            return answer, answer.model_dump_json(exclude_none=True).encode()
+
+        try:
+            response, body = await admission.run(work, deadline)
+        finally:
+            watcher.cancel()
+            if deadline.cancelled:
+                metrics.abandoned.inc()
         for stage, ms in response.timings_ms.items():
             metrics.stage.labels(stage).observe(ms / 1000.0)
         for stage in response.degraded:
             metrics.degraded.labels(stage).inc()
+        for stage in response.cut:
+            metrics.cut.labels(stage.split(" ")[0]).inc()
         metrics.requests.labels(endpoint, "200").inc()
-        return response
+        return Response(content=body, media_type="application/json")
 
-    @app.get("/v1/search", response_model=SearchResponse, response_model_exclude_none=True)
-    def search_get(
-        svc: Annotated[SearchService, Depends(get_service)],
-        q: Annotated[str, Query(description="The shopper's query.", max_length=MAX_QUERY_CHARS)],
+    @app.get(
+        "/v1/search",
+        response_model=SearchResponse,
+        response_model_exclude_none=True,
+        responses=_errors(413, 503),
+    )
+    async def search_get(
+        request: Request,
+        q: Annotated[
+            str,
+            Query(
+                description="The shopper's query (not blank).",
+                min_length=1,
+                max_length=MAX_QUERY_CHARS,
+                json_schema_extra={"pattern": r"\S"},
+            ),
+        ],
         size: Annotated[int, Query(ge=1, le=MAX_SIZE)] = 10,
-        page: Annotated[int, Query(ge=1)] = 1,
+        page: Annotated[
+            int,
+            Query(ge=1, le=MAX_RESULT_WINDOW, description="page * size may not pass the window."),
+        ] = 1,
         mode: Annotated[str, Query(pattern="^(hybrid|dense|lexical)$")] = "hybrid",
-    ) -> SearchResponse:
+        deadline_ms: Annotated[int | None, Query(ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS)] = None,
+    ) -> Response:
         """Search-box query: hybrid by default, default facets, no explain."""
         try:
-            req = SearchRequest(q=q, size=size, page=page, mode=mode)  # type: ignore[arg-type]
+            req = SearchRequest(q=q, size=size, page=page, mode=mode, deadline_ms=deadline_ms)  # type: ignore[arg-type]
         except ValidationError as exc:
             errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             raise RequestValidationError(errors) from exc
-        return run_search(svc, req, "/v1/search")
+        return await run_search(request, req, "/v1/search")
 
-    @app.post("/v1/search", response_model=SearchResponse, response_model_exclude_none=True)
-    def search_post(
-        req: SearchRequest, svc: Annotated[SearchService, Depends(get_service)]
-    ) -> SearchResponse:
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        response_model_exclude_none=True,
+        responses=_errors(400, 413, 503),
+    )
+    async def search_post(request: Request, req: SearchRequest) -> Response:
         """Full search: filters, facets, paging, mode, fusion, rerank, explain."""
-        return run_search(svc, req, "/v1/search")
+        return await run_search(request, req, "/v1/search")
 
-    @app.get("/v1/products/{product_id}")
+    @app.get("/v1/products/{product_id}", responses=_errors(404, 503))
     def product(
         product_id: str, svc: Annotated[SearchService, Depends(get_service)]
     ) -> dict[str, Any]:
@@ -253,12 +426,12 @@ def create_app(
         return found.to_dict()
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up (it may still be loading)."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    @app.get("/readyz", responses=_errors(503))
+    async def readyz() -> JSONResponse:
         """Ready when a snapshot is loaded and the models match it."""
         svc: SearchService | None = state["service"]
         if svc is None or not svc.ready:
@@ -275,17 +448,21 @@ def create_app(
             }
         )
 
-    @app.get("/metrics")
-    def prometheus_metrics() -> Response:
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+    )
+    async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/admin/reload", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/reload", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_reload(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
         """Load the snapshot CURRENT names now (instead of waiting for the watcher)."""
         changed = svc.reload_if_changed()
         return {"reloaded": changed, "index_version": svc.snapshot.version}
 
-    @app.get("/v1/admin/snapshots", dependencies=[Depends(admin)])
+    @app.get("/v1/admin/snapshots", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_snapshots() -> list[dict[str, Any]]:
         return [
             {
@@ -297,7 +474,7 @@ def create_app(
             for s in SnapshotStore(settings.index_dir).list_snapshots()
         ]
 
-    @app.post("/v1/admin/products", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/products", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_upsert_products(
         products: list[ProductIn],
         svc: Annotated[SearchService, Depends(get_service)],
@@ -314,7 +491,9 @@ def create_app(
         report = svc.apply_updates([p.to_product() for p in products], [])
         return _update_response(report, svc.snapshot.version)
 
-    @app.delete("/v1/admin/products/{product_id}", dependencies=[Depends(admin)])
+    @app.delete(
+        "/v1/admin/products/{product_id}", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS
+    )
     def admin_delete_product(
         product_id: str, svc: Annotated[SearchService, Depends(get_service)]
     ) -> JSONResponse:
@@ -324,7 +503,7 @@ def create_app(
             raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
         return _update_response(report, svc.snapshot.version)
 
-    @app.post("/v1/admin/promote/{version}", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/promote/{version}", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_promote(
         version: str, svc: Annotated[SearchService, Depends(get_service)]
     ) -> dict[str, Any]:
@@ -332,7 +511,7 @@ def create_app(
         svc.store.promote(version)  # CURRENT, and the alias of an Elasticsearch snapshot
         return {"index_version": version}
 
-    @app.post("/v1/admin/rollback", dependencies=[Depends(admin)])
+    @app.post("/v1/admin/rollback", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_rollback(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
         version = svc.store.rollback()
         svc.load(version)

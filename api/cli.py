@@ -441,6 +441,10 @@ def serve(
             es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
         ),
     )
+    # The event loop (health checks, refusals, admission) shares the GIL with the search
+    # workers; at the default 5 ms switch interval each of its wake-ups can wait that long
+    # behind a worker. 1 ms keeps refusals and /healthz fast under load.
+    sys.setswitchinterval(0.001)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 

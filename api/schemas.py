@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from retrieval.types import RewriteReason
 
 __all__ = [
+    "MAX_DEADLINE_MS",
+    "MAX_FACETS",
+    "MAX_FILTER_VALUES",
     "MAX_QUERY_CHARS",
+    "MAX_RESULT_WINDOW",
     "MAX_SIZE",
+    "MIN_DEADLINE_MS",
+    "ErrorOut",
     "Explain",
     "FacetBucket",
     "FilterSpec",
@@ -24,6 +30,23 @@ __all__ = [
 
 MAX_QUERY_CHARS = 512
 MAX_SIZE = 100
+#: The deepest hit a request can reach (``page * size``), like Elasticsearch's
+#: ``index.max_result_window``: the legs are asked for at most this many candidates on
+#: behalf of paging, so no request can make a native engine allocate without bound.
+MAX_RESULT_WINDOW = 1000
+#: Facet fields and price buckets one request may ask for.
+MAX_FACETS = 20
+#: Values one filter (brand, an attribute) may list, and keyword-attribute filters per request.
+MAX_FILTER_VALUES = 100
+#: Length of a filter value or name (a brand, category path, attribute value).
+MAX_FILTER_CHARS = 256
+#: Bounds of a request's ``deadline_ms``.
+MIN_DEADLINE_MS = 10
+MAX_DEADLINE_MS = 60_000
+
+FilterValue = Annotated[str, Field(max_length=MAX_FILTER_CHARS)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 Mode = Literal["hybrid", "dense", "lexical"]
 
@@ -33,8 +56,8 @@ class PriceRange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min: float | None = Field(None, ge=0)
-    max: float | None = Field(None, ge=0)
+    min: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max: float | None = Field(None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> PriceRange:
@@ -50,22 +73,36 @@ class FilterSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    brand: str | list[str] | None = None
+    brand: FilterValue | list[FilterValue] | None = Field(None, max_length=MAX_FILTER_VALUES)
     category: str | None = Field(
-        None, description="Category path prefix, e.g. 'Tools > Power Tools'."
+        None,
+        max_length=MAX_FILTER_CHARS,
+        description="Category path prefix, e.g. 'Tools > Power Tools'.",
     )
     price: PriceRange | None = None
     in_stock: bool | None = None
 
     @model_validator(mode="after")
     def _keyword_attributes(self) -> FilterSpec:
-        for key, value in (self.model_extra or {}).items():
-            ok = isinstance(value, str) or (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            )
+        extra = self.model_extra or {}
+        if len(extra) > MAX_FILTER_VALUES:
+            raise ValueError(f"{len(extra)} attribute filters; send at most {MAX_FILTER_VALUES}")
+        for key, value in extra.items():
+            values = [value] if isinstance(value, str) else value
+            ok = isinstance(values, list) and all(isinstance(v, str) for v in values)
             if not ok:
                 raise ValueError(
-                    f"attribute filter {key!r} must be a string or a list of strings, got {value!r}"
+                    f"attribute filter {key[:MAX_FILTER_CHARS]!r} must be a string or a list "
+                    "of strings"
+                )
+            if len(key) > MAX_FILTER_CHARS or any(len(v) > MAX_FILTER_CHARS for v in values):
+                raise ValueError(
+                    f"attribute filter names and values are at most {MAX_FILTER_CHARS} characters"
+                )
+            if len(values) > MAX_FILTER_VALUES:
+                raise ValueError(
+                    f"attribute filter {key!r} lists {len(values)} values; send at most "
+                    f"{MAX_FILTER_VALUES}"
                 )
         return self
 
@@ -82,16 +119,32 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    q: str = Field(..., max_length=MAX_QUERY_CHARS, description="The shopper's query.")
-    page: int = Field(1, ge=1, description="1-based page number.")
+    q: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="The shopper's query (not blank).",
+        # Documents what _not_blank checks (with a better message than a pattern's).
+        json_schema_extra={"pattern": r"\S"},
+    )
+    page: int = Field(
+        1,
+        ge=1,
+        le=MAX_RESULT_WINDOW,
+        description=f"1-based page number; page * size may not exceed {MAX_RESULT_WINDOW}.",
+    )
     size: int = Field(10, ge=1, le=MAX_SIZE, description="Hits per page.")
     mode: Mode = "hybrid"
     filters: FilterSpec | None = None
-    facets: list[str] | None = Field(
-        None, description="Fields to count ('brand', 'category', 'price', 'in_stock', attributes)."
+    facets: list[FilterValue] | None = Field(
+        None,
+        max_length=MAX_FACETS,
+        description="Fields to count ('brand', 'category', 'price', 'in_stock', attributes).",
     )
-    price_ranges: list[tuple[float, float | None]] | None = Field(
-        None, description="Price facet buckets as [min, max) pairs; max null = open."
+    price_ranges: list[tuple[Price, Price | None]] | None = Field(
+        None,
+        max_length=MAX_FACETS,
+        description="Price facet buckets as [min, max) pairs; max null = open.",
     )
     rerank: bool | None = Field(None, description="None: rerank when a reranker is configured.")
     rerank_depth: int | None = Field(None, ge=1, le=500)
@@ -99,6 +152,7 @@ class SearchRequest(BaseModel):
         None,
         ge=0.0,
         le=1.0,
+        allow_inf_nan=False,
         description="Weight of the reranker against the first stage "
         "(1: reranker only); None: the server's setting.",
     )
@@ -112,8 +166,15 @@ class SearchRequest(BaseModel):
         "server's settings; false: search the query as typed).",
     )
     fusion: Literal["rrf", "weighted"] | None = None
-    lexical_weight: float | None = Field(None, ge=0.0, le=1.0)
+    lexical_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     depth: int | None = Field(None, ge=1, le=10_000, description="Candidates asked of each leg.")
+    deadline_ms: int | None = Field(
+        None,
+        ge=MIN_DEADLINE_MS,
+        le=MAX_DEADLINE_MS,
+        description="Time budget of this request in ms, queueing included (None: the "
+        "server's setting). Stages that no longer fit are cut and listed in `cut`.",
+    )
     explain: bool = False
 
     @field_validator("q")
@@ -122,6 +183,16 @@ class SearchRequest(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty or whitespace; send the shopper's query text")
         return value
+
+    @model_validator(mode="after")
+    def _within_result_window(self) -> SearchRequest:
+        if self.page * self.size > MAX_RESULT_WINDOW:
+            raise ValueError(
+                f"page * size = {self.page * self.size} reaches past the deepest result "
+                f"served ({MAX_RESULT_WINDOW}); ask for an earlier page or narrow the query "
+                "with filters"
+            )
+        return self
 
 
 class Explain(BaseModel):
@@ -187,3 +258,14 @@ class SearchResponse(BaseModel):
     rewrite: RewriteOut | None = Field(
         None, description="Set when units or spelling were rewritten: what was searched."
     )
+    cut: list[str] = Field(
+        default_factory=list,
+        description="Work left out to meet the request's deadline, e.g. 'rerank' or "
+        "'rerank depth 50 -> 20'; empty when the answer is complete.",
+    )
+
+
+class ErrorOut(BaseModel):
+    """An error answer (401, 404, 409, 413, 503): what went wrong and how to fix it."""
+
+    detail: str

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from api.schemas import (
+    MAX_RESULT_WINDOW,
     Explain,
     FacetBucket,
     FilterSpec,
@@ -53,6 +54,7 @@ from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
 from rerank.merge import merge_rerank, merge_scores
 from retrieval.batching import MicroBatcher
+from retrieval.deadline import Deadline
 from retrieval.encoders import Encoder
 from retrieval.filters import Filters, InvalidFilterError, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
@@ -65,6 +67,7 @@ from retrieval.vector_index import FaissIndex
 __all__ = [
     "DEFAULT_FACETS",
     "DEFAULT_PRICE_RANGES",
+    "DeadlineExceeded",
     "Retrieval",
     "SearchService",
     "ServiceError",
@@ -88,10 +91,16 @@ DEFAULT_PRICE_RANGES: tuple[tuple[float, float | None], ...] = (
 FACET_SIZE = 20
 #: Where a loaded snapshot keeps its query rewriter (built from its products' words).
 REWRITER_KEY = "query_rewriter"
+#: Fewer candidates than this are not worth a rerank call when the deadline is short.
+_MIN_RERANK = 5
 
 
 class ServiceError(ShopsearchError):
     """The service cannot answer at all (no snapshot, or every retrieval leg failed)."""
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed (or it was cancelled) before any leg answered."""
 
 
 _SPACES = re.compile(r"\s+")
@@ -152,6 +161,8 @@ class Retrieval:
     degraded: list[str] = field(default_factory=list)
     rerank_status: str = "off"
     depth: int = 0
+    #: Work left out to meet the deadline ("rerank", "rerank depth 50 -> 20", "widen").
+    cut: list[str] = field(default_factory=list)
 
     @property
     def search_text(self) -> str:
@@ -188,6 +199,8 @@ class SearchService:
         self.es = settings.elasticsearch()
         self.store = SnapshotStore(settings.index_dir, es=self.es)
         self._snapshot: LoadedSnapshot | None = None
+        #: Recent reranker cost per candidate (ms, moving average); None until measured.
+        self._rerank_ms: float | None = None
         # Re-entrant: an update reloads first when CURRENT moved on.
         self._load_lock = threading.RLock()
         # Concurrent requests share forward passes (retrieval/batching.py); a lone request
@@ -360,8 +373,14 @@ class SearchService:
             return None
         return rewriter.rewrite(query, units=self.settings.units, spelling=self.settings.spelling)
 
-    def retrieve(self, request: SearchRequest) -> Retrieval:
-        """Run retrieval, fusion, filtering and rerank for ``request`` (no paging)."""
+    def retrieve(self, request: SearchRequest, deadline: Deadline | None = None) -> Retrieval:
+        """Run retrieval, fusion, filtering and rerank for ``request`` (no paging).
+
+        ``deadline`` (default: none) is checked between stages: once it has passed, the
+        stages not yet run are cut (``Retrieval.cut``) and the answer comes from what
+        ran; :class:`DeadlineExceeded` when no retrieval leg ran at all.
+        """
+        deadline = deadline or Deadline.none()
         snap = self.snapshot
         table = snap.table
         filters = to_filters(request.filters)
@@ -375,12 +394,14 @@ class SearchService:
             if result.rewrite is not None:
                 timings["rewrite"] = _ms(t)
                 query = result.search_text
-        need = request.page * request.size
+        need = min(request.page * request.size, MAX_RESULT_WINDOW)
         depth = request.depth or max(self.settings.leg_depth, need)
         use_dense = request.mode in ("hybrid", "dense")
         use_lexical = request.mode in ("hybrid", "lexical")
 
         qvec = None
+        if deadline.expired():
+            raise DeadlineExceeded(f"{deadline.reason} passed before the search started")
         if use_dense:
             t = time.perf_counter()
             try:
@@ -408,6 +429,9 @@ class SearchService:
                     result.degraded.append("dense")
                     use_dense = False
                 timings["dense"] = timings.get("dense", 0.0) + _ms(t)
+            if use_lexical and deadline.expired() and result.dense:
+                result.cut.append("lexical")  # answer from the dense leg alone
+                use_lexical = False
             if use_lexical:
                 t = time.perf_counter()
                 try:
@@ -427,6 +451,8 @@ class SearchService:
                     use_lexical = False
                 timings["lexical"] = timings.get("lexical", 0.0) + _ms(t)
             if not use_dense and not use_lexical:
+                if deadline.expired():
+                    raise DeadlineExceeded(f"{deadline.reason} passed before any leg answered")
                 raise ServiceError(f"every retrieval leg failed ({', '.join(result.degraded)})")
 
             t = time.perf_counter()
@@ -442,9 +468,12 @@ class SearchService:
                 break
             if depth >= self.settings.max_depth:
                 break
+            if deadline.expired():
+                result.cut.append("widen")
+                break
             depth = min(depth * 4, self.settings.max_depth)  # widen: filters ate the candidates
 
-        self._rerank(request, result)
+        self._rerank(request, result, deadline)
         return result
 
     def _fuse(
@@ -478,7 +507,7 @@ class SearchService:
             ),
         )
 
-    def _rerank(self, request: SearchRequest, result: Retrieval) -> None:
+    def _rerank(self, request: SearchRequest, result: Retrieval, deadline: Deadline) -> None:
         wanted = request.rerank if request.rerank is not None else self.reranker is not None
         if not wanted:
             result.rerank_status = "off"
@@ -486,7 +515,15 @@ class SearchService:
         if self.reranker is None:
             result.rerank_status = "skipped (no model)"
             return
-        depth = request.rerank_depth or self.settings.rerank_depth
+        depth = min(request.rerank_depth or self.settings.rerank_depth, len(result.filtered))
+        fits = self._rerank_fits(depth, deadline)
+        if fits < _MIN_RERANK:
+            result.cut.append("rerank")
+            result.rerank_status = f"skipped ({deadline.reason})"
+            return
+        if fits < depth:
+            result.cut.append(f"rerank depth {depth} -> {fits}")
+            depth = fits
         head = result.filtered[:depth]
         t = time.perf_counter()
         try:
@@ -501,6 +538,9 @@ class SearchService:
             return
         finally:
             result.timings_ms["rerank"] = _ms(t)
+        if head:  # the cost per candidate, for deciding what fits the next deadline
+            per = result.timings_ms["rerank"] / len(head)
+            self._rerank_ms = per if self._rerank_ms is None else 0.8 * self._rerank_ms + 0.2 * per
         weight = (
             request.rerank_weight
             if request.rerank_weight is not None
@@ -524,10 +564,21 @@ class SearchService:
         result.filtered = [head[i] for i in order] + result.filtered[depth:]
         result.rerank_status = f"applied ({len(head)} candidates)"
 
-    def search(self, request: SearchRequest) -> SearchResponse:
-        """Answer one search request (raises InvalidFilterError, ServiceError)."""
+    def _rerank_fits(self, depth: int, deadline: Deadline) -> int:
+        """How many of ``depth`` candidates the reranker can score before ``deadline``,
+        from its recent cost per candidate (all of them until that is known)."""
+        if deadline.expired():
+            return 0
+        if self._rerank_ms is None or self._rerank_ms <= 0:
+            return depth
+        # Keep a fifth of what is left for facets, paging and the answer itself.
+        return min(depth, int(0.8 * deadline.remaining_ms() / self._rerank_ms))
+
+    def search(self, request: SearchRequest, deadline: Deadline | None = None) -> SearchResponse:
+        """Answer one search request within ``deadline`` (see :meth:`retrieve`); raises
+        InvalidFilterError, ServiceError (DeadlineExceeded when nothing ran in time)."""
         started = time.perf_counter()
-        result = self.retrieve(request)
+        result = self.retrieve(request, deadline)
         table = result.snapshot.table
         t = time.perf_counter()
         facets = compute_facets(
@@ -557,6 +608,7 @@ class SearchService:
             models=self.models(),
             rerank=result.rerank_status,
             degraded=result.degraded,
+            cut=result.cut,
             rewrite=(
                 RewriteOut(
                     searched_q=rewrite.text,
@@ -668,7 +720,7 @@ def compute_facets(
                 products[r].attributes[name] for r in rows if name in products[r].attributes
             )
         else:
-            valid = ", ".join(("price", *table.filter_fields))
+            valid = ", ".join(dict.fromkeys(("price", *table.filter_fields)))
             raise InvalidFilterError(
                 f"facets.{name}", f"unknown facet field; valid fields are: {valid}"
             )

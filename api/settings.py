@@ -104,8 +104,41 @@ class Settings(BaseSettings):
         ge=0.0,
         description="How often the server checks CURRENT for a new snapshot (0: never).",
     )
-    admin_token: str | None = Field(
+    admin_token: SecretStr | None = Field(
         None, description="Bearer token for /v1/admin/*; unset disables them."
+    )
+
+    # -- resource limits (api/admission.py, api/guard.py) --
+    deadline_ms: int = Field(
+        1000,
+        ge=10,
+        le=60_000,
+        description="Default time budget of a search in ms, time waiting for a worker "
+        "included; a request's deadline_ms overrides it. Stages that no longer fit are "
+        "cut (listed in the answer's `cut`); a request that could not start in time gets 503.",
+    )
+    max_inflight: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Searches computed at once (0: one per CPU core, at least 2).",
+    )
+    max_queue: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="Searches that may wait for a worker; past that a search is refused "
+        "at once with 503 and Retry-After.",
+    )
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest request body accepted (413 beyond), except admin product upserts.",
+    )
+    max_admin_body_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="Largest body of an authenticated admin request (bulk product upserts).",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -549,7 +549,18 @@ def bench_command(
             server.terminate()
             server.wait(timeout=30)
         http_table = Table(title="HTTP load test (loopback, GET /v1/search, size 10)")
-        for col in ("concurrency", "requests", "errors", "QPS", "p50 ms", "p95 ms", "p99 ms"):
+        for col in (
+            "concurrency",
+            "requests",
+            "errors",
+            "refused (503)",
+            "QPS",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "refusal p50/p99 ms",
+            "/healthz p50/p99 ms",
+        ):
             http_table.add_column(col, justify="right")
         report["http"] = []
         for r in results:
@@ -559,20 +570,29 @@ def bench_command(
                     "concurrency": r.concurrency,
                     "requests": r.n_requests,
                     "errors": r.n_errors,
+                    "refused": r.n_rejected,
                     "qps": r.qps,
                     "p50": lat.p50_ms,
                     "p95": lat.p95_ms,
                     "p99": lat.p99_ms,
+                    "refused_p50_prober": r.probe_refused_latency.p50_ms,
+                    "refused_p99_prober": r.probe_refused_latency.p99_ms,
+                    "refused_p99_load_client": r.rejected_latency.p99_ms,
+                    "healthz_p50": r.health_latency.p50_ms,
+                    "healthz_p99": r.health_latency.p99_ms,
                 }
             )
             http_table.add_row(
                 str(r.concurrency),
                 str(r.n_requests),
                 str(r.n_errors),
+                str(r.n_rejected),
                 f"{r.qps:.1f}",
                 f"{lat.p50_ms or 0:.2f}",
                 f"{lat.p95_ms or 0:.2f}",
                 f"{lat.p99_ms or 0:.2f}",
+                f"{r.probe_refused_latency.p50_ms or 0:.1f}/{r.probe_refused_latency.p99_ms or 0:.1f}",
+                f"{r.health_latency.p50_ms or 0:.1f}/{r.health_latency.p99_ms or 0:.1f}",
             )
         Console().print(http_table)
     if out is not None:

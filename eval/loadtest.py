@@ -3,9 +3,13 @@
 Each concurrency level runs ``concurrency`` worker threads sharing one httpx client
 (``trust_env=False``: no proxy, and redirects are not followed) until ``max_requests``
 requests were sent or ``max_seconds`` passed, whichever comes first. Queries are sent
-in order, cycling. A response with status >= 400 or a transport error counts as an
-error; latency percentiles are over the successful requests and QPS is successful
-requests per second of wall time. The generator runs in this Python process, so
+in order, cycling. A 503 is a *refusal* by admission control (counted apart, with its
+own latency: refusals must be fast); any other status >= 400 or a transport error
+counts as an error; latency percentiles are over the accepted requests and QPS is
+accepted requests per second of wall time. While a level runs, a prober in its own
+process (:mod:`eval.probe`) asks ``/healthz`` and one search in turn every 50 ms: its
+latencies are what a fresh client sees (health checks must not wait behind searches,
+refusals must be quick), free of this process's own GIL contention. The generator runs in this Python process, so
 numbers near its own limit (a few thousand requests/s) measure the client, not the server.
 
 Only loopback targets are accepted (127.0.0.0/8, ``localhost``, ``::1``): the tool must
@@ -17,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY: tuple[int, ...] = (1, 4, 16)
 SEARCH_PATH = "/v1/search"
+_REFUSED = "HTTP 503"
 
 
 class LoadTestError(Exception):
@@ -60,7 +67,8 @@ class LatencySummary:
 
 @dataclass(frozen=True)
 class LevelResult:
-    """One concurrency level: counts, wall time, QPS and latency of successful requests."""
+    """One concurrency level: counts, wall time, QPS and latency of accepted requests,
+    latency of refusals (503) and of ``/healthz`` during the level."""
 
     concurrency: int
     n_requests: int
@@ -68,6 +76,12 @@ class LevelResult:
     duration_s: float
     qps: float
     latency: LatencySummary
+    n_rejected: int = 0
+    #: Refusals as the load's own workers measured them (includes their GIL waits).
+    rejected_latency: LatencySummary = LatencySummary(0, None, None, None, None)
+    #: ``/healthz`` and refused searches as the separate prober measured them.
+    health_latency: LatencySummary = LatencySummary(0, None, None, None, None)
+    probe_refused_latency: LatencySummary = LatencySummary(0, None, None, None, None)
 
 
 def summarize_latencies(samples_ms: Sequence[float]) -> LatencySummary:
@@ -113,6 +127,7 @@ class _Level:
         self.max_requests = max_requests
         self.deadline = deadline
         self.latencies_ms: list[float] = []
+        self.rejected_ms: list[float] = []
         self.errors = 0
         self.error_examples: list[str] = []
 
@@ -127,6 +142,8 @@ class _Level:
         with self.lock:
             if error is None:
                 self.latencies_ms.append(latency_ms)
+            elif error == _REFUSED:
+                self.rejected_ms.append(latency_ms)
             else:
                 self.errors += 1
                 if len(self.error_examples) < 3:
@@ -140,9 +157,35 @@ def _one_request(client: httpx.Client, query: str, size: int) -> str | None:
         response.read()
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}"
+    if response.status_code == 503:
+        return _REFUSED
     if response.status_code >= 400:
         return f"HTTP {response.status_code}"
     return None
+
+
+def _start_prober(base_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "eval.probe", base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _stop_prober(prober: subprocess.Popen[str]) -> tuple[list[float], list[float]]:
+    """Stop the prober; its ``/healthz`` latencies and those of its refused searches."""
+    prober.terminate()
+    out, _ = prober.communicate(timeout=30)
+    health: list[float] = []
+    refused: list[float] = []
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:1] == ["healthz"]:
+            health.append(float(parts[1]))
+        elif parts[:2] == ["search", "503"]:
+            refused.append(float(parts[2]))
+    return health, refused
 
 
 def _worker(client: httpx.Client, level: _Level, queries: Sequence[str], size: int) -> None:
@@ -154,6 +197,7 @@ def _worker(client: httpx.Client, level: _Level, queries: Sequence[str], size: i
 
 def _run_level(
     client: httpx.Client,
+    base_url: str,
     queries: Sequence[str],
     concurrency: int,
     max_requests: int,
@@ -166,23 +210,30 @@ def _run_level(
         threading.Thread(target=_worker, args=(client, level, queries, size), daemon=True)
         for _ in range(concurrency)
     ]
+    prober = _start_prober(base_url)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     duration = time.perf_counter() - start
+    health_ms, probe_refused_ms = _stop_prober(prober)
     if level.errors:
         logger.warning(
             "concurrency %d: %d errors, e.g. %s", concurrency, level.errors, level.error_examples
         )
     ok = len(level.latencies_ms)
+    rejected = len(level.rejected_ms)
     return LevelResult(
         concurrency=concurrency,
-        n_requests=ok + level.errors,
+        n_requests=ok + rejected + level.errors,
         n_errors=level.errors,
         duration_s=duration,
         qps=ok / duration if duration > 0 else 0.0,
         latency=summarize_latencies(level.latencies_ms),
+        n_rejected=rejected,
+        rejected_latency=summarize_latencies(level.rejected_ms),
+        health_latency=summarize_latencies(health_ms),
+        probe_refused_latency=summarize_latencies(probe_refused_ms),
     )
 
 
@@ -229,14 +280,17 @@ def run_load_test(
         for i in range(warmup_requests):
             _one_request(client, queries[i % len(queries)], size)
         for concurrency in concurrency_levels:
-            result = _run_level(client, queries, concurrency, max_requests, max_seconds, size)
+            result = _run_level(
+                client, base_url, queries, concurrency, max_requests, max_seconds, size
+            )
             logger.info(
-                "concurrency %d: %d requests in %.1f s, %.1f QPS, p50 %s ms, %d errors",
+                "concurrency %d: %d requests in %.1f s, %.1f QPS, p50 %s ms, %d refused, %d errors",
                 concurrency,
                 result.n_requests,
                 result.duration_s,
                 result.qps,
                 result.latency.p50_ms,
+                result.n_rejected,
                 result.n_errors,
             )
             results.append(result)
