@@ -29,7 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
 from api.guard import RequestGuard, admin_denial
@@ -50,7 +50,17 @@ from indexer.updates import UpdateError, UpdateReport
 from retrieval.deadline import Deadline
 from retrieval.filters import InvalidFilterError
 from retrieval.lexical_index import LexicalIndexError
-from retrieval.types import Product
+from retrieval.types import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    MAX_BRAND_CHARS,
+    MAX_CATEGORY_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_ID_CHARS,
+    MAX_IMAGE_URL_CHARS,
+    MAX_TITLE_CHARS,
+    Product,
+)
 
 __all__ = ["create_app"]
 
@@ -61,21 +71,28 @@ log = logging.getLogger(__name__)
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY_CHARS)]
+AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_CHARS)]
+
+
 class ProductIn(BaseModel):
-    """A product to upsert through ``POST /v1/admin/products``."""
+    """A product to upsert through ``POST /v1/admin/products``. Field lengths are capped
+    by the same limits as catalog rows (``retrieval.types.MAX_*_CHARS``): longer is a 422."""
 
     # strict: a JSON false is not a price of 0, nor 1 an in-stock flag.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=512)
-    title: str = Field(min_length=1)
-    description: str = ""
-    brand: str = ""
-    category: str = Field("", description="Category path, e.g. 'Tools > Power Tools'.")
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
+    brand: str = Field("", max_length=MAX_BRAND_CHARS)
+    category: str = Field(
+        "", max_length=MAX_CATEGORY_CHARS, description="Category path, e.g. 'Tools > Power Tools'."
+    )
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
     in_stock: bool | None = None
-    image_url: str = ""
-    attributes: dict[str, str] = Field(default_factory=dict)
+    image_url: str = Field("", max_length=MAX_IMAGE_URL_CHARS)
+    attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict)
 
     def to_product(self) -> Product:
         return Product(**self.model_dump())

@@ -17,8 +17,12 @@ swapped in (one attribute assignment) while requests are in flight.
 Elasticsearch: a snapshot built with the Elasticsearch lexical leg is searched through
 the service's one cluster connection (``Settings.es_*``), on the snapshot's own index.
 An unreachable cluster, or one slower than ``es_timeout``, makes the lexical leg fail
-fast: the answer comes from the dense leg with ``degraded: ["lexical"]``. A snapshot
-also loads while the cluster is down (its warm-up query is then skipped).
+fast: the answer comes from the dense leg with ``degraded: ["lexical"]``. After
+``es_breaker_failures`` consecutive failures the connection's circuit breaker fails
+lexical queries at once, without calling the cluster, until a probe succeeds
+(``retrieval/circuit_breaker.py``); the failure is logged at most once per
+``degraded_log_interval_s`` per reason. A snapshot also loads while the cluster is
+down (its warm-up query is then skipped).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from retrieval.filters import Filters, InvalidFilterError, ProductTable
 from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
 from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndexError
+from retrieval.log_throttle import LogThrottle
 from retrieval.query_rewrite import QueryRewriter, product_words
 from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
 from retrieval.vector_index import FaissIndex
@@ -197,6 +202,9 @@ class SearchService:
         self.reranker = reranker
         #: The cluster connection for Elasticsearch snapshots (None without ``es_url``).
         self.es = settings.elasticsearch()
+        # A leg that fails on every request (its backend is down) logs once in a while,
+        # not once per request.
+        self._degraded_log = LogThrottle(log, settings.degraded_log_interval_s)
         self.store = SnapshotStore(settings.index_dir, es=self.es)
         self._snapshot: LoadedSnapshot | None = None
         #: Recent reranker cost per candidate (ms, moving average); None until measured.
@@ -434,6 +442,7 @@ class SearchService:
                 use_lexical = False
             if use_lexical:
                 t = time.perf_counter()
+                lexical_error: LexicalIndexError | None = None
                 try:
                     hits = snap.lexical.search(
                         query, depth, filters=None if filters.is_empty() else filters
@@ -442,7 +451,7 @@ class SearchService:
                     result.lexical = [(row_of[h.id], h.score) for h in hits if h.id in row_of]
                     lexical_full = len(hits) >= depth
                 except LexicalIndexError as exc:  # e.g. the cluster is down: no traceback
-                    log.warning("lexical search failed; serving without it: %s", exc)
+                    lexical_error = exc
                     result.degraded.append("lexical")
                     use_lexical = False
                 except Exception:
@@ -450,6 +459,12 @@ class SearchService:
                     result.degraded.append("lexical")
                     use_lexical = False
                 timings["lexical"] = timings.get("lexical", 0.0) + _ms(t)
+                if lexical_error is not None:  # logged outside the timed block, rate-limited
+                    self._degraded_log.warning(
+                        str(lexical_error),
+                        "lexical search failed; serving without it: %s",
+                        lexical_error,
+                    )
             if not use_dense and not use_lexical:
                 if deadline.expired():
                     raise DeadlineExceeded(f"{deadline.reason} passed before any leg answered")

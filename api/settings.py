@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Concurrent query encodings batched into one forward pass, at most (0: no batching).",
     )
+    degraded_log_interval_s: float = Field(
+        10.0,
+        ge=0.0,
+        description="A stage failure that repeats (e.g. the lexical leg while Elasticsearch "
+        "is down) is logged at most once per this many seconds per reason, with a count of "
+        "the ones left out (0: log every one).",
+    )
     reload_interval_s: float = Field(
         2.0,
         ge=0.0,
@@ -167,6 +174,19 @@ class Settings(BaseSettings):
     es_timeout: float = Field(
         0.5, gt=0, description="Seconds a lexical query may take before it degrades to dense."
     )
+    es_breaker_failures: int = Field(
+        5,
+        ge=0,
+        description="Consecutive failed lexical queries (refused, timed out, 5xx) that open the "
+        "circuit breaker: queries then fail fast to the dense leg without calling the cluster "
+        "(0: no breaker).",
+    )
+    es_breaker_reset_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds the open breaker waits before one query probes the cluster; a "
+        "success closes it, a failure waits again.",
+    )
     es_admin_timeout: float = Field(
         120.0, gt=0, description="Seconds for builds, alias moves and other admin calls."
     )
@@ -199,6 +219,7 @@ class Settings(BaseSettings):
         ``es_url`` is unset. The caller closes it. Makes no request."""
         if not self.es_url:
             return None
+        from retrieval.circuit_breaker import CircuitBreaker
         from retrieval.elasticsearch_index import ElasticsearchConnection
 
         basic_auth = None
@@ -212,4 +233,7 @@ class Settings(BaseSettings):
             timeout=self.es_timeout,
             admin_timeout=self.es_admin_timeout,
             refresh=self.es_refresh_policy(),
+            breaker=CircuitBreaker(self.es_breaker_failures, self.es_breaker_reset_s)
+            if self.es_breaker_failures > 0
+            else None,
         )

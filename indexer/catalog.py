@@ -1,10 +1,13 @@
-"""Catalog readers: CSV, JSON Lines and Parquet with a column mapping.
+"""Catalog loading: CSV, JSON Lines and Parquet with a column mapping, row by row checked.
 
-Every row is checked; bad rows (missing id or title, duplicate id, a price or stock
-value that is not one) are collected with their row numbers and reasons. By default
-they stop the build with a :class:`CatalogError` that lists them; with
-``skip_bad_rows=True`` they are left out and reported in :class:`CatalogReport`.
-Nothing is dropped silently.
+The files are read by :mod:`indexer.catalog_readers` (values as written: no float ids,
+invalid UTF-8 kept in its row). Every row is checked; bad rows (missing, duplicate or
+non-text id, missing title, a price that is not a finite non-negative number, a stock
+value that is not a boolean, invalid UTF-8, a value longer than its limit in
+:data:`retrieval.types.PRODUCT_FIELD_LIMITS`, a line of a JSON Lines file that is not a
+JSON object) are collected with their row numbers and reasons. By default they stop the
+build with a :class:`CatalogError` that lists them; with ``skip_bad_rows=True`` they are
+left out and reported in :class:`CatalogReport`. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from retrieval.types import Product, ShopsearchError
+from indexer.catalog_readers import invalid_utf8, read_rows
+from retrieval.types import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    PRODUCT_FIELD_LIMITS,
+    Product,
+    ShopsearchError,
+)
 
 __all__ = [
     "CatalogError",
@@ -77,7 +84,8 @@ class ColumnMapping:
 
 @dataclass(frozen=True, slots=True)
 class RowProblem:
-    """A rejected row: its 1-based data row number (header excluded), id if any, reason."""
+    """A rejected row: its 1-based row number (CSV and Parquet: data rows, the header
+    excluded; JSON Lines: the line number), its id if one was read, and the reason."""
 
     row: int
     id: str | None
@@ -135,34 +143,40 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_frame(path: Path, fmt: str) -> pd.DataFrame:
-    try:
-        if fmt == "csv":
-            # Everything as text: ids like "00123" keep their zeros; prices are parsed below
-            # so that a bad one can be reported by row instead of failing the whole column.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"cannot read {path} as {fmt}: {exc}") from exc
-
-
 def _text(value: Any) -> str:
+    # A NaN of a Parquet float column is no text: treated as empty (a NaN *price* is
+    # caught by _price before this).
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value).strip()
 
 
+def _id(value: Any) -> tuple[str, str | None]:
+    """The id as text, exactly as written; an error for a value that is no id."""
+    if isinstance(value, (float, bool, dict, list)):
+        # A float id (a Parquet double column) has already lost the digits it was
+        # written with (1000 reads back as 1000.0; long ids round): refuse, not guess.
+        return "", (
+            f"id {value!r} is a {type(value).__name__}, not text or an integer "
+            "(store the id column as strings)"
+        )
+    return _text(value), None
+
+
 def _price(value: Any) -> tuple[float | None, str | None]:
+    fix = "write it like 19.99, or leave it empty"
+    if isinstance(value, float) and not math.isfinite(value):  # Parquet NaN / inf
+        return None, f"price {value!r} is not a finite number ({fix})"
     text = _text(value)
     if text == "":
         return None, None
     try:
         price = float(text.replace(",", "").lstrip("$"))
     except ValueError:
-        return None, f"price {text!r} is not a number (write it like 19.99, or leave it empty)"
-    if math.isnan(price) or math.isinf(price) or price < 0:
+        return None, f"price {text!r} is not a number ({fix})"
+    if not math.isfinite(price):  # "nan", "inf", "NaN" and "Infinity" of JSON
+        return None, f"price {text!r} is not a finite number ({fix})"
+    if price < 0:
         return None, f"price {text!r} must be a non-negative number"
     return price, None
 
@@ -180,9 +194,34 @@ def _stock(value: Any) -> tuple[bool | None, str | None]:
     return None, f"in_stock {text!r} is not a boolean (use true/false, 1/0 or yes/no)"
 
 
-def _iter_rows(frame: pd.DataFrame) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based data row number, record) pairs."""
-    yield from enumerate(frame.to_dict(orient="records"), start=1)
+def _encoding_problems(record: dict[str, Any]) -> list[str]:
+    """One reason per value of ``record`` that holds invalid UTF-8."""
+    return [
+        f"invalid UTF-8 in column {column!r} ({where}); save the catalog as UTF-8"
+        for column, value in record.items()
+        # isascii() first: the common case, and next to free.
+        if isinstance(value, str) and not value.isascii() and (where := invalid_utf8(value))
+    ]
+
+
+def _length_problems(values: dict[str, str], columns: dict[str, str | None]) -> list[str]:
+    """One reason per product field in ``values`` longer than its limit."""
+    return [
+        f"{name} is {len(value):,} characters (column {columns[name]!r}); "
+        f"at most {PRODUCT_FIELD_LIMITS[name]:,} are allowed"
+        for name, value in values.items()
+        if len(value) > PRODUCT_FIELD_LIMITS[name]
+    ]
+
+
+def _attribute_problems(attributes: dict[str, str]) -> list[str]:
+    """One reason per attribute value longer than its limit."""
+    return [
+        f"attribute {key!r} is {len(value):,} characters; "
+        f"at most {MAX_ATTRIBUTE_VALUE_CHARS:,} are allowed"
+        for key, value in attributes.items()
+        if len(value) > MAX_ATTRIBUTE_VALUE_CHARS
+    ]
 
 
 def load_catalog(
@@ -211,10 +250,10 @@ def load_catalog(
         raise CatalogError(
             f"{path}: unknown catalog format {path.suffix!r}; use one of {', '.join(sorted(FORMATS))}"
         )
-    frame = _read_frame(path, fmt)
-    if limit is not None:
-        frame = frame.head(limit)
-    columns = [str(c) for c in frame.columns]
+    try:
+        columns, rows = read_rows(path, fmt, limit)
+    except (ValueError, OSError) as exc:
+        raise CatalogError(f"cannot read {path} as {fmt}: {exc}") from exc
     for field_name, column, option in (
         ("id", mapping.id, "--id-field"),
         ("title", mapping.title, "--title-field"),
@@ -234,6 +273,12 @@ def load_catalog(
                 f"{path}: the {name} column {column!r} is missing; columns found: {', '.join(columns)}"
             )
     attribute_columns = [c for c in columns if c not in mapping.used_columns()]
+    for column in attribute_columns:  # a column name is an attribute key
+        if len(column) > MAX_ATTRIBUTE_KEY_CHARS:
+            raise CatalogError(
+                f"{path}: the column name {column[:60]!r}... is {len(column):,} characters; "
+                f"attribute keys may have at most {MAX_ATTRIBUTE_KEY_CHARS:,}: rename the column"
+            )
     report = CatalogReport(
         path=str(path), format=fmt, sha256=file_sha256(path), attribute_columns=attribute_columns
     )
@@ -244,35 +289,56 @@ def load_catalog(
     def col(record: dict[str, Any], name: str | None) -> Any:
         return record.get(name) if name else None
 
-    for number, record in _iter_rows(frame):
+    text_columns = {
+        "id": mapping.id,
+        "title": mapping.title,
+        "description": mapping.description,
+        "brand": mapping.brand,
+        "category": mapping.category,
+        "image_url": mapping.image_url,
+    }
+    mapped_text = [(n, c) for n, c in text_columns.items() if c and n != "id"]
+    for row in rows:
+        number, record = row.number, row.record
         report.rows_read += 1
-        pid = _text(record.get(mapping.id))
-        title = _text(record.get(mapping.title))
-        reasons = []
-        if not pid:
+        pid, id_error = _id(record.get(mapping.id))
+        if row.problem is not None:  # the row could not be read into values at all
+            problems.append(RowProblem(row=number, id=None, reason=row.problem))
+            continue
+        reasons = _encoding_problems(record)
+        if id_error:
+            reasons.append(id_error)
+        elif not pid:
             reasons.append(f"missing id (column {mapping.id!r})")
-        if not title:
+        values = dict.fromkeys(text_columns, "")
+        values.update((name, _text(record.get(column))) for name, column in mapped_text)
+        values["id"] = pid
+        if not values["title"]:
             reasons.append(f"missing title (column {mapping.title!r})")
         if pid and pid in seen:
             reasons.append(f"duplicate id {pid!r} (first seen in row {seen[pid]})")
         price, price_error = _price(col(record, mapping.price))
         in_stock, stock_error = _stock(col(record, mapping.in_stock))
         reasons += [e for e in (price_error, stock_error) if e]
+        reasons += _length_problems(values, text_columns)
+        attributes = {c: _text(record.get(c)) for c in attribute_columns if _text(record.get(c))}
+        reasons += _attribute_problems(attributes)
         if reasons:
-            problems.append(RowProblem(row=number, id=pid or None, reason="; ".join(reasons)))
+            # An over-long or undecodable id is not repeated in the listing.
+            shown = pid if pid and len(pid) <= 100 and not invalid_utf8(pid) else None
+            problems.append(RowProblem(row=number, id=shown, reason="; ".join(reasons)))
             continue
         seen[pid] = number
-        attributes = {c: _text(record.get(c)) for c in attribute_columns if _text(record.get(c))}
         products.append(
             Product(
                 id=pid,
-                title=title,
-                description=_text(col(record, mapping.description)),
-                brand=_text(col(record, mapping.brand)),
-                category=_text(col(record, mapping.category)),
+                title=values["title"],
+                description=values["description"],
+                brand=values["brand"],
+                category=values["category"],
                 price=price,
                 in_stock=in_stock,
-                image_url=_text(col(record, mapping.image_url)),
+                image_url=values["image_url"],
                 attributes=attributes,
             )
         )

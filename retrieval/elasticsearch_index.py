@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from retrieval.circuit_breaker import CircuitBreaker
 from retrieval.filters import Filters
 from retrieval.item_text import DESCRIPTION_CHARS
 from retrieval.lexical_index import (
@@ -131,6 +132,9 @@ class ElasticsearchIndex:
     leg. Builds and admin calls use ``admin_timeout``. ``refresh`` is the refresh policy of
     :meth:`upsert` and :meth:`delete`. ``analyzer`` is ``"auto"`` (``english`` when the
     cluster offers it, ``standard`` otherwise), ``"english"`` or ``"standard"``.
+    ``breaker`` (shared by every handle on the same cluster) guards :meth:`search` and
+    :meth:`facets`: while it is open they raise :class:`LexicalIndexError` at once, with
+    no request (``None``: every query tries the cluster).
 
     Connecting is lazy: the constructor makes no request.
     """
@@ -155,6 +159,7 @@ class ElasticsearchIndex:
         shards: int = 1,
         replicas: int = 0,
         chunk_size: int = 500,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         try:
             from elasticsearch import Elasticsearch
@@ -199,6 +204,7 @@ class ElasticsearchIndex:
         self.shards = shards
         self.replicas = replicas
         self.chunk_size = chunk_size
+        self._breaker = breaker
         self._analyzer_choice = analyzer
         self._analyzer: str | None = None  # of the existing index, once read
         self._cluster_analyzer: str | None = None  # what "auto" found the cluster offers
@@ -212,6 +218,7 @@ class ElasticsearchIndex:
             "shards": shards,
             "replicas": replicas,
             "chunk_size": chunk_size,
+            "breaker": breaker,
         }
         if client is not None:
             self._client = client
@@ -257,20 +264,7 @@ class ElasticsearchIndex:
         return self._client.options(request_timeout=self.timeout)
 
     def _error(self, doing: str, exc: Exception) -> LexicalIndexError:
-        from elasticsearch import ApiError, ConnectionError, ConnectionTimeout
-
-        if isinstance(exc, ConnectionTimeout):
-            why = "timed out; is the cluster overloaded? raise the timeout if it is just slow"
-        elif isinstance(exc, ConnectionError):
-            why = (
-                "cannot connect; is the node running? (tests: `.ci/elasticsearch.sh start`, "
-                "or set SHOPSEARCH_ES_URL)"
-            )
-        elif isinstance(exc, ApiError):
-            why = f"HTTP {exc.status_code}: {_error_reason(exc.body) or exc.message}"
-        else:
-            why = str(exc)
-        return LexicalIndexError(f"Elasticsearch at {self._where}, {doing}: {why}")
+        return LexicalIndexError(f"Elasticsearch at {self._where}, {doing}: {_why(exc)}")
 
     def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one client call, turning every client/transport failure into our error."""
@@ -280,6 +274,49 @@ class ElasticsearchIndex:
             return fn(*args, **kwargs)
         except (ApiError, TransportError) as exc:
             raise self._error(doing, exc) from exc
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker of the query path (``None``: none)."""
+        return self._breaker
+
+    def _guarded_search(self, doing: str, **kwargs: Any) -> Any:
+        """One query-time ``search`` request through the circuit breaker: refused at once
+        while it is open; a refused connection, a timeout (client or server side), a 429
+        or a 5xx counts as a failure, any answer of the cluster as a success."""
+        from elasticsearch import ApiError, TransportError
+
+        breaker = self._breaker
+        if breaker is None:
+            return self._call(doing, self._query_client().search, **kwargs)
+        if not breaker.allow():
+            last = breaker.status().last_failure
+            raise LexicalIndexError(
+                f"Elasticsearch at {self._where}, {doing}: not sent, the circuit breaker is "
+                f"open after {breaker.failures} consecutive failures (the last: {last}); one "
+                f"query probes the cluster every {breaker.reset_s:g} s"
+            )
+        failure: str | None = None
+        try:
+            resp = self._query_client().search(**kwargs)
+            if resp.get("timed_out"):
+                failure = f"timed out after {self.timeout} s on the server"
+            return resp
+        except ApiError as exc:  # the cluster answered: unhealthy only when overloaded/broken
+            if exc.status_code == 429 or exc.status_code >= 500:
+                failure = _why(exc)
+            raise self._error(doing, exc) from exc
+        except TransportError as exc:  # refused, reset, timed out: no answer at all
+            failure = _why(exc)
+            raise self._error(doing, exc) from exc
+        except BaseException as exc:  # not the cluster's doing, but the probe must end
+            failure = type(exc).__name__
+            raise
+        finally:
+            if failure is None:
+                breaker.record_success()
+            else:
+                breaker.record_failure(failure)
 
     def _handle(self, index: str) -> ElasticsearchIndex:
         """Another handle on ``index`` sharing this one's client and options."""
@@ -628,9 +665,8 @@ class ElasticsearchIndex:
             raise LexicalIndexError(
                 f"k={k} is above Elasticsearch's index.max_result_window (10000); ask for fewer"
             )
-        resp = self._call(
+        resp = self._guarded_search(
             f"searching {self.index!r}",
-            self._query_client().search,
             index=self.index,
             query=self._query(query, filters),
             size=k,
@@ -692,9 +728,8 @@ class ElasticsearchIndex:
             q = self._query(query, filters)
         else:
             q = {"bool": {"filter": self._filter_clauses(filters) if filters else []}}
-        resp = self._call(
+        resp = self._guarded_search(
             f"aggregating facets of {self.index!r}",
-            self._query_client().search,
             index=self.index,
             query=q,
             size=0,
@@ -899,7 +934,9 @@ class ElasticsearchConnection:
 
     ``timeout`` bounds every query (a slower or unreachable cluster raises
     :class:`LexicalIndexError`), ``admin_timeout`` every build and admin call, and
-    ``refresh`` is the refresh policy of upserts and deletes.
+    ``refresh`` is the refresh policy of upserts and deletes. ``breaker``, shared by every
+    handle, makes queries fail fast while the cluster keeps failing (see
+    :mod:`retrieval.circuit_breaker`; ``None``: no breaker).
 
     Example (needs a running node)::
 
@@ -917,6 +954,7 @@ class ElasticsearchConnection:
         timeout: float = 0.5,
         admin_timeout: float = 60.0,
         refresh: RefreshPolicy = "wait_for",
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         # A placeholder name: the root handle is only used to derive per-index handles.
         self._root = ElasticsearchIndex(
@@ -928,9 +966,16 @@ class ElasticsearchConnection:
             timeout=timeout,
             admin_timeout=admin_timeout,
             refresh=refresh,
+            breaker=breaker,
         )
         self.timeout = float(timeout)
         self.refresh: RefreshPolicy = refresh
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker of every handle's queries (``None``: none); its ``state``
+        and ``status()`` say whether queries are being failed fast."""
+        return self._root.breaker
 
     @property
     def where(self) -> str:
@@ -962,6 +1007,22 @@ def _client_hosts(client: Elasticsearch) -> str:
     except Exception:  # a client of another shape; the name is only for messages
         return "the given Elasticsearch client"
     return ", ".join(urls) or "the given Elasticsearch client"
+
+
+def _why(exc: Exception) -> str:
+    """Why a client call failed, in words that say what to check."""
+    from elasticsearch import ApiError, ConnectionError, ConnectionTimeout
+
+    if isinstance(exc, ConnectionTimeout):
+        return "timed out; is the cluster overloaded? raise the timeout if it is just slow"
+    if isinstance(exc, ConnectionError):
+        return (
+            "cannot connect; is the node running? (tests: `.ci/elasticsearch.sh start`, "
+            "or set SHOPSEARCH_ES_URL)"
+        )
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status_code}: {_error_reason(exc.body) or exc.message}"
+    return str(exc)
 
 
 def _error_reason(error: Any) -> str:

@@ -7,10 +7,21 @@ also the id the vector index uses. ``-1`` means "no result" in row arrays.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
+    "MAX_ATTRIBUTE_KEY_CHARS",
+    "MAX_ATTRIBUTE_VALUE_CHARS",
+    "MAX_BRAND_CHARS",
+    "MAX_CATEGORY_CHARS",
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_IMAGE_URL_CHARS",
+    "MAX_TITLE_CHARS",
+    "PRODUCT_FIELD_LIMITS",
     "Candidate",
     "Product",
     "QueryRewrite",
@@ -22,6 +33,35 @@ __all__ = [
 
 class ShopsearchError(Exception):
     """Base class of every error the engine raises on purpose."""
+
+
+# Longest value (in characters) each product field may hold. The one definition: the
+# catalog readers reject a longer value as a bad row (indexer/catalog.py) and the admin
+# upsert answers 422 (api/app.py). They bound memory and index size against a broken
+# export (a 1 MB "title"), far above real values: Home Depot titles reach 147 characters.
+#: Elasticsearch caps ``_id`` at 512 bytes; an id with non-ASCII characters that fits
+#: here but not there is rejected, by name, when the index is built.
+MAX_ID_CHARS = 512
+MAX_TITLE_CHARS = 1_000
+#: Only the first ``item_text.DESCRIPTION_CHARS`` are searched; the rest is served as is.
+MAX_DESCRIPTION_CHARS = 20_000
+MAX_BRAND_CHARS = 200
+#: A whole category path, e.g. ``"Tools > Power Tools > Drills"``.
+MAX_CATEGORY_CHARS = 1_000
+MAX_IMAGE_URL_CHARS = 2_048
+MAX_ATTRIBUTE_KEY_CHARS = 200
+MAX_ATTRIBUTE_VALUE_CHARS = 1_000
+#: The limits by :class:`Product` field name (attributes: ``MAX_ATTRIBUTE_*_CHARS``).
+PRODUCT_FIELD_LIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        "id": MAX_ID_CHARS,
+        "title": MAX_TITLE_CHARS,
+        "description": MAX_DESCRIPTION_CHARS,
+        "brand": MAX_BRAND_CHARS,
+        "category": MAX_CATEGORY_CHARS,
+        "image_url": MAX_IMAGE_URL_CHARS,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

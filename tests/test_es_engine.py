@@ -12,6 +12,7 @@ second node of its own (same script, another port), so the shared node is never 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -361,6 +362,52 @@ def test_a_hung_cluster_degrades_answers_to_dense_within_the_timeout(
             assert time.monotonic() - started < 2.0
             assert response.degraded == ["lexical"]
             assert response.hits and response.hits[0].category.startswith("Tools")
+        svc.close()
+
+
+def test_a_hung_cluster_opens_the_breaker_and_is_logged_once_per_reason(
+    tmp_path: Path,
+    encoder: Encoder,
+    sample_products: list[Product],
+    es: ElasticsearchConnection,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After es_breaker_failures timed-out queries, answers stay degraded but no longer
+    wait for the timeout; the failure is logged once per reason, not once per query."""
+    products = list(sample_products[:40])
+    build_snapshot(
+        products, report_for(products, "a"), tmp_path, encoder, es_options(prefix), es=es
+    )
+    timeout = 0.3
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        svc = service_on(
+            tmp_path,
+            encoder,
+            url=url,
+            es_timeout=timeout,
+            es_breaker_failures=2,
+            es_breaker_reset_s=60.0,
+            degraded_log_interval_s=60.0,
+        )
+        svc.load()  # the warm-up query is the first failure
+        assert svc.es is not None and svc.es.breaker is not None
+        caplog.set_level(logging.WARNING, logger="api.service")
+        seconds = []
+        for _ in range(20):
+            started = time.monotonic()
+            response = svc.search(SearchRequest(q="cordless drill", size=5))
+            seconds.append(time.monotonic() - started)
+            assert response.degraded == ["lexical"] and response.hits
+        assert svc.es.breaker.state == "open"
+        assert seconds[0] >= timeout * 0.9  # the second failure opened it
+        assert max(seconds[1:]) < timeout / 2, seconds
+        warnings = [r.getMessage() for r in caplog.records if "lexical search failed" in r.message]
+        assert len(warnings) == 2, warnings  # the timeout once, the open breaker once
+        assert "timed out" in warnings[0] and "circuit breaker is open" in warnings[1]
         svc.close()
 
 

@@ -38,7 +38,7 @@ from indexer.updates import UpdateError, apply_updates
 from retrieval.elasticsearch_index import ElasticsearchConnection
 from retrieval.encoders import Encoder, ModelInfo
 from retrieval.item_text import item_text
-from retrieval.types import Product
+from retrieval.types import MAX_ATTRIBUTE_VALUE_CHARS, MAX_TITLE_CHARS, Product
 
 BACKENDS = ["tantivy", pytest.param("elasticsearch", marks=pytest.mark.elasticsearch)]
 
@@ -394,6 +394,15 @@ def test_admin_endpoints_upsert_and_delete(
         assert client.get(f"/v1/products/{products[5].id}").json()["price"] == 7.25
         bad = client.post("/v1/admin/products", json=[{**changed, "price": -3}], headers=auth)
         assert bad.status_code == 422 and "price" in bad.text
+        # The catalog's length limits hold for the admin upsert too (one definition).
+        for field, value in (
+            ("title", "t" * (MAX_TITLE_CHARS + 1)),
+            ("attributes", {"color": "c" * (MAX_ATTRIBUTE_VALUE_CHARS + 1)}),
+        ):
+            long = client.post("/v1/admin/products", json=[{**changed, field: value}], headers=auth)
+            assert long.status_code == 422 and field in long.text, long.text[:300]
+        kept = svc.product(products[5].id)
+        assert kept is not None and kept.title == products[5].title
         r = client.delete(f"/v1/admin/products/{products[6].id}", headers=auth)
         assert r.status_code == 200 and r.json()["deleted"] == 1
         assert client.get(f"/v1/products/{products[6].id}").status_code == 404
