@@ -29,9 +29,11 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.events_routes import events_router
 from api.schemas import MAX_QUERY_CHARS, MAX_SIZE, SearchRequest, SearchResponse
 from api.service import SearchService, ServiceError
 from api.settings import Settings
+from indexer.events.store import EventStore
 from indexer.snapshot import SnapshotError, SnapshotStore
 from indexer.updates import UpdateError, UpdateReport
 from retrieval.filters import InvalidFilterError
@@ -132,10 +134,18 @@ def create_app(
     """Build the app. The service (models + snapshot) is opened at start-up unless given."""
     settings = settings or Settings()
     metrics = _Metrics()
-    state: dict[str, Any] = {"service": service}
+    state: dict[str, Any] = {"service": service, "events": None}
+
+    def known_product(product_id: str) -> bool:  # not counted before a snapshot is served
+        svc: SearchService | None = state["service"]
+        return svc is None or not svc.ready or svc.product(product_id) is not None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.user_key is not None:
+            state["events"] = EventStore(settings.events_db, known_products=known_product)
+        else:
+            log.warning("SHOPSEARCH_USER_KEY is not set; /v1/events answers 503")
         if state["service"] is None:
             svc = SearchService(settings)
             if svc.store.current() is not None:
@@ -162,6 +172,8 @@ def create_app(
             watcher.join(timeout=5)
         if service is None:  # the app opened it, so the app closes it
             state["service"].close()
+        if state["events"] is not None:
+            state["events"].close()
 
     app = FastAPI(
         title="shopsearch",
@@ -338,4 +350,5 @@ def create_app(
         svc.load(version)
         return {"index_version": version}
 
+    app.include_router(events_router(lambda: state["events"], settings, admin))
     return app
