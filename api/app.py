@@ -32,6 +32,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
+from api.events_routes import events_router
 from api.guard import RequestGuard, admin_denial
 from api.schemas import (
     MAX_DEADLINE_MS,
@@ -45,6 +46,7 @@ from api.schemas import (
 )
 from api.service import SearchService, ServiceError
 from api.settings import Settings
+from indexer.events.store import EventStore
 from indexer.snapshot import SnapshotError, SnapshotStore
 from indexer.updates import UpdateError, UpdateReport
 from retrieval.deadline import Deadline
@@ -228,7 +230,7 @@ def create_app(
     """Build the app. The service (models + snapshot) is opened at start-up unless given."""
     settings = settings or Settings()
     metrics = _Metrics()
-    state: dict[str, Any] = {"service": service}
+    state: dict[str, Any] = {"service": service, "events": None}
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     # Made here, not in the lifespan: it binds to no event loop until a search runs.
     admission = AdmissionController(
@@ -237,8 +239,16 @@ def create_app(
     metrics.running.set_function(lambda: admission.stats().running)
     metrics.waiting.set_function(lambda: admission.stats().waiting)
 
+    def known_product(product_id: str) -> bool:  # not counted before a snapshot is served
+        svc: SearchService | None = state["service"]
+        return svc is None or not svc.ready or svc.product(product_id) is not None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.user_key is not None:
+            state["events"] = EventStore(settings.events_db, known_products=known_product)
+        else:
+            log.warning("SHOPSEARCH_USER_KEY is not set; /v1/events answers 503")
         if state["service"] is None:
             svc = SearchService(settings)
             if svc.store.current() is not None:
@@ -265,6 +275,8 @@ def create_app(
             watcher.join(timeout=5)
         if service is None:  # the app opened it, so the app closes it
             state["service"].close()
+        if state["events"] is not None:
+            state["events"].close()
 
     app = FastAPI(
         title="shopsearch",
@@ -534,4 +546,5 @@ def create_app(
         svc.load(version)
         return {"index_version": version}
 
+    app.include_router(events_router(lambda: state["events"], settings, admin))
     return app

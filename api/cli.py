@@ -747,10 +747,12 @@ def mount_plugins(target: typer.Typer) -> None:
 
 
 def _mount_training() -> None:
+    from api.cli_events import events_app
     from api.cli_train import models_app, train_app
 
     app.add_typer(train_app, name="train")
     app.add_typer(models_app, name="models")
+    app.add_typer(events_app, name="events")
 
 
 _mount_training()

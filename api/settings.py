@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.events.privacy import check_key
 from rerank.cross_encoder import RerankerBackend
 from rerank.merge import DEFAULT_RERANK_WEIGHT, MergeMethod
 from retrieval.encoders import EncoderBackend
@@ -15,7 +16,11 @@ from retrieval.encoders import EncoderBackend
 if TYPE_CHECKING:
     from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
 
-__all__ = ["LEXICAL_BACKENDS", "Settings"]
+__all__ = ["DEMO_USER_KEY", "LEXICAL_BACKENDS", "Settings"]
+
+#: The pseudonymisation key `shopsearch demo` uses when SHOPSEARCH_USER_KEY is unset.
+#: Public, so it protects nothing: never use it for real shoppers.
+DEMO_USER_KEY = "shopsearch-demo-key-not-a-secret"
 
 #: Lexical backend a snapshot is built with (``--lexical`` / ``SHOPSEARCH_LEXICAL``).
 LexicalBackend = Literal["tantivy", "elasticsearch"]
@@ -150,6 +155,25 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
+    # -- Shoppers: behaviour events (indexer/events, api/events_routes.py) --
+    # Not under index_dir: snapshots there are built, swapped and deleted; events are
+    # the shop's own record and outlive every snapshot (and may live on another disk).
+    events_db: Path = Field(
+        Path("var/events.db"), description="SQLite file of behaviour events (WAL mode)."
+    )
+    user_key: SecretStr | None = Field(
+        None,
+        description="Secret key of the keyed hash (HMAC-SHA256) that pseudonymises shopper "
+        "ids; at least 16 random bytes. Keep it stable: a new key splits every shopper's "
+        "history. Required to serve or import events (outside `shopsearch demo`).",
+    )
+    events_retention_days: int = Field(
+        400,
+        ge=0,
+        description="Events older than this many days are deleted by `shopsearch events "
+        "prune` and the nightly job (0: kept for ever).",
+    )
+
     # -- Elasticsearch (the lexical leg of snapshots built with --lexical elasticsearch) --
     # Which backend a snapshot uses is recorded in its manifest; these settings say how
     # to reach the cluster. Secrets are SecretStr: never logged, printed or written to a
@@ -209,6 +233,26 @@ class Settings(BaseSettings):
                 "(es_username/es_password), not both"
             )
         return self
+
+    def require_user_key(self) -> bytes:
+        """The pseudonymisation key as bytes; call at start-up of anything that takes
+        events, so a server without a key refuses to start instead of storing raw ids.
+
+        Raises:
+            ValueError: ``user_key`` is unset or too short, naming SHOPSEARCH_USER_KEY.
+        """
+        if self.user_key is None:
+            raise ValueError(
+                "SHOPSEARCH_USER_KEY is not set: behaviour events need a secret key to "
+                "pseudonymise shopper ids; set it to at least 16 random bytes, e.g. "
+                "`export SHOPSEARCH_USER_KEY=$(python -c 'import secrets; "
+                "print(secrets.token_hex(32))')`, and keep it (a new key splits histories)"
+            )
+        key = self.user_key.get_secret_value().encode("utf-8")
+        try:
+            return check_key(key)
+        except ValueError as exc:
+            raise ValueError(f"SHOPSEARCH_USER_KEY: {exc}") from exc
 
     def es_refresh_policy(self) -> RefreshPolicy:
         """``es_refresh`` as the client's refresh argument."""
