@@ -163,6 +163,11 @@ class _Metrics:
             "Searches whose client hung up before the answer (their work stopped early).",
             registry=self.registry,
         )
+        self.breaker_open = Gauge(
+            "shopsearch_es_breaker_open",
+            "1 while the Elasticsearch circuit breaker fails lexical queries fast.",
+            registry=self.registry,
+        )
         self.running = Gauge(
             "shopsearch_searches_running", "Searches computing now.", registry=self.registry
         )
@@ -238,6 +243,13 @@ def create_app(
     )
     metrics.running.set_function(lambda: admission.stats().running)
     metrics.waiting.set_function(lambda: admission.stats().waiting)
+
+    def breaker_open() -> float:
+        svc: SearchService | None = state["service"]
+        breaker = svc.es.breaker if svc is not None and svc.es is not None else None
+        return float(breaker is not None and breaker.state != "closed")
+
+    metrics.breaker_open.set_function(breaker_open)
 
     def known_product(product_id: str) -> bool:  # not counted before a snapshot is served
         svc: SearchService | None = state["service"]
@@ -468,14 +480,17 @@ def create_app(
                 status_code=503, content={"status": "not ready", "reason": "no snapshot loaded"}
             )
         snap = svc.snapshot
-        return JSONResponse(
-            content={
-                "status": "ready",
-                "index_version": snap.version,
-                "generation": snap.generation,
-                "products": snap.live_count,
-            }
-        )
+        body: dict[str, Any] = {
+            "status": "ready",
+            "index_version": snap.version,
+            "generation": snap.generation,
+            "products": snap.live_count,
+        }
+        breaker = svc.es.breaker if svc.es is not None else None
+        if breaker is not None:
+            # Still ready while it is open: answers come from the dense leg, degraded.
+            body["elasticsearch_breaker"] = breaker.state
+        return JSONResponse(content=body)
 
     @app.get(
         "/metrics",

@@ -28,6 +28,7 @@ down (its warm-up query is then skipped).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -584,10 +585,11 @@ class SearchService:
         from its recent cost per candidate (all of them until that is known)."""
         if deadline.expired():
             return 0
-        if self._rerank_ms is None or self._rerank_ms <= 0:
+        remaining = deadline.remaining_ms()
+        if self._rerank_ms is None or self._rerank_ms <= 0 or math.isinf(remaining):
             return depth
         # Keep a fifth of what is left for facets, paging and the answer itself.
-        return min(depth, int(0.8 * deadline.remaining_ms() / self._rerank_ms))
+        return min(depth, int(0.8 * remaining / self._rerank_ms))
 
     def search(self, request: SearchRequest, deadline: Deadline | None = None) -> SearchResponse:
         """Answer one search request within ``deadline`` (see :meth:`retrieve`); raises
