@@ -30,8 +30,10 @@ def base_url(sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     log_path = tmp_path_factory.mktemp("overload") / "server.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--index-dir", str(sample_index)]
-            + ["--port", str(port), "--reload-interval", "0"],
+            [
+                *(sys.executable, "-m", "api.cli", "serve", "--index-dir", str(sample_index)),
+                *("--port", str(port), "--reload-interval", "0"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={
