@@ -175,6 +175,22 @@ class SearchRequest(BaseModel):
         description="Time budget of this request in ms, queueing included (None: the "
         "server's setting). Stages that no longer fit are cut and listed in `cut`.",
     )
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The signed-in shopper (pseudonymised before use; never stored raw). "
+        "Their recent items re-score the candidates.",
+    )
+    session: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Browser session of a shopper not signed in (its recent items count).",
+    )
+    personalize: bool = Field(
+        True, description="false: the same answer as without user/session."
+    )
     explain: bool = False
 
     @field_validator("q")
@@ -206,6 +222,11 @@ class Explain(BaseModel):
     rerank_score: float | None = Field(None, description="The cross-encoder's raw score.")
     final_score: float | None = Field(
         None, description="After rerank: the merge of the fused and the reranker's orders."
+    )
+    personal_score: float | None = Field(
+        None,
+        description="The shopper's component: how close the hit is to what the query "
+        "attends to in the shopper's recent items (absent without history).",
     )
 
 
@@ -257,6 +278,11 @@ class SearchResponse(BaseModel):
     degraded: list[str]
     rewrite: RewriteOut | None = Field(
         None, description="Set when units or spelling were rewritten: what was searched."
+    )
+    personalized: str = Field(
+        "off",
+        description="'applied (N recent items)', 'no history' or 'off' (no shopper, or "
+        "personalize=false).",
     )
     cut: list[str] = Field(
         default_factory=list,

@@ -119,6 +119,8 @@ class Candidate:
     rerank_score: float | None = None
     #: The served order's score after rerank (``rerank.merge``); ``None`` if not reranked.
     final_score: float | None = None
+    #: The shopper's component (shopper-aware re-scoring); ``None`` without history.
+    personal_score: float | None = None
 
 
 #: Why a query word was rewritten.
