@@ -65,7 +65,8 @@ class RetailHistory:
 
     ``lines`` has columns ``invoice, stock_code, quantity (float), ts (UTC),
     customer (str, "" for guests), line (0-based occurrence of the stock code within
-    its invoice)``, in file order.
+    its invoice), description (str, "" when the file has none), price (float)``, in
+    file order.
     """
 
     lines: pd.DataFrame
@@ -137,6 +138,10 @@ def read_online_retail(path: Path) -> RetailHistory:
             "quantity": quantity[keep],
             "ts": ts,
             "customer": customer,
+            "description": (
+                raw["Description"][keep].str.strip() if "Description" in raw.columns else ""
+            ),
+            "price": price[keep],
         }
     ).reset_index(drop=True)
     # The same code can appear twice in an invoice: number the occurrences so each
