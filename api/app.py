@@ -14,7 +14,7 @@ or updated snapshot without dropping in-flight requests.
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -29,7 +29,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
 from api.events_routes import events_router
@@ -40,9 +47,9 @@ from api.schemas import (
     MAX_RESULT_WINDOW,
     MAX_SIZE,
     MIN_DEADLINE_MS,
-    ErrorOut,
     SearchRequest,
     SearchResponse,
+    error_responses,
 )
 from api.service import SearchService, ServiceError
 from api.settings import Settings
@@ -84,8 +91,11 @@ class ProductIn(BaseModel):
     # strict: a JSON false is not a price of 0, nor 1 an in-stock flag.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    # The pattern documents what _not_blank checks (with a better message than a pattern's).
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": r"\S"})
+    title: str = Field(
+        min_length=1, max_length=MAX_TITLE_CHARS, json_schema_extra={"pattern": r"\S"}
+    )
     description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
     brand: str = Field("", max_length=MAX_BRAND_CHARS)
     category: str = Field(
@@ -96,6 +106,13 @@ class ProductIn(BaseModel):
     image_url: str = Field("", max_length=MAX_IMAGE_URL_CHARS)
     attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict)
 
+    @field_validator("id", "title")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank (whitespace only); send the product's text")
+        return value
+
     def to_product(self) -> Product:
         return Product(**self.model_dump())
 
@@ -104,14 +121,25 @@ class ProductIn(BaseModel):
 MAX_UPSERTS = 10_000
 
 
-def _update_response(report: UpdateReport, index_version: str) -> JSONResponse:
-    """200 with the report, or 422 naming every rejected product (the rest was applied)."""
+def _update_response(
+    report: UpdateReport, index_version: str, ids: Sequence[str] = ()
+) -> JSONResponse:
+    """200 with the report, or 422 naming every rejected product (the rest was applied).
+
+    The 422's ``detail`` has the shape of every other 422 (a list of ``{loc, msg, type}``,
+    ``loc`` = ``["body", <index in the request>, "id"]``), so one client-side handler reads
+    them all; the report's fields stand beside it."""
     body: dict[str, Any] = {"index_version": index_version, **report.to_dict()}
     if report.rejected:
-        body["detail"] = (
-            f"{len(report.rejected)} product(s) rejected and not applied; the others were: "
-            + ", ".join(f"{pid} ({reason})" for pid, reason in report.rejected[:20])
-        )
+        position = {pid: i for i, pid in enumerate(ids)}
+        body["detail"] = [
+            {
+                "loc": ["body", position[pid], "id"] if pid in position else ["body"],
+                "msg": f"product {pid!r} rejected and not applied ({reason}); the others were",
+                "type": "value_error",
+            }
+            for pid, reason in report.rejected
+        ]
         return JSONResponse(status_code=422, content=body)
     return JSONResponse(content=body)
 
@@ -190,28 +218,7 @@ def _watch_snapshots(
             metrics.reloads.labels("error").inc()
 
 
-#: Error answers documented in the OpenAPI schema, by status.
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "The body could not be read as JSON text."},
-    401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
-    404: {"model": ErrorOut, "description": "Not found (or admin endpoints are off)."},
-    409: {
-        "model": ErrorOut,
-        "description": "The snapshot cannot be served (damaged or mismatched).",
-    },
-    413: {"model": ErrorOut, "description": "Request body over the size limit."},
-    503: {
-        "model": ErrorOut,
-        "description": "Busy (retry after `Retry-After` seconds), past the deadline, or not ready.",
-    },
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: _ERRORS[code] for code in codes}
-
-
-_ADMIN_ERRORS = _errors(400, 401, 404, 409, 413, 503)
+_ADMIN_ERRORS = error_responses(400, 401, 404, 409, 413, 503)
 
 
 def _json_safe(error: dict[str, Any]) -> dict[str, Any]:
@@ -418,7 +425,7 @@ def create_app(
         "/v1/search",
         response_model=SearchResponse,
         response_model_exclude_none=True,
-        responses=_errors(413, 503),
+        responses=error_responses(413, 503),
     )
     async def search_get(
         request: Request,
@@ -451,13 +458,13 @@ def create_app(
         "/v1/search",
         response_model=SearchResponse,
         response_model_exclude_none=True,
-        responses=_errors(400, 413, 503),
+        responses=error_responses(400, 413, 503),
     )
     async def search_post(request: Request, req: SearchRequest) -> Response:
         """Full search: filters, facets, paging, mode, fusion, rerank, explain."""
         return await run_search(request, req, "/v1/search")
 
-    @app.get("/v1/products/{product_id}", responses=_errors(404, 503))
+    @app.get("/v1/products/{product_id}", responses=error_responses(404, 503))
     def product(
         product_id: str, svc: Annotated[SearchService, Depends(get_service)]
     ) -> dict[str, Any]:
@@ -471,7 +478,7 @@ def create_app(
         """The process is up (it may still be loading)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=_errors(503))
+    @app.get("/readyz", responses=error_responses(503))
     async def readyz() -> JSONResponse:
         """Ready when a snapshot is loaded and the models match it."""
         svc: SearchService | None = state["service"]
@@ -533,7 +540,7 @@ def create_app(
                 "(or use `shopsearch update` for bulk changes)",
             )
         report = svc.apply_updates([p.to_product() for p in products], [])
-        return _update_response(report, svc.snapshot.version)
+        return _update_response(report, svc.snapshot.version, [p.id for p in products])
 
     @app.delete(
         "/v1/admin/products/{product_id}", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS

@@ -497,13 +497,15 @@ def search(
     if in_stock is not None:
         filters["in_stock"] = in_stock
     try:
-        request = SearchRequest(
-            q=query,
-            size=size,
-            page=page,
-            mode=mode,
-            filters=filters or None,
-            explain=explain,  # type: ignore[arg-type]
+        request = SearchRequest.model_validate(
+            {
+                "q": query,
+                "size": size,
+                "page": page,
+                "mode": mode,
+                "filters": filters or None,
+                "explain": explain,
+            }
         )
         service = SearchService(settings)
         try:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -105,9 +105,14 @@ def load_event_file(
     events: list[Event] = []
     problems: list[str] = []
     bad = 0
+    # A CSV cell is always text ("3", "2.5"): let those convert; JSON Lines keep the
+    # request's strict types (None: the model's own config).
+    strict = False if fmt == "csv" else None
     for number, record in read_event_records(path, fmt):
+        if fmt == "csv":
+            record = _csv_numbers(record)
         try:
-            events.append(EventIn.model_validate(record).to_event(key))
+            events.append(EventIn.model_validate(record, strict=strict).to_event(key))
         except ValidationError as exc:
             bad += 1
             for error in exc.errors(include_url=False):
@@ -186,6 +191,17 @@ def import_command(
             "`shopsearch events prune` (and the nightly job) will delete them. Set "
             "SHOPSEARCH_EVENTS_RETENTION_DAYS=0 to keep history for ever."
         )
+
+
+def _csv_numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row's numeric cells as numbers (a cell is text; the API takes JSON numbers).
+    A cell that is not a number stays text, so validation names it."""
+    out = dict(record)
+    for name, kind in (("position", int), ("quantity", float)):
+        if isinstance(out.get(name), str):
+            with suppress(ValueError):
+                out[name] = kind(out[name])
+    return out
 
 
 def _format_of(file: Path) -> str:

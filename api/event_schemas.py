@@ -4,9 +4,11 @@ import` to validate jsonl/csv files by the same rules)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from api.schemas import JSON_NUMBER
 from indexer.events.privacy import pseudonymise
 from indexer.events.types import Event, EventKind
 
@@ -27,10 +29,28 @@ FUTURE_SLACK = timedelta(days=1)
 EARLIEST_EVENT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-class EventIn(BaseModel):
-    """One behaviour event, as a shop's front end sends it."""
+#: The largest Unix time that still parses (year 9999, in milliseconds).
+_LATEST_UNIX_MS = 253_402_300_799_999
+_TIMESTAMP_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {
+            "type": "number",
+            "minimum": EARLIEST_EVENT.timestamp(),
+            "maximum": _LATEST_UNIX_MS,
+            "description": "Unix time in seconds or milliseconds.",
+        },
+    ]
+}
 
-    model_config = ConfigDict(extra="forbid")
+
+class EventIn(BaseModel):
+    """One behaviour event, as a shop's front end sends it.
+
+    Strict: a value of the wrong JSON type is a 422, not coerced; only ``timestamp`` also
+    takes a Unix time (a number), as its schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     event_id: str = Field(
         min_length=1,
@@ -47,15 +67,16 @@ class EventIn(BaseModel):
     )
     session: str = Field(min_length=1, max_length=256, description="Browser session id.")
     product_id: str = Field(min_length=1, max_length=512)
-    timestamp: datetime = Field(
+    timestamp: Annotated[datetime, WithJsonSchema(_TIMESTAMP_SCHEMA)] = Field(
+        strict=False,
         description="When it happened (ISO 8601; a time without zone is taken as UTC; at "
-        "most 1 day in the future)."
+        "most 1 day in the future).",
     )
     query_id: str | None = Field(
         None, max_length=64, description="query_id of the search response that led here."
     )
-    position: int | None = Field(
-        None, ge=1, le=10_000, description="1-based rank of the product in that response."
+    position: Annotated[int, Field(ge=1, le=10_000), *JSON_NUMBER] | None = Field(
+        None, description="1-based rank of the product in that response."
     )
     quantity: float | None = Field(
         None,
@@ -100,7 +121,7 @@ class EventIn(BaseModel):
 class EventBatch(BaseModel):
     """The body of ``POST /v1/events``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
 

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
+from fastapi.exceptions import RequestValidationError
 
 from api.event_schemas import EventBatch, EventsAccepted
+from api.schemas import error_responses
 from api.settings import Settings
 from indexer.events.privacy import pseudonymise
 from indexer.events.store import EventStore
@@ -69,7 +71,9 @@ def events_router(
             raise HTTPException(status_code=503, detail=f"events are off: {no_key_reason}")
         return key
 
-    @router.post("/v1/events", response_model=EventsAccepted)
+    @router.post(
+        "/v1/events", response_model=EventsAccepted, responses=error_responses(400, 413, 503)
+    )
     def post_events(
         batch: EventBatch,
         store: Annotated[EventStore, Depends(get_store)],
@@ -88,7 +92,11 @@ def events_router(
             ) from exc
         return EventsAccepted(**report.to_dict())
 
-    @router.delete("/v1/users/{user:path}", dependencies=[Depends(admin_dependency)])
+    @router.delete(
+        "/v1/users/{user:path}",
+        dependencies=[Depends(admin_dependency)],
+        responses=error_responses(400, 401, 404, 413, 503),
+    )
     def erase_user(
         user: str,
         store: Annotated[EventStore, Depends(get_store)],
@@ -96,7 +104,15 @@ def events_router(
     ) -> dict[str, int]:
         """Erase every event of one shopper (the raw id the shop knows them by)."""
         if not user:
-            raise HTTPException(status_code=422, detail="give the shopper id to erase")
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("path", "user"),
+                        "msg": "give the shopper id to erase",
+                        "type": "missing",
+                    }
+                ]
+            )
         user_hash = pseudonymise(user, key)
         try:
             erased = store.erase_user(user_hash)

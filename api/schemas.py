@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from retrieval.types import RewriteReason
 
 __all__ = [
+    "ERROR_RESPONSES",
+    "JSON_NUMBER",
     "MAX_DEADLINE_MS",
     "MAX_FACETS",
     "MAX_FILTER_VALUES",
@@ -21,11 +31,13 @@ __all__ = [
     "FacetBucket",
     "FilterSpec",
     "Hit",
+    "JsonInt",
     "PriceRange",
     "RewriteChangeOut",
     "RewriteOut",
     "SearchRequest",
     "SearchResponse",
+    "error_responses",
 ]
 
 MAX_QUERY_CHARS = 512
@@ -45,6 +57,20 @@ MIN_DEADLINE_MS = 10
 MAX_DEADLINE_MS = 60_000
 
 FilterValue = Annotated[str, Field(max_length=MAX_FILTER_CHARS)]
+
+
+def _json_number(value: Any) -> Any:
+    # JSON Schema counts 10.0 as an integer; text and booleans are not numbers.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number, not text or a boolean")
+    return value
+
+
+#: An integer as JSON Schema means it (10 and 10.0; not "10", not true), in strict models.
+#: Bounds go before these two (``Annotated[int, Field(ge=1), *NUMBER]``), or the schema
+#: shows them as pydantic's ``ge``/``le`` instead of ``minimum``/``maximum``.
+JSON_NUMBER = (Strict(False), BeforeValidator(_json_number))
+JsonInt = Annotated[int, Strict(False), BeforeValidator(_json_number)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -54,7 +80,7 @@ Mode = Literal["hybrid", "dense", "lexical"]
 class PriceRange(BaseModel):
     """Inclusive price range; either side may be left open."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     min: float | None = Field(None, ge=0, allow_inf_nan=False)
     max: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -71,9 +97,29 @@ class FilterSpec(BaseModel):
     (``{"color": "red"}`` or ``{"color": ["red", "blue"]}``). An attribute the snapshot
     does not have is rejected with 422 at search time."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        strict=True,
+        # What _keyword_attributes checks, stated in the schema for clients and contract tests.
+        json_schema_extra={
+            "maxProperties": MAX_FILTER_VALUES,
+            "propertyNames": {"maxLength": MAX_FILTER_CHARS},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "maxLength": MAX_FILTER_CHARS},
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": MAX_FILTER_CHARS},
+                        "maxItems": MAX_FILTER_VALUES,
+                    },
+                ]
+            },
+        },
+    )
 
-    brand: FilterValue | list[FilterValue] | None = Field(None, max_length=MAX_FILTER_VALUES)
+    brand: (
+        FilterValue | Annotated[list[FilterValue], Field(max_length=MAX_FILTER_VALUES)] | None
+    ) = None
     category: str | None = Field(
         None,
         max_length=MAX_FILTER_CHARS,
@@ -115,9 +161,12 @@ class FilterSpec(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """One search. ``page`` is 1-based."""
+    """One search. ``page`` is 1-based.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: a JSON value of the wrong type is a 422, never coerced (``"rewrite": 0`` is not
+    ``false``, ``"size": "5"`` is not 5), so the request means what the schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     q: str = Field(
         ...,
@@ -127,13 +176,13 @@ class SearchRequest(BaseModel):
         # Documents what _not_blank checks (with a better message than a pattern's).
         json_schema_extra={"pattern": r"\S"},
     )
-    page: int = Field(
+    page: JsonInt = Field(
         1,
         ge=1,
         le=MAX_RESULT_WINDOW,
         description=f"1-based page number; page * size may not exceed {MAX_RESULT_WINDOW}.",
     )
-    size: int = Field(10, ge=1, le=MAX_SIZE, description="Hits per page.")
+    size: JsonInt = Field(10, ge=1, le=MAX_SIZE, description="Hits per page.")
     mode: Mode = "hybrid"
     filters: FilterSpec | None = None
     facets: list[FilterValue] | None = Field(
@@ -141,13 +190,14 @@ class SearchRequest(BaseModel):
         max_length=MAX_FACETS,
         description="Fields to count ('brand', 'category', 'price', 'in_stock', attributes).",
     )
-    price_ranges: list[tuple[Price, Price | None]] | None = Field(
+    # Strict(False) on the pair only: a JSON array may become the tuple; its numbers stay strict.
+    price_ranges: list[Annotated[tuple[Price, Price | None], Strict(False)]] | None = Field(
         None,
         max_length=MAX_FACETS,
         description="Price facet buckets as [min, max) pairs; max null = open.",
     )
     rerank: bool | None = Field(None, description="None: rerank when a reranker is configured.")
-    rerank_depth: int | None = Field(None, ge=1, le=500)
+    rerank_depth: Annotated[int, Field(ge=1, le=500), *JSON_NUMBER] | None = None
     rerank_weight: float | None = Field(
         None,
         ge=0.0,
@@ -167,11 +217,13 @@ class SearchRequest(BaseModel):
     )
     fusion: Literal["rrf", "weighted"] | None = None
     lexical_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
-    depth: int | None = Field(None, ge=1, le=10_000, description="Candidates asked of each leg.")
-    deadline_ms: int | None = Field(
+    depth: Annotated[int, Field(ge=1, le=10_000), *JSON_NUMBER] | None = Field(
+        None, description="Candidates asked of each leg."
+    )
+    deadline_ms: (
+        Annotated[int, Field(ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS), *JSON_NUMBER] | None
+    ) = Field(
         None,
-        ge=MIN_DEADLINE_MS,
-        le=MAX_DEADLINE_MS,
         description="Time budget of this request in ms, queueing included (None: the "
         "server's setting). Stages that no longer fit are cut and listed in `cut`.",
     )
@@ -188,9 +240,7 @@ class SearchRequest(BaseModel):
         max_length=256,
         description="Browser session of a shopper not signed in (its recent items count).",
     )
-    personalize: bool = Field(
-        True, description="false: the same answer as without user/session."
-    )
+    personalize: bool = Field(True, description="false: the same answer as without user/session.")
     explain: bool = False
 
     @field_validator("q")
@@ -295,3 +345,25 @@ class ErrorOut(BaseModel):
     """An error answer (401, 404, 409, 413, 503): what went wrong and how to fix it."""
 
     detail: str
+
+
+#: Error answers documented in the OpenAPI schema, by status.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body could not be read as JSON text."},
+    401: {"model": ErrorOut, "description": "Missing or wrong bearer token."},
+    404: {"model": ErrorOut, "description": "Not found (or admin endpoints are off)."},
+    409: {
+        "model": ErrorOut,
+        "description": "The snapshot cannot be served (damaged or mismatched).",
+    },
+    413: {"model": ErrorOut, "description": "Request body over the size limit."},
+    503: {
+        "model": ErrorOut,
+        "description": "Busy (retry after `Retry-After` seconds), past the deadline, or not ready.",
+    },
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer these error statuses."""
+    return {code: ERROR_RESPONSES[code] for code in codes}

@@ -387,7 +387,9 @@ class SearchService:
 
         ``deadline`` (default: none) is checked between stages: once it has passed, the
         stages not yet run are cut (``Retrieval.cut``) and the answer comes from what
-        ran; :class:`DeadlineExceeded` when no retrieval leg ran at all.
+        ran. A deadline already passed at the start still gets the cheapest leg (lexical
+        in hybrid mode; dense is listed in ``cut``); :class:`DeadlineExceeded` when the
+        request was cancelled (the client left) or no leg answered in time.
         """
         deadline = deadline or Deadline.none()
         snap = self.snapshot
@@ -409,8 +411,13 @@ class SearchService:
         use_lexical = request.mode in ("hybrid", "lexical")
 
         qvec = None
-        if deadline.expired():
-            raise DeadlineExceeded(f"{deadline.reason} passed before the search started")
+        if deadline.cancelled:  # the client is gone: no one to answer
+            raise DeadlineExceeded(f"{deadline.reason} before the search started")
+        if deadline.expired() and use_dense and use_lexical:
+            # Out of time already (a tiny budget, or a long wait in line): answer from the
+            # cheapest leg alone rather than not at all. A single-leg mode runs its leg.
+            result.cut.append("dense")
+            use_dense = False
         if use_dense:
             t = time.perf_counter()
             try:

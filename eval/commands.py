@@ -467,9 +467,9 @@ def bench_command(
     service.load()
     stages: dict[str, list[float]] = {}
     for i, text in enumerate(texts[: warmup + n]):
-        request = SearchRequest(
-            q=text, size=10, mode=mode, rerank=rerank, rerank_depth=rerank_depth
-        )  # type: ignore[arg-type]
+        request = SearchRequest.model_validate(
+            {"q": text, "size": 10, "mode": mode, "rerank": rerank, "rerank_depth": rerank_depth}
+        )
         response = service.search(request)
         if i >= warmup:
             for stage, ms in response.timings_ms.items():
