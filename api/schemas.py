@@ -188,9 +188,7 @@ class SearchRequest(BaseModel):
         max_length=256,
         description="Browser session of a shopper not signed in (its recent items count).",
     )
-    personalize: bool = Field(
-        True, description="false: the same answer as without user/session."
-    )
+    personalize: bool = Field(True, description="false: the same answer as without user/session.")
     explain: bool = False
 
     @field_validator("q")
