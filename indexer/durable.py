@@ -8,12 +8,18 @@ manifests, the embedding cache) goes through :func:`write_atomic`.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_dir", "pid_alive", "write_atomic"]
+__all__ = ["fsync_dir", "pid_alive", "remove_stale_temp_files", "write_atomic"]
+
+log = logging.getLogger(__name__)
+
+_TMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp, as write_atomic names them
 
 
 def fsync_dir(path: Path) -> None:
@@ -65,3 +71,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by another user
         return True
     return True
+
+
+def remove_stale_temp_files(directory: Path) -> list[str]:
+    """Remove the temp files of :func:`write_atomic` in ``directory`` whose process is gone
+    (killed before its rename); returns their names. A running writer's are left."""
+    removed: list[str] = []
+    if not Path(directory).is_dir():
+        return removed
+    for path in Path(directory).iterdir():
+        match = _TMP.match(path.name)
+        if match and path.is_file() and not pid_alive(int(match.group(1))):
+            log.info("removing %s, left by a write that was killed", path)
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

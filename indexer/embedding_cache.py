@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.crashpoints import crashpoint
-from indexer.durable import pid_alive, write_atomic
+from indexer.durable import remove_stale_temp_files, write_atomic
 
 __all__ = ["EmbeddingCache"]
 
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 KEY_BYTES = 16  # first 16 bytes of sha256(text): collisions are negligible
 CACHE_FILE = "cache.npz"
 _LEGACY_FILES = ("keys.npy", "vectors.npy")
-_TMP = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp (indexer.durable.write_atomic)
 
 
 def _key(text: str) -> bytes:
@@ -50,7 +48,7 @@ class EmbeddingCache:
     def _load(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
         # Keys are raw bytes in an (n, 16) uint8 array: numpy's fixed-width bytes type
         # ("S16") strips trailing zero bytes, so such keys never matched again.
-        self._sweep_temp_files()
+        remove_stale_temp_files(self.dir)  # of saves that were killed
         keys, vectors = self._read()
         if keys is not None and vectors is not None:
             if (
@@ -78,16 +76,6 @@ class EmbeddingCache:
         except (OSError, ValueError, KeyError) as exc:
             log.warning("embedding cache %s cannot be read (%s); ignoring it", self.dir, exc)
         return None, None
-
-    def _sweep_temp_files(self) -> None:
-        """Remove temp files of saves whose process is gone (killed mid-save)."""
-        if not self.dir.is_dir():
-            return
-        for path in self.dir.iterdir():
-            match = _TMP.match(path.name)
-            if match and not pid_alive(int(match.group(1))):
-                log.info("removing %s, left by a save that was killed", path)
-                path.unlink(missing_ok=True)
 
     def encode(
         self,

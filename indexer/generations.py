@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from indexer.durable import remove_stale_temp_files
+
 __all__ = [
     "BASE_FILES",
     "generation_files",
@@ -125,6 +127,7 @@ def sweep_generations_locked(snapshot_dir: Path) -> list[str]:
         else:
             entry.unlink(missing_ok=True)
         swept.append(entry.name)
+    swept += remove_stale_temp_files(path)  # of manifest commits that were killed
     if swept:
         log.info("removed files no generation of %s uses: %s", path.name, ", ".join(swept))
     return swept

@@ -71,7 +71,7 @@ import numpy.typing as npt
 
 from indexer.catalog import CatalogReport
 from indexer.crashpoints import crashpoint
-from indexer.durable import fsync_dir, write_atomic
+from indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
 from indexer.embedding_cache import EmbeddingCache
 from indexer.generations import BASE_FILES, snapshot_files, sweep_generations
 from indexer.history import (
@@ -411,7 +411,13 @@ class SnapshotStore:
             for version in rollback_candidates(stack):
                 if version not in on_disk:
                     continue  # pruned
-                if _es_target(self.manifest(version)) is not None:
+                try:
+                    manifest = self.manifest(version)
+                except SnapshotError as exc:
+                    log.warning("not rolling back to %s: %s", version, exc)
+                    skipped.append((version, str(exc)))
+                    continue
+                if _es_target(manifest) is not None:  # missing config, not damage: stop
                     self._require_es(version, "rolling back to")
                 try:
                     if load is None:
@@ -551,6 +557,7 @@ class SnapshotStore:
                     log.info("removing unfinished build %s", p.name)
                     shutil.rmtree(p, ignore_errors=True)
         self.sweep_tombstones()
+        remove_stale_temp_files(self.root)  # of CURRENT and HISTORY writes that were killed
 
     @contextmanager
     def build_lock(self) -> Iterator[None]:

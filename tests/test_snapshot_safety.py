@@ -336,3 +336,20 @@ def test_manifest_of_a_sweep_is_the_only_truth(tmp_path: Path) -> None:
     assert sweep_generations(tmp_path) == []
     (tmp_path / "manifest.json").write_text(json.dumps({"generation": 9}))
     assert sweep_generations(tmp_path) == ["vectors.g7"]
+
+
+def test_temp_files_of_killed_writes_are_swept_by_the_next_build(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    store = SnapshotStore(tmp_path)
+    (tmp_path / "snapshots" / ".deleting-old").mkdir(parents=True)
+    pid = dead.stdout.strip()
+    stale = [tmp_path / f".CURRENT.{pid}.tmp", tmp_path / f".HISTORY.{pid}.tmp"]
+    for path in stale:
+        path.write_text("half")
+    alive = tmp_path / f".HISTORY.{os.getppid()}.tmp"
+    alive.write_text("being written")
+    with store.build_lock():
+        store.clean_partial()
+    assert not any(p.exists() for p in stale) and alive.exists()
+    assert not (tmp_path / "snapshots" / ".deleting-old").exists()
