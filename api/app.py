@@ -270,6 +270,10 @@ def create_app(
             log.warning("SHOPSEARCH_USER_KEY is not set; /v1/events answers 503")
         if state["service"] is None:
             svc = SearchService(settings)
+            try:  # what a prune killed midway left; never listed, so never served
+                svc.store.sweep_tombstones()
+            except OSError as exc:  # a read-only index dir: leave it to the next prune
+                log.warning("could not remove half-deleted snapshots: %s", exc)
             if svc.store.current() is not None:
                 svc.load()
             else:
@@ -564,9 +568,17 @@ def create_app(
 
     @app.post("/v1/admin/rollback", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
     def admin_rollback(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
-        version = svc.store.rollback()
-        svc.load(version)
-        return {"index_version": version}
+        """Serve again the snapshot that served before this one (promotion history).
+
+        The target is loaded (and served) before ``CURRENT`` switches to it; one that
+        does not load is passed over (listed in ``skipped``); 409 when none loads, with
+        ``CURRENT`` and the serving snapshot unchanged."""
+        result = svc.store.rollback(load=svc.load)
+        return {
+            "index_version": result.version,
+            "previous": result.previous,
+            "skipped": [{"version": v, "reason": redact(why)} for v, why in result.skipped],
+        }
 
     app.include_router(events_router(lambda: state["events"], settings, admin))
     return app

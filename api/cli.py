@@ -574,22 +574,28 @@ def rollback(
     es_password: EsPasswordOption = None,
     es_ca_certs: EsCaCertsOption = None,
 ) -> None:
-    """Serve the previous snapshot again (a running server picks it up by itself).
+    """Serve again the snapshot that served before the current one (a running server
+    picks it up by itself).
 
-    For Elasticsearch snapshots the alias moves back too (give the cluster's --es-url).
+    The target comes from the promotion history (never a build that was not promoted)
+    and must load before CURRENT switches to it; one that does not load is passed over
+    with a warning. For Elasticsearch snapshots the alias moves back too (give the
+    cluster's --es-url).
     """
     settings = _settings(
         index_dir, **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs)
     )
     es = settings.elasticsearch()
     try:
-        version = SnapshotStore(settings.index_dir, es=es).rollback()
+        result = SnapshotStore(settings.index_dir, es=es).rollback()
     except SnapshotError as exc:
         raise _fail(exc) from exc
     finally:
         if es is not None:
             es.close()
-    console.print(f"CURRENT -> {version}")
+    for version, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {version}: {reason}")
+    console.print(f"CURRENT -> {result.version} (was {result.previous})")
 
 
 @app.command()

@@ -3,26 +3,35 @@
 Nightly rebuilds re-encode a catalog that has mostly not changed; encoding is the
 slowest stage of a build (about 200-500 titles/s on 2 CPU cores), so vectors of texts
 seen before are reused. One cache per model (``<dir>/<model sha256[:16]>/``): a change
-of model never reuses stale vectors. Writes are atomic (temp file + rename), so a
-killed build leaves the previous cache intact.
+of model never reuses stale vectors.
+
+Keys and vectors live in one file, ``cache.npz``, committed by one atomic rename (temp
+file, fsync, ``os.replace``): a build killed while saving leaves the previous cache whole,
+never keys of one save beside vectors of another. The temp files of killed saves are
+removed by the next load. A cache in the older two-file layout (``keys.npy`` +
+``vectors.npy``) is still read, and replaced by ``cache.npz`` at the next save.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.crashpoints import crashpoint
+from indexer.durable import remove_stale_temp_files, write_atomic
+
 __all__ = ["EmbeddingCache"]
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 16  # first 16 bytes of sha256(text): collisions are negligible
+CACHE_FILE = "cache.npz"
+_LEGACY_FILES = ("keys.npy", "vectors.npy")
 
 
 def _key(text: str) -> bytes:
@@ -30,7 +39,7 @@ def _key(text: str) -> bytes:
 
 
 class EmbeddingCache:
-    """Vectors of item texts for one model, stored as ``keys.npy`` + ``vectors.npy``."""
+    """Vectors of item texts for one model, stored in ``<dir>/<sha256[:16]>/cache.npz``."""
 
     def __init__(self, directory: Path, model_sha256: str, dim: int) -> None:
         self.dir = Path(directory) / model_sha256[:16]
@@ -39,21 +48,34 @@ class EmbeddingCache:
     def _load(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
         # Keys are raw bytes in an (n, 16) uint8 array: numpy's fixed-width bytes type
         # ("S16") strips trailing zero bytes, so such keys never matched again.
-        keys_path, vectors_path = self.dir / "keys.npy", self.dir / "vectors.npy"
-        if keys_path.is_file() and vectors_path.is_file():
-            keys = np.load(keys_path)
-            vectors = np.load(vectors_path)
+        remove_stale_temp_files(self.dir)  # of saves that were killed
+        keys, vectors = self._read()
+        if keys is not None and vectors is not None:
             if (
                 keys.dtype == np.uint8
+                and keys.ndim == 2
                 and keys.shape == (len(vectors), KEY_BYTES)
                 and vectors.ndim == 2
                 and vectors.shape[1] == self.dim
             ):
-                return keys, vectors
+                return keys, vectors.astype(np.float32, copy=False)
             log.warning(
                 "embedding cache %s is inconsistent or of an old format; ignoring it", self.dir
             )
         return np.zeros((0, KEY_BYTES), np.uint8), np.zeros((0, self.dim), np.float32)
+
+    def _read(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        path = self.dir / CACHE_FILE
+        try:
+            if path.is_file():
+                with np.load(path) as data:
+                    return data["keys"], data["vectors"]
+            keys_path, vectors_path = (self.dir / name for name in _LEGACY_FILES)
+            if keys_path.is_file() and vectors_path.is_file():
+                return np.load(keys_path), np.load(vectors_path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("embedding cache %s cannot be read (%s); ignoring it", self.dir, exc)
+        return None, None
 
     def encode(
         self,
@@ -89,9 +111,12 @@ class EmbeddingCache:
         return out, hits
 
     def _save(self, keys: npt.NDArray[np.uint8], vectors: npt.NDArray[np.float32]) -> None:
+        """Commit keys and vectors together: one file, one atomic rename."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name, array in (("vectors.npy", vectors), ("keys.npy", keys)):
-            tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-            with tmp.open("wb") as fh:
-                np.save(fh, array)
-            os.replace(tmp, self.dir / name)
+        write_atomic(
+            self.dir / CACHE_FILE,
+            lambda fh: np.savez(fh, keys=keys, vectors=vectors),
+            before_commit=lambda: crashpoint("cache.before-commit"),
+        )
+        for name in _LEGACY_FILES:  # superseded by cache.npz
+            (self.dir / name).unlink(missing_ok=True)

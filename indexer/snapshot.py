@@ -4,14 +4,24 @@ Layout (see docs/ARCHITECTURE.md)::
 
     <index-dir>/
       CURRENT                       # name of the serving snapshot (replaced atomically)
+      HISTORY                       # the served versions, oldest first (indexer.history)
       snapshots/<version>/
         manifest.json  products.parquet  vectors/  lexical/
       snapshots/.building-<version>/  # a build in progress; never served
+      snapshots/.deleting-<version>/  # a snapshot being pruned; never listed nor served
 
 A build writes everything into ``.building-<version>``, loads it back and answers
 probe queries, and only then renames it into place and switches ``CURRENT`` with an
 atomic ``os.replace``. A build that fails or is killed leaves ``CURRENT`` and every
 promoted snapshot untouched; its half-written directory is removed by the next build.
+
+Every switch of ``CURRENT`` (promotion, rollback) is then recorded in ``HISTORY``, so a
+rollback goes to the version that *served* before, never to a snapshot that was built
+but never promoted (a build killed just before its switch); a rollback loads its target
+before switching, and passes over one that does not load. Pruning renames a snapshot to
+a tombstone before deleting it, so a kill midway never leaves a half-deleted snapshot
+that is listed or rolled back to. Crash windows have named pause points for kill tests
+(:mod:`indexer.crashpoints`).
 
 **Elasticsearch lexical leg** (``BuildOptions(lexical="elasticsearch")``): instead of
 ``lexical/`` the build writes the index ``<prefix>-<version>`` (version lower-cased) on
@@ -49,7 +59,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +70,18 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.catalog import CatalogReport
+from indexer.crashpoints import crashpoint
+from indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
 from indexer.embedding_cache import EmbeddingCache
+from indexer.generations import BASE_FILES, snapshot_files, sweep_generations
+from indexer.history import (
+    now,
+    prune_plan,
+    read_history,
+    rollback_candidates,
+    served_stack,
+    write_history,
+)
 from indexer.product_store import read_products, write_products
 from indexer.progress import ProgressFactory, no_progress
 from retrieval.elasticsearch_index import ElasticsearchConnection, ElasticsearchIndex
@@ -82,6 +103,7 @@ __all__ = [
     "LEXICAL_BACKENDS",
     "BuildOptions",
     "LoadedSnapshot",
+    "RollbackResult",
     "SnapshotError",
     "SnapshotInfo",
     "SnapshotStore",
@@ -100,13 +122,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 #: Lexical backends a snapshot can be built with.
 LEXICAL_BACKENDS = ("tantivy", "elasticsearch")
-#: Files of generation 0 (a fresh build); updates write ``<name>.g<N>`` siblings.
-BASE_FILES: dict[str, str | None] = {
-    "products": "products.parquet",
-    "vectors": "vectors",
-    "lexical": "lexical",
-    "tombstones": None,
-}
+#: A snapshot being pruned is first renamed to ``.deleting-<version>`` (never listed).
+TOMBSTONE_PREFIX = ".deleting-"
 
 
 class SnapshotError(ShopsearchError):
@@ -145,6 +162,17 @@ class SnapshotInfo:
     created_at: str
     products: int
     current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    """What :meth:`SnapshotStore.rollback` did: ``CURRENT`` moved from ``previous`` to
+    ``version``; ``skipped`` lists ``(version, reason)`` of more recently served
+    snapshots passed over because they do not load."""
+
+    version: str
+    previous: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -200,12 +228,8 @@ def _es_target(manifest: dict[str, Any]) -> tuple[str, str] | None:
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     """Replace ``path/manifest.json`` atomically (temp file, fsync, rename)."""
-    tmp = path / f".{MANIFEST}.{os.getpid()}.tmp"
-    with tmp.open("w") as fh:
-        fh.write(json.dumps(manifest, indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path / MANIFEST)
+    text = json.dumps(manifest, indent=2)
+    write_atomic(path / MANIFEST, lambda fh: fh.write(text.encode("utf-8")))
 
 
 class SnapshotStore:
@@ -299,81 +323,181 @@ class SnapshotStore:
             )
         return out
 
+    @contextmanager
+    def _switch_lock(self) -> Iterator[None]:
+        """Serialise switches of ``CURRENT`` and ``HISTORY`` (promote, rollback, prune)
+        across processes and threads; a second one waits for the first."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".switch.lock").open("w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def history(self) -> list[str]:
+        """The served versions, oldest first, ending with ``CURRENT`` (see
+        :mod:`indexer.history`); empty before the first promotion."""
+        return [e["version"] for e in self._served()]
+
+    def _served(self) -> list[dict[str, Any]]:
+        return served_stack(read_history(self.root), self.current(), self.versions())
+
     def promote(self, version: str) -> None:
-        """Point ``CURRENT`` at ``version`` atomically (write a temp file, fsync, rename).
+        """Point ``CURRENT`` at ``version`` atomically (write a temp file, fsync, rename),
+        then record it in ``HISTORY`` (see :mod:`indexer.history`).
 
         For an Elasticsearch snapshot the alias moves to its index first, in one
         ``_aliases`` request; if that fails nothing changed (:class:`SnapshotError`), and
         if ``CURRENT`` then cannot be written the alias is moved back.
-        A tantivy snapshot leaves any alias where it is.
+        A tantivy snapshot leaves any alias where it is. The snapshot is not loaded here:
+        a caller that has not loaded it (as a build and ``POST /v1/admin/promote`` do)
+        must load it first.
         """
+        with self._switch_lock():
+            stack = self._served()
+            self._switch(version, "promote", [*stack, {"version": version, "at": now()}])
+        log.info("promoted snapshot %s", version)
+
+    def _switch(self, version: str, action: str, stack: list[dict[str, Any]]) -> None:
+        """Move the alias (Elasticsearch), ``CURRENT``, then ``HISTORY`` to ``stack``."""
         manifest = self.manifest(version)  # raises if it does not exist
         target = _es_target(manifest)
         previous: str | None = None
         admin: ElasticsearchIndex | None = None
         if target is not None:
             alias, index = target
-            admin = self._require_es(version, "promoting").index(alias)
+            doing = "promoting" if action == "promote" else "rolling back to"
+            admin = self._require_es(version, doing).index(alias)
             try:
                 previous = admin.current_index(alias)
                 admin.promote(alias, index)
             except LexicalIndexError as exc:
                 raise SnapshotError(
-                    f"cannot promote {version}: moving alias {alias!r} to {index!r} failed "
-                    f"({exc}); CURRENT still names {self.current()}"
+                    f"cannot {action} to {version}: moving alias {alias!r} to {index!r} "
+                    f"failed ({exc}); CURRENT still names {self.current()}"
                 ) from exc
         try:
-            tmp = self.root / f".CURRENT.{os.getpid()}.tmp"
-            with tmp.open("w") as fh:
-                fh.write(version + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.current_file)
+            crashpoint(f"{action}.before-current")
+            write_atomic(self.current_file, lambda fh: fh.write(f"{version}\n".encode()))
         except BaseException:
             if admin is not None and target is not None and previous not in (None, target[1]):
                 with suppress(LexicalIndexError):
                     admin.promote(target[0], str(previous))
             raise
-        log.info("promoted snapshot %s", version)
+        # CURRENT is the truth; a HISTORY that lags it by this switch is reconciled on read.
+        crashpoint(f"{action}.before-history")
+        write_history(self.root, stack)
 
-    def rollback(self) -> str:
-        """Promote the snapshot before the current one; returns its version."""
-        versions = self.versions()
-        current = self.current()
-        if current not in versions:
-            raise SnapshotError("no current snapshot to roll back from; build one first")
-        position = versions.index(current)
-        if position == 0:
+    def rollback(self, load: Callable[[str], object] | None = None) -> RollbackResult:
+        """Serve again the snapshot that served before the current one.
+
+        Candidates come from the promotion history, the most recently served first; one
+        that was pruned is passed over, and one that does not load (``load(version)``
+        raises :class:`SnapshotError`; default: :func:`load_snapshot`) is passed over with
+        a warning and listed in the result. ``CURRENT`` switches only to a snapshot that
+        loaded. Raises :class:`SnapshotError` (``CURRENT`` unchanged) when no candidate
+        loads, or when the target keeps its lexical leg in Elasticsearch and this store
+        has no cluster connection.
+        """
+        with self._switch_lock():
+            self.sweep_tombstones()
+            stack = self._served()
+            current = self.current()
+            if current is None or current not in self.versions():
+                raise SnapshotError("no current snapshot to roll back from; build one first")
+            on_disk = set(self.versions())
+            skipped: list[tuple[str, str]] = []
+            for version in rollback_candidates(stack):
+                if version not in on_disk:
+                    continue  # pruned
+                try:
+                    manifest = self.manifest(version)
+                except SnapshotError as exc:
+                    log.warning("not rolling back to %s: %s", version, exc)
+                    skipped.append((version, str(exc)))
+                    continue
+                if _es_target(manifest) is not None:  # missing config, not damage: stop
+                    self._require_es(version, "rolling back to")
+                try:
+                    if load is None:
+                        load_snapshot(self.path(version), es=self.es)
+                    else:
+                        load(version)
+                except SnapshotError as exc:
+                    log.warning("not rolling back to %s: it does not load: %s", version, exc)
+                    skipped.append((version, str(exc)))
+                    continue
+                names = [e["version"] for e in stack]
+                last = len(names) - 1 - names[::-1].index(version)
+                self._switch(version, "rollback", stack[: last + 1])
+                log.info("rolled back from %s to %s", current, version)
+                return RollbackResult(version=version, previous=current, skipped=skipped)
+        if skipped:
+            reasons = "; ".join(f"{v}: {why}" for v, why in skipped)
             raise SnapshotError(
-                f"{current} is the oldest snapshot kept; nothing to roll back to "
-                "(raise --keep to keep more)"
+                f"no previously served snapshot loads ({reasons}); CURRENT still names "
+                f"{current}. Build a new snapshot instead"
             )
-        previous = versions[position - 1]
-        self.promote(previous)
-        return previous
+        raise SnapshotError(
+            f"{current} is the oldest snapshot kept; nothing to roll back to "
+            "(raise --keep to keep more)"
+        )
 
     def prune(self, keep: int) -> list[str]:
-        """Delete promoted snapshots beyond the newest ``keep`` (never the current one),
-        with their Elasticsearch indices (never one an alias points at).
+        """Delete snapshots beyond the newest ``keep`` with their Elasticsearch indices
+        (never one an alias points at); returns the deleted versions.
+
+        Never deletes ``CURRENT``, nor (with ``keep >= 2``) the rollback target; a
+        snapshot that never served and is older than the newest served one is always
+        deleted and takes no slot (:func:`indexer.history.prune_plan`). Each snapshot is
+        first renamed to a tombstone ``.deleting-<version>`` (atomic; no longer listed),
+        then removed, so a kill midway never leaves a half-deleted snapshot that could be
+        listed or rolled back to; tombstones left by a kill are removed by the next
+        prune, build, rollback or server start (:meth:`sweep_tombstones`). Old update
+        generations of the kept snapshots are swept too
+        (:func:`indexer.generations.sweep_generations`).
 
         An index that cannot be deleted (cluster unreachable, no ``es``) is logged and
         left: the next Elasticsearch build deletes such orphans.
         """
         if keep < 1:
             raise SnapshotError(f"keep must be >= 1, got {keep}")
-        current = self.current()
-        versions = self.versions()
-        doomed = [v for v in versions[:-keep] if v != current]
-        for version in doomed:
-            try:
-                target = _es_target(self.manifest(version))
-            except SnapshotError:  # unreadable: nothing to learn about an index
-                target = None
-            if target is not None:
-                self._drop_es_index(version, target[1])
-            shutil.rmtree(self.snapshots_dir / version, ignore_errors=True)
-            log.info("pruned snapshot %s", version)
+        with self._switch_lock():
+            self.sweep_tombstones()
+            current = self.current()
+            versions = self.versions()
+            doomed = prune_plan(versions, self._served(), current, keep)
+            for version in doomed:
+                try:
+                    target = _es_target(self.manifest(version))
+                except SnapshotError:  # unreadable: nothing to learn about an index
+                    target = None
+                tomb = self.snapshots_dir / f"{TOMBSTONE_PREFIX}{version}"
+                shutil.rmtree(tomb, ignore_errors=True)
+                os.replace(self.snapshots_dir / version, tomb)
+                fsync_dir(self.snapshots_dir)
+                crashpoint("prune.tombstoned")
+                if target is not None:
+                    self._drop_es_index(version, target[1])
+                shutil.rmtree(tomb, ignore_errors=True)
+                log.info("pruned snapshot %s", version)
+        for version in self.versions():
+            sweep_generations(self.snapshots_dir / version, wait=False)
         return doomed
+
+    def sweep_tombstones(self) -> list[str]:
+        """Remove what pruning left half-deleted (``.deleting-*``, never listed nor
+        loaded); returns their names. Safe at any time, from any process."""
+        if not self.snapshots_dir.is_dir():
+            return []
+        swept = []
+        for path in self.snapshots_dir.iterdir():
+            if path.name.startswith(TOMBSTONE_PREFIX):
+                log.info("removing %s, left half-deleted by an interrupted prune", path.name)
+                shutil.rmtree(path, ignore_errors=True)
+                swept.append(path.name)
+        return swept
 
     def _drop_es_index(self, version: str, index: str) -> None:
         if self.es is None:
@@ -425,12 +549,15 @@ class SnapshotStore:
         return doomed
 
     def clean_partial(self) -> None:
-        """Remove directories of builds that never finished."""
+        """Remove directories of builds that never finished and of interrupted prunes
+        (call it holding :meth:`build_lock`: a running build's directory is removed)."""
         if self.snapshots_dir.is_dir():
             for p in self.snapshots_dir.iterdir():
                 if p.name.startswith(".building-"):
                     log.info("removing unfinished build %s", p.name)
                     shutil.rmtree(p, ignore_errors=True)
+        self.sweep_tombstones()
+        remove_stale_temp_files(self.root)  # of CURRENT and HISTORY writes that were killed
 
     @contextmanager
     def build_lock(self) -> Iterator[None]:
@@ -498,16 +625,6 @@ def _make_vector_index(
         len(vectors), vectors.shape[1], nprobe=options.nprobe, refine_factor=options.refine_factor
     )
     return FaissIndex(vectors, params, use_gpu=options.use_gpu, seed=options.seed), params
-
-
-def snapshot_files(manifest: dict[str, Any]) -> dict[str, str | None]:
-    """The files of the manifest's generation (``products``, ``vectors``, ``lexical`` --
-    None for Elasticsearch --, ``tombstones`` -- None before the first delete)."""
-    files = dict(BASE_FILES)
-    files.update(manifest.get("files", {}))
-    if manifest.get("lexical_index", {}).get("backend") == "elasticsearch":
-        files["lexical"] = None
-    return files
 
 
 def make_table(products: Sequence[Product], tombstones: npt.NDArray[np.int64]) -> ProductTable:
@@ -685,6 +802,7 @@ def build_snapshot(
             manifest = _build_into(
                 work, version, products, report, encoder, options, progress, timings, es
             )
+            crashpoint("build.written")
             os.replace(work, final)
             if options.promote:
                 store.promote(version)

@@ -17,9 +17,11 @@ The new state is written as a new *generation* of the snapshot's files beside th
 current one and committed by replacing ``manifest.json`` atomically; the manifest's
 ``updates`` log records each update's counts and time. A server picks the new
 generation up at its next reload check (``SearchService.reload_if_changed``), or at once
-when the update went through it (``POST /v1/admin/products``). The files of the
-generation before the previous one are deleted after the commit, so a server that has
-just loaded the previous one can still open it.
+when the update went through it (``POST /v1/admin/products``). After the commit every
+generation file but the committed generation's and the previous one's is deleted (a
+server that has just loaded the previous one can still open it); files leaked by an
+update killed before or after its commit are swept by the next update, and by the next
+prune (:func:`indexer.generations.sweep_generations`).
 
 Failure semantics: products that fail validation or that Elasticsearch rejects are
 reported by id with the reason (:attr:`UpdateReport.rejected`) and applied to neither
@@ -33,7 +35,6 @@ next build from the catalog export replaces them.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -41,8 +42,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,9 +51,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer.crashpoints import crashpoint
+from indexer.generations import generation_files, sweep_generations_locked, update_lock
 from indexer.product_store import write_products
 from indexer.snapshot import (
-    BASE_FILES,
     LoadedSnapshot,
     SnapshotError,
     load_snapshot,
@@ -167,21 +168,6 @@ def _invalid(product: Product) -> str | None:
     return None
 
 
-def _generation_files(generation: int, backend: str) -> dict[str, str | None]:
-    if generation == 0:
-        files = dict(BASE_FILES)
-    else:
-        files = {
-            "products": f"products.g{generation}.parquet",
-            "vectors": f"vectors.g{generation}",
-            "lexical": f"lexical.g{generation}",
-            "tombstones": f"tombstones.g{generation}.npy",
-        }
-    if backend != "tantivy":
-        files["lexical"] = None
-    return files
-
-
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -197,17 +183,6 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-@contextmanager
-def _update_lock(snapshot_dir: Path) -> Iterator[None]:
-    """Serialise updates of one snapshot (a second one waits for the first)."""
-    with (snapshot_dir / ".update.lock").open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def apply_updates(
@@ -238,7 +213,9 @@ def apply_updates(
     started = time.perf_counter()
     path = Path(target.path if isinstance(target, LoadedSnapshot) else target)
     _check_request(upserts, deletes)
-    with _update_lock(path):
+    with update_lock(path):
+        # Files of generations no reader needs (an earlier update killed midway).
+        sweep_generations_locked(path)
         snap = load_snapshot(path, use_gpu=use_gpu, es=es)
         if snap.item_model["sha256"] != encoder.info.sha256:
             raise SnapshotError(
@@ -308,7 +285,7 @@ def _apply(
 
     generation = snap.generation + 1
     backend = snap.lexical_backend
-    files = _generation_files(generation, backend)
+    files = generation_files(generation, backend)
     written = [snap.path / name for name in files.values() if name]
     for leftover in written:  # of an update that died before committing
         _remove(leftover)
@@ -374,12 +351,10 @@ def _apply(
             _remove(leftover)
         raise
 
-    # Committed: drop the generation before the previous one (a server may still be
-    # opening the previous one).
-    if generation >= 2:
-        for name in _generation_files(generation - 2, backend).values():
-            if name:
-                _remove(snap.path / name)
+    # Committed: drop every generation but this one and the previous one (a server may
+    # still be opening the previous one). A kill here leaks them until the next sweep.
+    crashpoint("update.after-commit")
+    sweep_generations_locked(snap.path)
     timings["total_s"] = time.perf_counter() - started
     report = dataclasses.replace(report, generation=generation, timings_s=timings)
     _log_report(report)
@@ -488,6 +463,7 @@ def _write_generation(
         totals[key] = int(totals.get(key, 0)) + n
     totals["updates"] = int(totals.get("updates", 0)) + 1
     manifest["updates_total"] = totals
+    crashpoint("update.before-commit")
     write_manifest(path, manifest)
     return manifest
 

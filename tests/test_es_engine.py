@@ -184,7 +184,7 @@ def test_promote_rollback_and_prune_move_current_and_the_alias_together(
     assert indices(es_client, prefix) == set(names[1:])
     assert store.current() == versions[2] and alias_target(es_client, prefix) == names[2]
 
-    assert store.rollback() == versions[1]
+    assert store.rollback().version == versions[1]
     assert store.current() == versions[1] and alias_target(es_client, prefix) == names[1]
     with pytest.raises(SnapshotError, match="oldest snapshot kept"):
         store.rollback()

@@ -60,9 +60,9 @@ def test_promote_rollback_prune(
     store = SnapshotStore(tmp_path)
     assert store.current() == versions[-1]
     assert store.versions() == versions[1:]  # keep=3 pruned the oldest
-    assert store.rollback() == versions[2]
+    assert store.rollback().version == versions[2]
     assert store.current() == versions[2]
-    assert store.rollback() == versions[1]
+    assert store.rollback().version == versions[1]
     with pytest.raises(SnapshotError, match="oldest snapshot kept"):
         store.rollback()
     with pytest.raises(SnapshotError, match="not found"):
