@@ -62,9 +62,10 @@ SEARCH_SPACE: tuple[tuple[str, dict[str, Sequence[Any]]], ...] = (
     ("similar", {"similar_half_life_days": [math.inf, 120.0, 60.0]}),
     ("similar", {"text_weight": [0.0, 0.15, 0.3], "user_weight": [0.0, 0.3]}),
     ("similar", {"pop_weight": [0.0, 0.05, 0.1]}),
+    ("discovery", {"history_params.lambda": [400.0, 1000.0]}),
+    ("discovery", {"history_half_life_days": [14.0, 30.0, 90.0]}),
     ("discovery", {"popularity_half_life_days": [7.0, 30.0, 90.0]}),
     ("for_you", {"repurchase_half_life_days": [30.0, 90.0, 180.0, math.inf]}),
-    ("for_you", {"history_half_life_days": [30.0, 90.0, math.inf]}),
     ("for_you", {"blend.neighbours": [0.0, 0.1, 0.3, 0.6], "blend.popularity": [0.0, 0.05, 0.15]}),
     ("discovery", {"blend_discovery.popularity": [0.0, 0.05, 0.1, 0.2, 0.4]}),
 )

@@ -9,6 +9,7 @@ pass, with per-request latency, and write ``metrics.json``, ``latency.json``,
 from __future__ import annotations
 
 import html
+import importlib
 import json
 import logging
 import time
@@ -144,7 +145,7 @@ def _run_r3(
     seed: int,
 ) -> None:
     try:
-        from eval.recommend import r3  # type: ignore[attr-defined]
+        r3 = importlib.import_module("eval.recommend.r3")
     except ModuleNotFoundError as exc:
         if exc.name != "eval.recommend.r3":
             raise

@@ -53,7 +53,12 @@ TEXT_MIN_COSINE = 0.3
 
 @dataclass(frozen=True)
 class RecommenderConfig:
-    """Every choice of a trained recommender (the trainer tunes these on validation)."""
+    """Every choice of a trained recommender (the trainer tunes these on validation).
+
+    The defaults are what tuning chose on the online-retail history before 2011-09-01
+    with September 2011 as validation; they are the starting point of every tuning run
+    and what a history too short to validate on gets.
+    """
 
     popularity_half_life_days: float = 30.0
     similar_variant: str = "rp3beta"
@@ -61,15 +66,18 @@ class RecommenderConfig:
     similar_half_life_days: float = 120.0
     user_weight: float = 0.3
     text_weight: float = 0.15
-    pop_weight: float = 0.05
+    pop_weight: float = 0.1
     neighbours: int = 200
-    repurchase_half_life_days: float = 90.0
-    history_half_life_days: float = 60.0
+    repurchase_half_life_days: float = 180.0
+    #: The shopper-level neighbours the blend scores histories with (``unit="user"``).
+    history_variant: str = "ease"
+    history_params: dict[str, float] = field(default_factory=lambda: {"lambda": 400.0})
+    history_half_life_days: float = 30.0
     blend: dict[str, float] = field(
         default_factory=lambda: {"repurchase": 1.0, "neighbours": 0.3, "popularity": 0.05}
     )
     blend_discovery: dict[str, float] = field(
-        default_factory=lambda: {"repurchase": 0.0, "neighbours": 1.0, "popularity": 0.1}
+        default_factory=lambda: {"repurchase": 0.0, "neighbours": 1.0, "popularity": 0.0}
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,24 +172,18 @@ def fit_bundle(
     as_of = float(events.ts.max()) if len(events) else 0.0
     c = config
 
-    def sim(unit: str) -> sp.csr_matrix:
-        key = (
-            unit,
-            c.similar_variant,
-            tuple(sorted(c.similar_params.items())),
-            c.similar_half_life_days,
-            c.neighbours,
-        )
+    def sim(unit: str, variant: str, params: dict[str, float], half_life: float) -> sp.csr_matrix:
+        key = (unit, variant, tuple(sorted(params.items())), half_life, c.neighbours)
         if key not in memo:
             memo[key] = _row_unit(
                 fit_similarity(
                     events,
                     vocab,
-                    variant=c.similar_variant,
+                    variant=variant,
                     unit=unit,
-                    params=c.similar_params,
+                    params=params,
                     neighbours=c.neighbours,
-                    half_life_days=c.similar_half_life_days,
+                    half_life_days=half_life,
                 )
             )
         return memo[key]
@@ -189,7 +191,10 @@ def fit_bundle(
     text_key = ("text", c.neighbours)
     if text_key not in memo:
         memo[text_key] = text_similarity(embeddings, c.neighbours)
-    basket, user, text = sim("basket"), sim("user"), memo[text_key]
+    like = (c.similar_variant, c.similar_params, c.similar_half_life_days)
+    basket, user, text = sim("basket", *like), sim("user", *like), memo[text_key]
+    # Shopper rows are not decayed: recency enters through the history weights.
+    history = sim("user", c.history_variant, c.history_params, math.inf)
     popularity = popularity_scores(
         events, vocab, as_of=as_of, half_life_days=c.popularity_half_life_days
     )
@@ -208,7 +213,7 @@ def fit_bundle(
     similar = similar.tocsr()
     similar.setdiag(0)
     similar = prune_rows(similar, c.neighbours)
-    return RecommenderBundle(c, vocab, popularity, similar, user, embeddings, version)
+    return RecommenderBundle(c, vocab, popularity, similar, history, embeddings, version)
 
 
 def save_bundle(bundle: RecommenderBundle, directory: Path) -> None:
