@@ -757,6 +757,9 @@ def mount_plugins(target: typer.Typer) -> None:
 def _mount_training() -> None:
     from api.cli_events import events_app
     from api.cli_train import models_app, train_app
+    from api.cli_train_recommender import train_recommender_command  # registers on train_app
+
+    del train_recommender_command
 
     app.add_typer(train_app, name="train")
     app.add_typer(models_app, name="models")

@@ -7,6 +7,8 @@ Layout::
         model_card.json  loss_curve.png  ...weights
       reranker/<version>/      # a CrossEncoder directory
         model_card.json  loss_curve.png  ...weights
+      recommender/<version>/   # retrieval.recommend.bundle: recommender.npz + config.json
+        model_card.json
       <kind>/.staging-<version>/   # a model being written; never listed or resolved
 
 Versions are UTC timestamps (``20260509T120000Z``), so they sort by creation time and
@@ -52,7 +54,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The kinds of model the registry holds.
-KINDS: tuple[str, ...] = ("towers", "reranker")
+KINDS: tuple[str, ...] = ("towers", "reranker", "recommender")
+#: Kinds whose arrays are ``.npz`` files rather than transformer weights.
+_ARRAY_KINDS = frozenset({"recommender"})
 #: File name of the model card inside a version directory.
 CARD_FILE = "model_card.json"
 #: The version alias that resolves to the newest version of a kind.
@@ -139,12 +143,12 @@ def register(models_dir: Path, kind: str, version: str, card: dict[str, Any]) ->
         )
     if final.exists():
         raise RegistryError(f"{kind}/{version} already exists in {models_dir}; use new_version()")
-    info = model_info(staged)
+    sha256 = _arrays_sha256(staged) if kind in _ARRAY_KINDS else model_info(staged).sha256
     full_card = {
         "kind": kind,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {"id": version, "sha256": info.sha256},
+        "model": {"id": version, "sha256": sha256},
         "libraries": library_versions(),
         **card,
     }
@@ -154,6 +158,20 @@ def register(models_dir: Path, kind: str, version: str, card: dict[str, Any]) ->
     os.replace(staged, final)
     log.info("registered %s/%s in %s", kind, version, models_dir)
     return RegisteredModel(kind=kind, version=version, path=final, card=full_card)
+
+
+def _arrays_sha256(path: Path) -> str:
+    """sha256 over the ``.npz`` files of ``path`` (names and bytes), like :func:`model_info`."""
+    import hashlib
+
+    files = sorted(p for p in path.rglob("*.npz") if p.is_file())
+    if not files:
+        raise RegistryError(f"{path} holds no .npz arrays; save the model before register()")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def load_card(path: Path) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""``shopsearch train recommender``: learn the recommendation models from purchases.
+
+Registered on :data:`api.cli_train.train_app` when :mod:`api.cli` mounts the training
+commands. Input: an online-retail CSV (``--history``) or the event store's interactions
+table (``settings.events_db``, the default); item texts for cold start come from the
+retail file's descriptions or from ``--catalog``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from api.cli_train import DEFAULT_MODELS_DIR, _Bars, console, train_app
+
+__all__ = ["train_recommender_command"]
+
+
+@train_app.command("recommender")
+def train_recommender_command(
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="Online-retail CSV(.gz) to learn from (default: the event store, "
+            "settings.events_db / $SHOPSEARCH_EVENTS_DB)."
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Use only events before this date (UTC), e.g. 2011-10-01 for the dev split."
+        ),
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Catalog file whose titles embed items for cold start (default: the "
+            "descriptions of --history; none for the event store)."
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path, typer.Option(help="Model registry directory.")
+    ] = DEFAULT_MODELS_DIR,
+    max_minutes: Annotated[
+        float,
+        typer.Option(help="Budget in minutes; tuning stops at it and the best settings are kept."),
+    ] = 10.0,
+    validation_days: Annotated[
+        float, typer.Option(help="The last N days of the history are the tuning validation.")
+    ] = 30.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the model card as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Train popularity, repurchase, item-to-item (variant chosen on validation), text
+    cold start and the for-you blend; register them as recommender/<version>."""
+    from api.settings import Settings
+    from indexer.events.store import EventStore
+    from indexer.recommend_training import retail_interactions, train_recommender
+    from indexer.retail import item_descriptions, load_lines
+    from retrieval.encoders import Encoder
+    from retrieval.types import ShopsearchError
+
+    cutoff = None
+    if until is not None:
+        cutoff = pd.Timestamp(until)
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    try:
+        texts: dict[str, str] = {}
+        if history is not None:
+            lines = load_lines(history)
+            if cutoff is not None:
+                lines = lines[lines["ts"] < cutoff]
+            interactions = retail_interactions(lines)
+            texts = item_descriptions(lines)
+            source = {"history": str(history)}
+        else:
+            db = Settings().events_db
+            with EventStore(db) as store:
+                interactions = store.interactions(until=cutoff)
+            source = {"events_db": str(db)}
+        if catalog is not None:
+            from indexer.catalog import load_catalog
+
+            products, _ = load_catalog(catalog)
+            texts = {p.id: p.title for p in products}
+            source["catalog"] = str(catalog)
+        if until is not None:
+            source["until"] = str(cutoff)
+        bars = _Bars()
+        with bars.progress:
+            trained = train_recommender(
+                interactions,
+                texts,
+                models_dir,
+                encoder=Encoder(device="cpu"),
+                max_minutes=max_minutes,
+                validation_days=validation_days,
+                progress=bars,
+                sources=source,
+            )
+    except ShopsearchError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    card = trained.model.card
+    if as_json:
+        sys.stdout.write(json.dumps(card, indent=2, default=str) + "\n")
+        return
+    console.print(f"registered [bold]{trained.model.spec}[/bold] in {models_dir}")
+    console.print(f"config: {json.dumps(card['config'])}")
+    console.print(f"validation: {json.dumps(card['validation']['metrics'])}")
+    console.print(f"latency: {json.dumps(card['latency_ms'])}")

@@ -1,0 +1,191 @@
+"""``shopsearch eval recommend``: protocols R1, R1-new, R2 (R3) for every strategy in one run.
+
+Mounted on the ``eval`` sub-app by :mod:`eval.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from indexer.progress import Advance
+
+__all__ = ["recommend_command"]
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+DEFAULT_RETAIL = Path("../shared/datasets/online-retail/transactions.csv.gz")
+
+
+@contextmanager
+def _bar(progress: Progress, description: str, total: int) -> Iterator[Advance]:
+    task = progress.add_task(description, total=total)
+    try:
+        yield lambda n: progress.advance(task, n)
+    finally:
+        progress.update(task, completed=total)
+
+
+def recommend_command(
+    out: Annotated[Path, typer.Option(help="Directory for metrics.json, latency.json, reports.")],
+    history: Annotated[
+        Path,
+        typer.Option(
+            help="Online-retail CSV(.gz) the models learn from; with --dev, the shared file "
+            "that is split (history = before 2011-10-01, test = October 2011)."
+        ),
+    ] = DEFAULT_RETAIL,
+    test: Annotated[
+        Path | None,
+        typer.Option(help="Online-retail CSV(.gz) of the evaluation period (not with --dev)."),
+    ] = None,
+    protocols: Annotated[
+        str, typer.Option(help="Comma-separated protocols: R1, R1-new, R2, R3.")
+    ] = "R1,R1-new,R2,R3",
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Split --history as the datasets README defines.")
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Evaluate this registered recommender (recommender/latest, a version or a "
+            "directory) instead of training one on --history. It must not have seen the test "
+            "period."
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Model registry (default: $SHOPSEARCH_MODELS_DIR).")
+    ] = None,
+    max_minutes: Annotated[
+        float, typer.Option(help="Budget of the training run (tuning stops at it).")
+    ] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the R2/R3 item samples.")] = 0,
+) -> None:
+    """Compare recommendation strategies on R1, R1-new, R2 (and R3) side by side.
+
+    Trains the recommender on --history exactly as `shopsearch train recommender` does
+    (tuning on its last 30 days, never on --test), fits the reference points, and writes
+    metrics.json ({protocol: {strategy: {metric: value}}}), latency.json, report.md and
+    report.html to --out.
+    """
+    from api.cli import MODELS_DIR
+    from eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
+    from eval.recommend.strategies import reference_strategies, trained_strategies
+    from indexer.recommend_training import (
+        fit_recommender,
+        interaction_arrays,
+        load_recommender,
+        retail_interactions,
+    )
+    from indexer.retail import dev_split, item_descriptions, load_lines
+    from retrieval.encoders import Encoder
+    from retrieval.model_registry import resolve_model
+    from retrieval.types import ShopsearchError
+
+    wanted = [p.strip() for p in protocols.split(",") if p.strip()]
+    bad = [p for p in wanted if p not in ALL_PROTOCOLS]
+    if bad or not wanted:
+        raise typer.BadParameter(
+            f"--protocols {protocols!r}: choose from {', '.join(ALL_PROTOCOLS)}"
+        )
+    if dev and test is not None:
+        raise typer.BadParameter("--dev splits --history itself; leave out --test")
+    if not dev and test is None:
+        raise typer.BadParameter("pass --test FILE (the evaluation period), or --dev")
+    registry = models_dir or MODELS_DIR
+    started = time.monotonic()
+    try:
+        lines = load_lines(history)
+        if dev:
+            split = dev_split(lines)
+            history_lines, test_lines = split.history, split.test
+        elif test is not None:
+            history_lines, test_lines = lines, load_lines(test)
+        if history_lines.empty or test_lines.empty:
+            raise typer.BadParameter(
+                f"history has {len(history_lines)} and test {len(test_lines)} purchase lines; "
+                "both need some"
+            )
+        hist = retail_interactions(history_lines)
+        tst = retail_interactions(test_lines)
+        # The catalog knows every product's description, new ones too (cold start).
+        texts = item_descriptions(history_lines, test_lines)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+
+            def bars(description: str, total: int):  # type: ignore[no-untyped-def]
+                return _bar(progress, description, total)
+
+            if model is not None:
+                bundle = load_recommender(resolve_model(model, registry))
+                trained_note = f"model {model}"
+            else:
+                fitted = fit_recommender(
+                    hist,
+                    texts,
+                    encoder=Encoder(device="cpu"),
+                    max_minutes=max_minutes,
+                    cache_dir=registry / ".cache" / "embeddings",
+                    progress=bars,
+                )
+                bundle = fitted.bundle
+                trained_note = f"trained on --history, config {fitted.card['config']}"
+            events = interaction_arrays(hist)
+            strategies = {
+                **reference_strategies(events, bundle.vocab),
+                **trained_strategies(bundle),
+            }
+            total = sum(len(strategies) for p in wanted if p != "R3") + ("R3" in wanted)
+            task = progress.add_task("protocols x strategies", total=total)
+            evaluation = run_protocols(
+                hist,
+                tst,
+                strategies,
+                protocols=wanted,
+                seed=seed,
+                history_lines=history_lines,
+                test_lines=test_lines,
+                on_strategy=lambda p, s: progress.advance(task, 1),
+            )
+    except ShopsearchError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    meta = {
+        "history": f"{history} ({history_lines['ts'].min()} .. {history_lines['ts'].max()})",
+        "test": f"{'--dev split' if dev else test} ({test_lines['ts'].min()} .. "
+        f"{test_lines['ts'].max()})",
+        "recommender": trained_note,
+        "seed": seed,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+    }
+    write_outputs(evaluation, out, meta)
+    for protocol, results in evaluation.metrics.items():
+        table = Table(title=f"{protocol} ({evaluation.queries.get(protocol, '?')} queries)")
+        names = [k for k in next(iter(results.values()), {}) if not k.startswith("latency")]
+        for column in ("strategy", *names, "p50 ms"):
+            table.add_column(column)
+        for strategy, m in results.items():
+            table.add_row(
+                strategy,
+                *(f"{m[n]:.4f}" for n in names),
+                f"{m.get('latency_p50_ms', 0.0):.2f}",
+            )
+        console.print(table)
+    for note in evaluation.notes:
+        console.print(f"note: {note}")
+    console.print(f"wrote {out}/metrics.json, latency.json, report.md, report.html")
