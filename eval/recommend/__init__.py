@@ -1,0 +1,1 @@
+"""Evaluation of recommendations and shopper-aware search."""
