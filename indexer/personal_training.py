@@ -2,9 +2,11 @@
 
 The blend of :mod:`rerank.personal` is learned on "R3-style" search queries of the last
 month of the history (the validation month), with every statistic the features read
-(co-purchase counts, popularity, shoppers' histories) taken from the months before it.
+(co-purchase counts, popularity) taken from the months before it.
 For the development split (history before 2011-10-01) that is: statistics before
-2011-09-01, queries of September 2011; October is never read. The maintainer's later
+2011-09-01, queries of September 2011; October is never read. A shopper's history at a query is every line of theirs before
+it (September's earlier invoices included), as the event store would hold it; the
+statistics stay frozen at ``valid_start``, as a nightly model does. The maintainer's later
 months work the same way, as nothing here knows dates except ``valid_start``'s default.
 
 The R3 query builder (protocol R3 of ``shared/datasets/README.md``) lives here, so the
@@ -47,13 +49,13 @@ __all__ = [
     "RECENT_DAYS",
     "PersonalStats",
     "PreparedPersonal",
+    "ShopperTimelines",
     "TrainingExample",
     "WordQuery",
     "description_words",
     "month_start",
     "popularity",
     "prepare_personal_training",
-    "shopper_histories",
     "word_index",
     "word_queries",
 ]
@@ -160,20 +162,43 @@ def word_queries(
     return out
 
 
-def shopper_histories(
-    history: pd.DataFrame, limit: int = HISTORY_LIMIT
-) -> dict[str, list[HistoryItem]]:
-    """Each customer's newest ``limit`` lines as purchases, newest first (lines of one
-    invoice: the later file line first)."""
-    if limit < 1:
-        raise ValueError(f"history limit must be >= 1, not {limit}")
-    lines = history[history["customer"] != ""]
-    newest = lines.iloc[::-1].groupby("customer", sort=False).head(limit)
-    stamps = newest["ts"].dt.to_pydatetime()
-    out: dict[str, list[HistoryItem]] = {}
-    for customer, item, ts in zip(newest["customer"], newest["stock_code"], stamps, strict=True):
-        out.setdefault(str(customer), []).append(HistoryItem(str(item), "purchase", ts))
-    return out
+class ShopperTimelines:
+    """Every customer's purchase lines in time order, to read the history a shopper had
+    at a moment: the lines strictly before it, newest first (what the event store holds
+    when the search is typed). Lines of one invoice share a time; the later file line
+    counts as newer."""
+
+    def __init__(self, *frames: pd.DataFrame) -> None:
+        parts = [f[f["customer"] != ""][["customer", "stock_code", "ts"]] for f in frames if len(f)]
+        lines = (
+            pd.concat(parts) if parts else pd.DataFrame(columns=["customer", "stock_code", "ts"])
+        )
+        lines = lines.sort_values("ts", kind="stable")
+        self._lines: dict[str, tuple[npt.NDArray[np.int64], list[str], list[datetime]]] = {}
+        for customer, group in lines.groupby("customer", sort=False):
+            stamps = group["ts"]
+            self._lines[str(customer)] = (
+                stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64),
+                [str(i) for i in group["stock_code"]],
+                list(stamps.dt.to_pydatetime()),
+            )
+
+    def __contains__(self, customer: object) -> bool:
+        return customer in self._lines
+
+    def history_at(
+        self, customer: str, at: datetime, limit: int = HISTORY_LIMIT
+    ) -> list[HistoryItem]:
+        """The customer's newest ``limit`` lines before ``at`` (aware), newest first."""
+        if limit < 1:
+            raise ValueError(f"history limit must be >= 1, not {limit}")
+        found = self._lines.get(customer)
+        if found is None:
+            return []
+        stamps, items, times = found
+        end = int(np.searchsorted(stamps, pd.Timestamp(at).value, side="left"))
+        start = max(end - limit, 0)
+        return [HistoryItem(items[k], "purchase", times[k]) for k in range(end - 1, start - 1, -1)]
 
 
 def popularity(history: pd.DataFrame, days: int | None = None) -> dict[str, int]:
@@ -284,7 +309,7 @@ def prepare_personal_training(
         queries = [queries[k] for k in keep]
     if not queries:
         raise ValueError("no validation query: the validation month has no shopper with history")
-    histories = shopper_histories(before)
+    timelines = ShopperTimelines(before, valid)
     recent = popularity(before, RECENT_DAYS)
     words = sorted({q.word for q in queries})
     word_vecs = dict(zip(words, encode_queries([w.lower() for w in words]), strict=True))
@@ -304,7 +329,7 @@ def prepare_personal_training(
                     candidate_vecs=item_vectors[idx],
                     base_scores=np.log1p([float(recent.get(c, 0)) for c in query.candidates]),
                     relevant=np.array([c in query.relevant for c in query.candidates]),
-                    history=tuple(histories.get(query.customer, ())),
+                    history=tuple(timelines.history_at(query.customer, query.ts)),
                     now=query.ts,
                 )
             )

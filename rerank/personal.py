@@ -4,21 +4,25 @@ The shopper's recent items change the order of the candidates the search already
 they never add one (so filters cannot leak) and, with an empty history, change nothing
 (the scores returned are the base scores themselves).
 
-Per candidate ``c`` four features, each from the history alone (newest first, events of
+Per candidate ``c`` six features, each from the history alone (newest first, events of
 the same item summed, each event weighted by recency ``r = 0.5 ** (age_days /
 half_life_days)``, age measured from ``now``, by default the newest event):
 
 - ``base``: the search's relevance, min-max scaled within the list (0..1);
 - ``bought``: ``log1p`` of the recency-weighted count of the shopper's own events of ``c``;
+- ``bought_before``: 1 when the history holds ``c`` at all (re-buying is the strongest
+  signal of this data; the step and the count both matter);
 - ``copurchase``: the recency-weighted mean, over the history's items ``h``, of the
   co-purchase cosine ``baskets(h, c) / sqrt(baskets(h) * baskets(c))``;
 - ``attention``: the query attends over the history's item embeddings,
   ``a = softmax(q . h_i / tau + log r_i)``, giving a context vector ``sum a_i h_i``; the
   feature is ``c . context`` (so "bag" for a shopper of retro-spot items favours the
-  retro-spot bag, and the same shopper's "candle" query is not pulled towards bags).
+  retro-spot bag, and the same shopper's "candle" query is not pulled towards bags);
+- ``nearest``: the largest ``c . h`` over the history's items (the same design in another
+  colour or size).
 
 A strategy is a linear blend ``z = w . features`` learned on past purchases
-(:mod:`rerank.personal_fit`): ``"blend"`` uses all four, ``"copurchase"`` (the simpler
+(:mod:`rerank.personal_fit`): ``"blend"`` uses all six, ``"copurchase"`` (the simpler
 comparison) only ``base`` and ``copurchase``. The score handed back stays in the base
 score's units: ``score = base + personal`` with ``personal = range(base) * (z -
 w_base * base_scaled) / w_base``, which orders the candidates exactly as ``z`` does
@@ -63,7 +67,14 @@ __all__ = [
 ]
 
 FORMAT = "shopsearch-personal-1"
-FEATURES: tuple[str, ...] = ("base", "bought", "copurchase", "attention")
+FEATURES: tuple[str, ...] = (
+    "base",
+    "bought",
+    "bought_before",
+    "copurchase",
+    "attention",
+    "nearest",
+)
 Strategy = Literal["blend", "copurchase"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 STRATEGY_FEATURES: dict[str, tuple[str, ...]] = {
@@ -71,6 +82,8 @@ STRATEGY_FEATURES: dict[str, tuple[str, ...]] = {
     "copurchase": ("base", "copurchase"),
 }
 _SECONDS_PER_DAY = 86_400.0
+#: Co-purchase neighbours kept per item (the strongest by cosine).
+NEIGHBOURS = 200
 
 FloatArray = npt.NDArray[np.float64]
 Vectors = npt.NDArray[np.float32]
@@ -113,15 +126,37 @@ class _History:
     index: npt.NDArray[np.int64]
 
 
-def cosine_copurchase(counts: sp.csr_matrix, baskets: FloatArray) -> sp.csr_matrix:
-    """``counts[i, j] / sqrt(baskets[i] * baskets[j])`` (float32): co-purchase counts
-    scaled so that best-sellers do not co-occur with everything."""
+def cosine_copurchase(
+    counts: sp.csr_matrix, baskets: FloatArray, neighbours: int = NEIGHBOURS
+) -> sp.csr_matrix:
+    """``counts[i, j] / sqrt(baskets[i] * baskets[j])`` (float32), each row cut to its
+    ``neighbours`` largest entries: best-sellers no longer co-occur with everything, and
+    a history's rows stay small enough to sum in well under a millisecond."""
     counts = sp.csr_matrix(counts, dtype=np.float64)
     size = np.asarray(baskets, dtype=np.float64)
     inv = np.zeros_like(size)
     inv[size > 0] = 1.0 / np.sqrt(size[size > 0])
-    scale = sp.diags(inv)
-    return sp.csr_matrix(scale @ counts @ scale, dtype=np.float32)
+    scaled = sp.csr_matrix(sp.diags(inv) @ counts @ sp.diags(inv))
+    scaled.sort_indices()
+    rows, cols, vals = [], [], []
+    for i in range(scaled.shape[0]):
+        lo, hi = scaled.indptr[i], scaled.indptr[i + 1]
+        data = scaled.data[lo:hi]
+        keep = (
+            np.argpartition(-data, neighbours)[:neighbours]
+            if len(data) > neighbours
+            else slice(None)
+        )
+        cols.append(scaled.indices[lo:hi][keep])
+        vals.append(data[keep])
+        rows.append(np.full(len(vals[-1]), i))
+    if not rows:
+        return sp.csr_matrix(scaled.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=scaled.shape,
+        dtype=np.float32,
+    )
 
 
 @dataclass
@@ -167,15 +202,15 @@ class PersonalRescorer:
     def _fold(self, history: Sequence[HistoryItem], now: datetime | None) -> _History:
         events = history[: self.params.max_history]
         ref = (now or events[0].ts).timestamp()
+        stamps = np.fromiter((e.ts.timestamp() for e in events), np.float64, len(events))
         decay = math.log(2) / (self.params.half_life_days * _SECONDS_PER_DAY)
+        recency = np.exp(-decay * np.maximum(ref - stamps, 0.0))
         folded: dict[str, float] = {}
-        for event in events:
-            age = max(ref - event.ts.timestamp(), 0.0)
-            folded[event.item] = folded.get(event.item, 0.0) + math.exp(-decay * age)
+        for event, r in zip(events, recency.tolist(), strict=True):
+            folded[event.item] = folded.get(event.item, 0.0) + r
         items = list(folded)
-        return _History(
-            items, np.fromiter(folded.values(), np.float64, len(items)), self.vocab.indices(items)
-        )
+        weight = np.fromiter(folded.values(), np.float64, len(items))
+        return _History(items, weight, self.vocab.indices(items))
 
     def features(
         self,
@@ -197,25 +232,42 @@ class PersonalRescorer:
         low, span = base.min(), np.ptp(base)
         out[:, 0] = (base - low) / span if span > 0 else 0.0
         folded = self._fold(history, now)
-        weight = dict(zip(folded.items, folded.weight, strict=True))
-        out[:, 1] = np.log1p([weight.get(c, 0.0) for c in candidate_ids])
+        weight = dict(zip(folded.items, folded.weight.tolist(), strict=True))
+        own = np.fromiter((weight.get(c, 0.0) for c in candidate_ids), np.float64, n)
+        out[:, 1] = np.log1p(own)
+        out[:, 2] = own > 0
         known = folded.index >= 0
-        if known.any():
-            h_idx, h_w = folded.index[known], folded.weight[known]
-            h_w = h_w / h_w.sum()
-            cand_idx = self.vocab.indices(candidate_ids)
-            in_vocab = cand_idx >= 0
-            if in_vocab.any():
-                # Row slices of CSR are cheap; a weighted sum of ~50 rows is one small product.
-                row = h_w @ self._cosine[h_idx]
-                out[in_vocab, 2] = np.asarray(row).ravel()[cand_idx[in_vocab]]
-            hist_vecs = self._vectors[h_idx]
-            logits = hist_vecs @ np.asarray(query_vec, dtype=np.float32).ravel() / self.params.tau
-            logits = logits + np.log(h_w)
-            attn = np.exp(logits - logits.max())
-            context = (attn / attn.sum()) @ hist_vecs
-            out[:, 3] = np.asarray(candidate_vecs, dtype=np.float32) @ context
+        if not known.any():
+            return out
+        h_idx, h_w = folded.index[known], folded.weight[known]
+        h_w = h_w / h_w.sum()
+        cand_idx = self.vocab.indices(candidate_ids)
+        in_vocab = cand_idx >= 0
+        if in_vocab.any():
+            out[in_vocab, 3] = self._row_sum(h_idx, h_w)[cand_idx[in_vocab]]
+        hist_vecs = self._vectors[h_idx]
+        query = np.asarray(query_vec, dtype=np.float32).ravel()
+        logits = (hist_vecs @ query) / self.params.tau + np.log(h_w)
+        attn = np.exp(logits - logits.max())
+        attn = (attn / attn.sum()).astype(np.float32)
+        # c . context = c . sum_i a_i h_i = sum_i a_i (c . h_i): one product serves both
+        # the attention and the nearest-item features.
+        sims = np.asarray(candidate_vecs, dtype=np.float32) @ hist_vecs.T
+        out[:, 4] = sims @ attn
+        out[:, 5] = sims.max(axis=1)
         return out
+
+    def _row_sum(self, rows: npt.NDArray[np.int64], weights: FloatArray) -> FloatArray:
+        """``weights @ cosine[rows]`` as a dense vector, straight from the CSR arrays
+        (scipy's fancy indexing costs more than the sum itself at this size)."""
+        m = self._cosine
+        starts, ends = m.indptr[rows], m.indptr[rows + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        positions = offsets + np.arange(total)
+        values = m.data[positions] * np.repeat(weights, lengths)
+        return np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
 
     # ---- scoring --------------------------------------------------------------------
 
