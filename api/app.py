@@ -53,12 +53,14 @@ from api.schemas import (
 )
 from api.service import SearchService, ServiceError
 from api.settings import Settings
+from api.shoppers import ShopperSignals
 from indexer.events.store import EventStore
 from indexer.snapshot import SnapshotError, SnapshotStore
 from indexer.updates import UpdateError, UpdateReport
 from retrieval.deadline import Deadline
 from retrieval.filters import InvalidFilterError
 from retrieval.lexical_index import LexicalIndexError
+from retrieval.recommend.base import HistoryItem
 from retrieval.types import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
@@ -243,6 +245,7 @@ def create_app(
     settings = settings or Settings()
     metrics = _Metrics()
     state: dict[str, Any] = {"service": service, "events": None}
+    shoppers = ShopperSignals(settings, lambda: state["events"])
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     # Made here, not in the lifespan: it binds to no event loop until a search runs.
     admission = AdmissionController(
@@ -406,8 +409,12 @@ def create_app(
         watcher.add_done_callback(on_gone)
 
         def work() -> tuple[SearchResponse, bytes]:
-            # Serialised on the worker too: the event loop only moves bytes.
-            answer = svc.search(req, deadline)
+            # Serialised on the worker too: the event loop only moves bytes. The shopper's
+            # history is read here as well (an indexed SQLite range scan, well under 1 ms).
+            history: list[HistoryItem] = []
+            if req.personalize and (req.user or req.session):
+                history = shoppers.history(shoppers.shopper(req.user, req.session))
+            answer = svc.search(req, deadline, history=history, rescorer=shoppers.rescorer)
             return answer, answer.model_dump_json(exclude_none=True).encode()
 
         try:
@@ -449,10 +456,31 @@ def create_app(
         ] = 1,
         mode: Annotated[str, Query(pattern="^(hybrid|dense|lexical)$")] = "hybrid",
         deadline_ms: Annotated[int | None, Query(ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS)] = None,
+        user: Annotated[
+            str | None,
+            Query(min_length=1, max_length=256, description="The signed-in shopper."),
+        ] = None,
+        session: Annotated[
+            str | None,
+            Query(min_length=1, max_length=256, description="Session of a guest shopper."),
+        ] = None,
+        personalize: Annotated[bool, Query(description="false: ignore user/session.")] = True,
     ) -> Response:
-        """Search-box query: hybrid by default, default facets, no explain."""
+        """Search-box query: hybrid by default, default facets, no explain; ranked for the
+        shopper when ``user`` or ``session`` is given."""
         try:
-            req = SearchRequest(q=q, size=size, page=page, mode=mode, deadline_ms=deadline_ms)  # type: ignore[arg-type]
+            req = SearchRequest.model_validate(
+                {
+                    "q": q,
+                    "size": size,
+                    "page": page,
+                    "mode": mode,
+                    "deadline_ms": deadline_ms,
+                    "user": user,
+                    "session": session,
+                    "personalize": personalize,
+                }
+            )
         except ValidationError as exc:
             errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             raise RequestValidationError(errors) from exc
@@ -580,5 +608,9 @@ def create_app(
             "skipped": [{"version": v, "reason": redact(why)} for v, why in result.skipped],
         }
 
-    app.include_router(events_router(lambda: state["events"], settings, admin))
+    app.include_router(
+        events_router(
+            lambda: state["events"], settings, admin, on_erase=lambda _: shoppers.forget()
+        )
+    )
     return app

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -54,10 +54,12 @@ from api.schemas import (
     SearchResponse,
 )
 from api.settings import Settings
+from api.shoppers import personalize
 from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
 from rerank.merge import merge_rerank, merge_scores
+from rerank.personal import PersonalRescorer
 from retrieval.batching import MicroBatcher
 from retrieval.deadline import Deadline
 from retrieval.encoders import Encoder
@@ -67,6 +69,7 @@ from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndexError
 from retrieval.log_throttle import LogThrottle
 from retrieval.query_rewrite import QueryRewriter, product_words
+from retrieval.recommend.base import HistoryItem
 from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
 from retrieval.vector_index import FaissIndex
 
@@ -598,12 +601,38 @@ class SearchService:
         # Keep a fifth of what is left for facets, paging and the answer itself.
         return min(depth, int(0.8 * remaining / self._rerank_ms))
 
-    def search(self, request: SearchRequest, deadline: Deadline | None = None) -> SearchResponse:
+    def search(
+        self,
+        request: SearchRequest,
+        deadline: Deadline | None = None,
+        *,
+        history: Sequence[HistoryItem] = (),
+        rescorer: Callable[[LoadedSnapshot], PersonalRescorer] | None = None,
+    ) -> SearchResponse:
         """Answer one search request within ``deadline`` (see :meth:`retrieve`); raises
-        InvalidFilterError, ServiceError (DeadlineExceeded when nothing ran in time)."""
+        InvalidFilterError, ServiceError (DeadlineExceeded when nothing ran in time).
+
+        ``history`` (the shopper's newest events, newest first) re-scores the head of the
+        ranked list with ``rescorer(snapshot)`` (:mod:`rerank.personal`) when
+        ``request.personalize``; it only re-orders what the search found, so filters hold,
+        and with an empty history the answer is exactly the unpersonalised one."""
         started = time.perf_counter()
         result = self.retrieve(request, deadline)
         table = result.snapshot.table
+        personalized = "off"
+        if request.personalize and (request.user or request.session):
+            personalized = "no history"
+            if history and rescorer is not None:
+                t = time.perf_counter()
+                count = personalize(
+                    result,
+                    history,
+                    rescorer(result.snapshot),
+                    self.settings.personal_depth,
+                    lambda: self._encode_query(result.search_text),
+                )
+                result.timings_ms["personal"] = _ms(t)
+                personalized = f"applied ({count} recent items)"
         t = time.perf_counter()
         facets = compute_facets(
             table,
@@ -633,6 +662,7 @@ class SearchService:
             rerank=result.rerank_status,
             degraded=result.degraded,
             cut=result.cut,
+            personalized=personalized,
             rewrite=(
                 RewriteOut(
                     searched_q=rewrite.text,
@@ -695,6 +725,7 @@ def _hit(product: Product, cand: Candidate, explain: bool) -> Hit:
             fused_score=cand.fused_score,
             rerank_score=cand.rerank_score,
             final_score=cand.final_score,
+            personal_score=cand.personal_score,
         )
         if explain
         else None,

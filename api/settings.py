@@ -174,6 +174,27 @@ class Settings(BaseSettings):
         "prune` and the nightly job (0: kept for ever).",
     )
 
+    # -- Shopper-aware search and recommendations (api/shoppers.py, api/recommend_routes.py) --
+    personal_history: int = Field(
+        50, ge=1, le=1000, description="Newest events of a shopper that re-score a search."
+    )
+    personal_depth: int = Field(
+        50, ge=1, le=1000, description="Head of the ranked list that a shopper's history re-scores."
+    )
+    personal_model: Path | None = Field(
+        None,
+        description="Trained personal re-scoring model directory (its blend weights); "
+        "default: built-in weights.",
+    )
+    models_dir: Path = Field(
+        Path("var/models"), description="Model registry (towers, reranker, recommender)."
+    )
+    recommender: str = Field(
+        "recommender/latest",
+        description="Recommender model spec (<kind>/<version>, <kind>/latest or a directory); "
+        "without one, recommendations fall back to popularity and text neighbours.",
+    )
+
     # -- Elasticsearch (the lexical leg of snapshots built with --lexical elasticsearch) --
     # Which backend a snapshot uses is recorded in its manifest; these settings say how
     # to reach the cluster. Secrets are SecretStr: never logged, printed or written to a

@@ -1,0 +1,195 @@
+"""What the serving process knows about shoppers: their recent items (from the event
+store), the shopper-aware re-scorer of the serving snapshot, and the recommender.
+
+Privacy: a raw shopper id is pseudonymised here with the configured key before it
+touches the store, and it is never logged. An erased shopper has no events, so the next
+answer for them is the anonymous one (nothing is cached per shopper).
+
+The re-scorer (:class:`rerank.personal.PersonalRescorer`) is rebuilt for each snapshot
+the service loads: its items are the snapshot's rows, its item vectors the snapshot's
+item-tower vectors (the query vector's space), its co-purchase counts come from the
+event store's baskets, and its blend weights from a trained personal model when one is
+configured (``SHOPSEARCH_PERSONAL_MODEL``), else the defaults below. So a promoted
+snapshot and its personal scores always describe the same catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from api.settings import Settings
+from indexer.events.privacy import pseudonymise
+from indexer.events.store import EventStore
+from indexer.snapshot import LoadedSnapshot
+from rerank.personal import PersonalParams, PersonalRescorer, default_weights
+from retrieval.recommend.base import HistoryItem
+from retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
+
+__all__ = ["DEFAULT_PERSONAL_WEIGHTS", "Shopper", "ShopperSignals", "personalize"]
+
+log = logging.getLogger(__name__)
+
+#: Blend weights when no trained personal model is configured (base relevance weighs 1):
+#: the shopper's own items first, then items bought with them, then the query-attended
+#: taste. Trained weights (`shopsearch train recommender`) replace them.
+DEFAULT_PERSONAL_WEIGHTS = {
+    "bought": 0.5,
+    "bought_before": 0.5,
+    "copurchase": 1.0,
+    "attention": 0.5,
+    "nearest": 0.25,
+}
+#: Event kinds that make a basket (views and clicks are browsing, not buying together).
+_BASKET_KINDS = ("add_to_cart", "purchase")
+
+
+@dataclass(frozen=True)
+class Shopper:
+    """Who a request is for: the pseudonym of the signed-in shopper and/or the session."""
+
+    user_hash: str | None
+    session: str | None
+
+    @property
+    def known(self) -> bool:
+        return self.user_hash is not None or self.session is not None
+
+
+class ShopperSignals:
+    """Histories and the re-scorer for the current snapshot (thread-safe to read)."""
+
+    def __init__(self, settings: Settings, store_provider: Callable[[], EventStore | None]) -> None:
+        self.settings = settings
+        self._store = store_provider
+        try:
+            self._key: bytes | None = settings.require_user_key()
+        except ValueError:
+            self._key = None
+        self._lock = threading.Lock()
+        self._rescorer: PersonalRescorer | None = None
+        self._rescorer_version: str | None = None
+
+    # ---- who and what they did --------------------------------------------------------
+
+    def shopper(self, user: str | None, session: str | None) -> Shopper:
+        """The pseudonymised identity of a request (``user`` is never kept raw)."""
+        user_hash = pseudonymise(user, self._key) if user and self._key else None
+        return Shopper(user_hash, session or None)
+
+    def history(self, shopper: Shopper) -> list[HistoryItem]:
+        """The shopper's newest events (at most ``settings.personal_history``), newest
+        first; empty for an unknown shopper, without a store, or when it cannot be read."""
+        store = self._store()
+        if store is None or not shopper.known:
+            return []
+        try:
+            recent = store.recent_items(
+                shopper.user_hash, shopper.session, limit=self.settings.personal_history
+            )
+        except Exception:  # a failing store must not fail the search: answer unpersonalised
+            log.exception("could not read a shopper's recent items; answering without them")
+            return []
+        return [HistoryItem(r.product_id, r.kind, r.ts) for r in recent]
+
+    # ---- the re-scorer of the serving snapshot -----------------------------------------
+
+    def rescorer(self, snapshot: LoadedSnapshot) -> PersonalRescorer:
+        """The re-scorer over ``snapshot``'s items, built once per snapshot version."""
+        with self._lock:
+            if self._rescorer is None or self._rescorer_version != snapshot.version:
+                started = time.perf_counter()
+                self._rescorer = self._build(snapshot)
+                self._rescorer_version = snapshot.version
+                log.info(
+                    "shopper-aware re-scorer for %s ready in %.0f ms",
+                    snapshot.version,
+                    (time.perf_counter() - started) * 1000,
+                )
+            return self._rescorer
+
+    def _build(self, snapshot: LoadedSnapshot) -> PersonalRescorer:
+        table = snapshot.table
+        ids = [p.id for p in table.products]
+        vocab = ItemVocab.of(ids)
+        n = len(vocab)
+        counts, baskets = _basket_counts(self._store(), vocab)
+        weights = default_weights(DEFAULT_PERSONAL_WEIGHTS)
+        params = PersonalParams()
+        card: dict[str, object] = {"weights": "defaults"}
+        if self.settings.personal_model is not None:
+            trained = PersonalRescorer.load(Path(self.settings.personal_model))
+            weights, params, card = trained.weights, trained.params, trained.card
+        vectors = snapshot.vectors.vectors  # type: ignore[attr-defined]
+        return PersonalRescorer(
+            items=list(vocab.items),
+            item_vectors=np.asarray(vectors[:n], dtype=np.float32),
+            copurchase=counts,
+            baskets=baskets,
+            weights=weights,
+            params=params,
+            card=card,
+        )
+
+    def forget(self) -> None:
+        """Drop the re-scorer (rebuilt at the next request): after an erasure or an
+        events import, so co-purchase counts do not keep an erased shopper's baskets."""
+        with self._lock:
+            self._rescorer = None
+            self._rescorer_version = None
+
+
+def _basket_counts(store: EventStore | None, vocab: ItemVocab) -> tuple[object, np.ndarray]:
+    """Item x item basket co-counts and baskets per item, over ``vocab``, from the
+    store's carts and purchases (empty without a store)."""
+    import scipy.sparse as sp
+
+    n = len(vocab)
+    if store is None:
+        return sp.csr_matrix((n, n)), np.zeros(n)
+    frame = store.interactions()
+    frame = frame[frame["kind"].isin(_BASKET_KINDS)]
+    baskets_of, matrix = basket_item_matrix(frame["basket"].tolist(), frame["item"].tolist(), vocab)
+    del baskets_of
+    return cooccurrence(matrix), np.asarray(matrix.sum(axis=0)).ravel()
+
+
+def personalize(
+    result: Any,
+    history: Sequence[HistoryItem],
+    rescorer: PersonalRescorer,
+    depth: int,
+    query_vector: Callable[[], np.ndarray],
+) -> int:
+    """Re-score the head (``depth`` first) of ``result.filtered`` (an
+    :class:`api.service.Retrieval`) for a shopper with ``history``; re-order it by the new
+    scores, set each head candidate's ``personal_score`` and ``final_score``; return how
+    many distinct history items took part. Only re-orders: the set of hits is unchanged."""
+    head = result.filtered[:depth]
+    if not head or not history:
+        return 0
+    snap = result.snapshot
+    rows = np.fromiter((c.row for c in head), np.int64, len(head))
+    ids = [snap.table.products[r].id for r in rows.tolist()]
+    base = np.array(
+        [c.final_score if c.final_score is not None else c.fused_score for c in head],
+        dtype=np.float64,
+    )
+    vectors = snap.vectors.vectors[rows]
+    qvec = np.asarray(query_vector(), dtype=np.float32).reshape(-1)
+    scored = rescorer.rescore(qvec, ids, vectors, base, history)
+    for cand, score, extra in zip(
+        head, scored.scores.tolist(), scored.personal.tolist(), strict=True
+    ):
+        cand.personal_score = float(extra)
+        cand.final_score = float(score)
+    order = sorted(range(len(head)), key=lambda i: -scored.scores[i])  # stable on ties
+    result.filtered = [head[i] for i in order] + result.filtered[depth:]
+    return len({h.item for h in history})
