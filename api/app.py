@@ -41,6 +41,8 @@ from pydantic import (
 from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
 from api.events_routes import events_router
 from api.guard import RequestGuard, admin_denial
+from api.recommend_routes import recommend_router
+from api.recommendations import Recommendations
 from api.schemas import (
     MAX_DEADLINE_MS,
     MAX_QUERY_CHARS,
@@ -608,6 +610,8 @@ def create_app(
             "skipped": [{"version": v, "reason": redact(why)} for v, why in result.skipped],
         }
 
+    recommendations = Recommendations(settings, lambda: state["events"])
+    app.include_router(recommend_router(get_service, recommendations, shoppers))
     app.include_router(
         events_router(
             lambda: state["events"], settings, admin, on_erase=lambda _: shoppers.forget()

@@ -1,0 +1,240 @@
+"""Recommendations served over the current snapshot: "similar / bought together" next to
+a product and "for you" for a shopper.
+
+Each answer walks a fixed chain of sources and says which ones it used (``sources``,
+``fallbacks``), so it is never empty while the catalog (after filters) is not:
+
+- similar: co-purchase (the trained recommender's item-to-item model) -> text neighbours
+  (the snapshot's item-tower vectors: a product nobody bought yet is covered, cold start)
+  -> popular;
+- for you: the trained blend over the shopper's history (repurchase, co-purchase
+  neighbours, popularity) -> popular -> catalog order.
+
+Model answers are restricted to products of the serving snapshot and to the request's
+filters (the same filters as search); a model's item that left the catalog is dropped.
+Without a trained recommender (``shopsearch train recommender``) the chains start at
+text neighbours and popularity (counted from the event store).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from api.settings import Settings
+from indexer.events.store import EventStore
+from indexer.recommend_training import load_recommender
+from indexer.snapshot import LoadedSnapshot
+from retrieval.filters import Filters
+from retrieval.model_registry import RegistryError, resolve_model
+from retrieval.recommend.base import HistoryItem, Scored
+from retrieval.recommend.bundle import RecommenderBundle
+
+__all__ = ["FOR_YOU_STRATEGIES", "SIMILAR_STRATEGIES", "Recommendation", "Recommendations"]
+
+log = logging.getLogger(__name__)
+
+SimilarStrategy = Literal["auto", "co-purchase", "text", "popular"]
+ForYouStrategy = Literal["auto", "blend", "repurchase", "popular"]
+SIMILAR_STRATEGIES: tuple[str, ...] = ("auto", "co-purchase", "text", "popular")
+FOR_YOU_STRATEGIES: tuple[str, ...] = ("auto", "blend", "repurchase", "popular")
+#: How many more candidates than asked a source returns, so filters leave enough.
+_OVERFETCH = 5
+_MAX_FETCH = 2000
+
+
+@dataclass
+class Recommendation:
+    """Rows of the snapshot, best first, with their score and the source of each."""
+
+    rows: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, source: str, picks: Sequence[tuple[int, float]], size: int) -> None:
+        seen = set(self.rows)
+        for row, score in picks:
+            if len(self.rows) >= size:
+                break
+            if row not in seen:
+                seen.add(row)
+                self.rows.append(row)
+                self.scores.append(score)
+                self.sources.append(source)
+
+    def used(self, first: str) -> None:
+        """Record as fallbacks the sources used other than the chain's ``first``."""
+        self.fallbacks = [s for s in dict.fromkeys(self.sources) if s != first]
+
+
+class Recommendations:
+    """Loads the trained recommender (lazily, once per resolved version) and answers."""
+
+    def __init__(self, settings: Settings, store_provider: Callable[[], EventStore | None]) -> None:
+        self.settings = settings
+        self._store = store_provider
+        self._lock = threading.Lock()
+        self._bundle: RecommenderBundle | None = None
+        self._bundle_path: Path | None = None
+        self._popular_rows: dict[str, list[int]] = {}
+        self._warned = False
+
+    def bundle(self) -> RecommenderBundle | None:
+        """The configured recommender, or None when none is trained (logged once)."""
+        try:
+            path = resolve_model(self.settings.recommender, self.settings.models_dir)
+        except RegistryError:
+            if not self._warned:
+                log.warning(
+                    "no recommender %r in %s; recommendations use text neighbours and "
+                    "popularity (train one: shopsearch train recommender)",
+                    self.settings.recommender,
+                    self.settings.models_dir,
+                )
+                self._warned = True
+            return None
+        with self._lock:
+            if self._bundle is None or self._bundle_path != path:
+                self._bundle = load_recommender(path)
+                self._bundle_path = path
+                log.info("recommender %s loaded", self._bundle.version)
+            return self._bundle
+
+    def versions(self) -> dict[str, str | None]:
+        bundle = self._bundle
+        return {"recommender": bundle.version if bundle is not None else None}
+
+    # ---- sources -------------------------------------------------------------------------
+
+    @staticmethod
+    def _keep(
+        snap: LoadedSnapshot, scored: Sequence[Scored], filters: Filters, exclude: set[int]
+    ) -> list[tuple[int, float]]:
+        row_of = snap.table.row_of
+        pairs = [(row_of[s.item], s.score) for s in scored if s.item in row_of]
+        pairs = [(r, s) for r, s in pairs if r not in exclude]
+        if not pairs or filters.is_empty():
+            return pairs
+        rows = np.fromiter((r for r, _ in pairs), np.int64, len(pairs))
+        keep = snap.table.mask(filters, rows)
+        return [p for p, ok in zip(pairs, keep.tolist(), strict=True) if ok]
+
+    def _text_neighbours(
+        self, snap: LoadedSnapshot, row: int, k: int, filters: Filters, exclude: set[int]
+    ) -> list[tuple[int, float]]:
+        vectors = snap.vectors.vectors  # type: ignore[attr-defined]
+        scores, rows = snap.vectors.search(np.asarray(vectors[row : row + 1]), k)
+        keep = rows[0] >= 0
+        ids = [snap.table.products[r].id for r in rows[0][keep].tolist()]
+        scored = [Scored(i, float(s)) for i, s in zip(ids, scores[0][keep].tolist(), strict=True)]
+        return self._keep(snap, scored, filters, exclude | {row})
+
+    def _popular(
+        self, snap: LoadedSnapshot, k: int, filters: Filters, exclude: set[int]
+    ) -> list[tuple[int, float]]:
+        bundle = self.bundle()
+        if bundle is not None:
+            scored = bundle.popular.for_history([], min(_MAX_FETCH, k), frozenset())
+        else:
+            scored = self._store_popular(snap, min(_MAX_FETCH, k))
+        picks = self._keep(snap, scored, filters, exclude)
+        if len(picks) < k:  # nobody bought anything yet: the catalog's own order
+            n = len(snap.table.products)
+            more = [Scored(snap.table.products[r].id, 0.0) for r in range(min(n, _MAX_FETCH))]
+            picks += self._keep(snap, more, filters, exclude | {r for r, _ in picks})
+        return picks
+
+    def _store_popular(self, snap: LoadedSnapshot, k: int) -> list[Scored]:
+        store = self._store()
+        if store is None:
+            return []
+        cached = self._popular_rows.get(snap.version)
+        if cached is None:
+            frame = store.interactions()
+            counts = Counter(frame.loc[frame["kind"] == "purchase", "item"].tolist())
+            row_of = snap.table.row_of
+            cached = [row_of[i] for i, _ in counts.most_common() if i in row_of]
+            self._popular_rows = {snap.version: cached}
+        return [Scored(snap.table.products[r].id, 1.0 / (1 + i)) for i, r in enumerate(cached[:k])]
+
+    # ---- answers -------------------------------------------------------------------------
+
+    def similar(
+        self,
+        snap: LoadedSnapshot,
+        product_id: str,
+        size: int,
+        filters: Filters,
+        strategy: str = "auto",
+    ) -> Recommendation:
+        """Products to show next to ``product_id`` (which must be in the snapshot)."""
+        row = snap.table.row_of[product_id]
+        k = min(_MAX_FETCH, size * _OVERFETCH + 1)
+        out = Recommendation()
+        bundle = self.bundle()
+        chain = ["co-purchase", "text", "popular"] if strategy == "auto" else [strategy]
+        for source in chain:
+            t = time.perf_counter()
+            if source == "co-purchase" and bundle is not None and _bought(bundle, product_id):
+                scored = bundle.item2item.similar(product_id, k, frozenset())
+                out.add(source, self._keep(snap, scored, filters, {row}), size)
+            elif source == "text":
+                out.add(source, self._text_neighbours(snap, row, k, filters, set()), size)
+            elif source == "popular":
+                out.add(source, self._popular(snap, k, filters, {row}), size)
+            out.timings_ms[source] = round((time.perf_counter() - t) * 1000, 3)
+            if len(out.rows) >= size:
+                break
+        out.used(chain[0])
+        return out
+
+    def for_you(
+        self,
+        snap: LoadedSnapshot,
+        history: Sequence[HistoryItem],
+        size: int,
+        filters: Filters,
+        *,
+        exclude_bought: bool = False,
+        strategy: str = "auto",
+    ) -> Recommendation:
+        """Products for a shopper with ``history`` (newest first; may be empty)."""
+        bought = {h.item for h in history if h.kind == "purchase"}
+        row_of = snap.table.row_of
+        exclude_rows = {row_of[i] for i in bought if i in row_of} if exclude_bought else set()
+        exclude = frozenset(bought) if exclude_bought else frozenset()
+        k = min(_MAX_FETCH, size * _OVERFETCH + len(exclude))
+        out = Recommendation()
+        bundle = self.bundle()
+        chain = ["blend", "popular"] if strategy == "auto" else [strategy]
+        for source in chain:
+            t = time.perf_counter()
+            if source == "blend" and bundle is not None and history:
+                scored = bundle.blend.for_history(history, k, exclude)
+                out.add(source, self._keep(snap, scored, filters, exclude_rows), size)
+            elif source == "repurchase" and bundle is not None and history:
+                scored = bundle.repurchase.for_history(history, k, exclude)
+                out.add(source, self._keep(snap, scored, filters, exclude_rows), size)
+            elif source == "popular":
+                out.add(source, self._popular(snap, k, filters, exclude_rows), size)
+            out.timings_ms[source] = round((time.perf_counter() - t) * 1000, 3)
+            if len(out.rows) >= size:
+                break
+        out.used(chain[0])
+        return out
+
+
+def _bought(bundle: RecommenderBundle, item: str) -> bool:
+    """Whether anyone bought ``item`` in the recommender's data (else: cold start)."""
+    i = bundle.vocab.index.get(item)
+    return i is not None and bool(bundle.popularity[i] > 0)
