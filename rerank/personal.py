@@ -57,6 +57,7 @@ from retrieval.types import ShopsearchError
 __all__ = [
     "FEATURES",
     "FORMAT",
+    "NEIGHBOURS",
     "STRATEGIES",
     "STRATEGY_FEATURES",
     "PersonalError",
@@ -64,6 +65,8 @@ __all__ = [
     "PersonalRescorer",
     "PersonalScores",
     "Strategy",
+    "cosine_copurchase",
+    "default_weights",
 ]
 
 FORMAT = "shopsearch-personal-1"
