@@ -57,6 +57,7 @@ from retrieval.types import ShopsearchError
 __all__ = [
     "FEATURES",
     "FORMAT",
+    "NEIGHBOURS",
     "STRATEGIES",
     "STRATEGY_FEATURES",
     "PersonalError",
@@ -64,6 +65,8 @@ __all__ = [
     "PersonalRescorer",
     "PersonalScores",
     "Strategy",
+    "cosine_copurchase",
+    "default_weights",
 ]
 
 FORMAT = "shopsearch-personal-1"
@@ -99,7 +102,7 @@ class PersonalParams:
     and how many of the newest history events are read."""
 
     tau: float = 0.1
-    half_life_days: float = 90.0
+    half_life_days: float = 365.0  # chosen on September 2011 (30, 90, 365 tried)
     max_history: int = 200
 
     def __post_init__(self) -> None:
@@ -267,7 +270,8 @@ class PersonalRescorer:
         offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         positions = offsets + np.arange(total)
         values = m.data[positions] * np.repeat(weights, lengths)
-        return np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
+        summed = np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
+        return summed.astype(np.float64, copy=False)
 
     # ---- scoring --------------------------------------------------------------------
 

@@ -125,8 +125,9 @@ def test_reference_strategies_without_history_equal_the_base() -> None:
 
 
 #: Measured on the dev split (history < 2011-10-01, test October 2011, seed 0): see the
-#: README's Shoppers table. The floor sits 0.01 under the measured attention-blend MRR@10.
-R3_FLOORS = {"attention-blend": 0.0, "own-then-copurchase": 0.51, "popularity": 0.38}
+#: issue 13 report. Measured (2026-12-02): attention-blend 0.5677, own-then-copurchase
+#: 0.5228, popularity 0.3903; floors sit about 0.01 under, so noise passes and a regression fails.
+R3_FLOORS = {"attention-blend": 0.555, "own-then-copurchase": 0.51, "popularity": 0.38}
 
 
 @pytest.mark.slow
