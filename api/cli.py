@@ -36,8 +36,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from api.settings import Settings
-from indexer.catalog import CatalogError, ColumnMapping
+from api.settings import DEMO_USER_KEY, Settings
+from indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from indexer.progress import Advance
 from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
 from retrieval.model_registry import resolve_model
@@ -441,6 +441,17 @@ def serve(
             es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
         ),
     )
+    try:
+        settings.require_user_key()  # shopper ids are never stored or used raw
+    except ValueError as exc:
+        raise _fail(
+            ValueError(f"{exc}\n(`shopsearch demo` runs with a built-in, public demo key.)"), 2
+        ) from exc
+    # Small matrix products per request (shopper re-scoring, recommendations) lose more to
+    # BLAS threads fighting the search workers than they gain: one BLAS thread each.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     # The event loop (health checks, refusals, admission) shares the GIL with the search
     # workers; at the default 5 ms switch interval each of its wake-ups can wait that long
     # behind a worker. 1 ms keeps refusals and /healthz fast under load.
@@ -728,17 +739,53 @@ def demo(
 
     Then try: curl '127.0.0.1:8000/v1/search?q=cordless+drill'
     """
+    # The demo's own key, events and models (never the shop's var/events.db or registry).
+    os.environ.setdefault("SHOPSEARCH_USER_KEY", DEMO_USER_KEY)
+    os.environ.setdefault("SHOPSEARCH_EVENTS_DB", "var/demo-events.db")
+    os.environ.setdefault("SHOPSEARCH_MODELS_DIR", "var/demo-models")
     settings = _settings(index_dir)
     try:
         run_build(sample_catalog_path(), ColumnMapping(), settings, BuildOptions())
+        _demo_shoppers(settings)
     except ShopsearchError as exc:
         raise _fail(exc) from exc
     if serve_after:
+        base = f"{host}:{port}"
         console.print(
-            f"serving the sample catalog on http://{host}:{port} — try:\n"
-            f"  curl '{host}:{port}/v1/search?q=cordless+drill'"
+            f"serving the sample catalog on http://{base} — try:\n"
+            f"  curl '{base}/v1/search?q=cordless+drill'\n"
+            f"  curl '{base}/v1/search?q=gloves&user=demo-garden&explain=true'   (vs user=demo-diy)\n"
+            f"  curl '{base}/v1/recommend/for-you?user=demo-cook'\n"
+            f"  curl '{base}/v1/recommend/similar/SKU-10001'\n"
+            "(demo-diy, demo-cook and demo-garden are synthetic demo shoppers)"
         )
         serve(index_dir=index_dir, host=host, port=port, reload_interval=2.0)
+
+
+def _demo_shoppers(settings: Settings) -> None:
+    """Store the synthetic demo shoppers' events and, once, train a recommender on them."""
+    from indexer.events.demo import demo_events
+    from indexer.events.store import EventStore
+    from indexer.recommend_training import train_recommender
+    from retrieval.encoders import Encoder
+    from retrieval.model_registry import list_models
+
+    products, _ = load_catalog(sample_catalog_path())
+    with EventStore(settings.events_db) as store:
+        report = store.add(demo_events(products, settings.require_user_key()))
+        interactions = store.interactions()
+    console.print(f"demo shoppers: {report.stored:,} new events in {settings.events_db}")
+    if list_models(settings.models_dir, "recommender"):
+        return
+    with console.status("training the demo recommender (about a minute)..."):
+        trained = train_recommender(
+            interactions,
+            {p.id: p.title for p in products},
+            settings.models_dir,
+            encoder=Encoder(settings.model_dir, device=settings.device),
+            max_minutes=1.0,
+        )
+    console.print(f"demo recommender: {trained.model.path}")
 
 
 def mount_plugins(target: typer.Typer) -> None:

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
@@ -513,6 +514,9 @@ def bench_command(
             "SHOPSEARCH_QUERY_CACHE_SIZE": "0",
             "SHOPSEARCH_ENCODER_BACKEND": settings.encoder_backend,
         }
+        # `serve` refuses to start without a pseudonymisation key; this throwaway server
+        # stores no events, so a fresh random one will do.
+        env.setdefault("SHOPSEARCH_USER_KEY", secrets.token_hex(16))
         cmd = [
             sys.executable,
             "-m",

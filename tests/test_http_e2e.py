@@ -66,7 +66,11 @@ def server(index_dir: Path) -> Iterator[httpx.Client]:
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "SHOPSEARCH_ADMIN_TOKEN": "test-token"},
+        env={
+            **os.environ,
+            "SHOPSEARCH_ADMIN_TOKEN": "test-token",
+            "SHOPSEARCH_USER_KEY": "http-e2e-test-key-0123456789",
+        },
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:

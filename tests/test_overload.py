@@ -41,6 +41,7 @@ def base_url(sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 "SHOPSEARCH_QUERY_CACHE_SIZE": "0",  # every request really encodes
                 "SHOPSEARCH_MAX_INFLIGHT": "2",
                 "SHOPSEARCH_MAX_QUEUE": "8",
+                "SHOPSEARCH_USER_KEY": "overload-test-key-0123456789",
             },
         )
         url = f"http://127.0.0.1:{port}"
