@@ -60,7 +60,7 @@ class RecommenderConfig:
     and what a history too short to validate on gets.
     """
 
-    popularity_half_life_days: float = 30.0
+    popularity_half_life_days: float = 7.0
     similar_variant: str = "rp3beta"
     similar_params: dict[str, float] = field(default_factory=lambda: {"alpha": 1.0, "beta": 0.2})
     similar_half_life_days: float = 120.0
@@ -71,10 +71,10 @@ class RecommenderConfig:
     repurchase_half_life_days: float = 180.0
     #: The shopper-level neighbours the blend scores histories with (``unit="user"``).
     history_variant: str = "ease"
-    history_params: dict[str, float] = field(default_factory=lambda: {"lambda": 400.0})
-    history_half_life_days: float = 30.0
+    history_params: dict[str, float] = field(default_factory=lambda: {"lambda": 1000.0})
+    history_half_life_days: float = 90.0
     blend: dict[str, float] = field(
-        default_factory=lambda: {"repurchase": 1.0, "neighbours": 0.3, "popularity": 0.05}
+        default_factory=lambda: {"repurchase": 1.0, "neighbours": 0.6, "popularity": 0.15}
     )
     blend_discovery: dict[str, float] = field(
         default_factory=lambda: {"repurchase": 0.0, "neighbours": 1.0, "popularity": 0.0}
