@@ -433,7 +433,7 @@ def test_cli_train_towers_and_models_list_show(tmp_path: Path) -> None:
     assert card["dev_metrics"]["after"] and card["epochs"]
     # The cached catalog vectors are keyed by the model checksum.
     cache = models / ".cache" / "embeddings" / card["base_model"]["sha256"][:16]
-    assert (cache / "vectors.npy").is_file()
+    assert (cache / "cache.npz").is_file()
     result = runner.invoke(_app(), ["models", "show", "towers/latest", "--models-dir", str(models)])
     assert result.exit_code == 0 and json.loads(result.stdout)["version"] == card["version"]
     result = runner.invoke(_app(), ["models", "list", "--models-dir", str(models)])
