@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
@@ -66,13 +66,14 @@ class RecommendResponse(BaseModel):
     index_version: str
 
 
-def _filters(
-    brand: str | None,
-    category: str | None,
-    min_price: float | None,
-    max_price: float | None,
-    in_stock: bool | None,
+def filter_params(
+    brand: Brand = None,
+    category: Category = None,
+    min_price: PriceQ = None,
+    max_price: PriceQ = None,
+    in_stock: bool | None = None,
 ) -> Filters:
+    """The search's filters as query parameters (a dependency of both endpoints)."""
     try:
         price = (
             PriceRange(min=min_price, max=max_price)
@@ -140,13 +141,9 @@ def recommend_router(
     )
     def similar(
         product_id: Annotated[str, Path(max_length=512)],
+        filters: Annotated[Filters, Depends(filter_params)],
         size: Size = 10,
         strategy: Literal["auto", "co-purchase", "text", "popular"] = "auto",
-        brand: Brand = None,
-        category: Category = None,
-        min_price: PriceQ = None,
-        max_price: PriceQ = None,
-        in_stock: bool | None = None,
     ) -> RecommendResponse:
         """Bought together with / similar to a product: co-purchase, then text neighbours
         (products nobody bought yet), then popular. ``strategy`` picks one source."""
@@ -154,7 +151,6 @@ def recommend_router(
         snap = get_service().snapshot
         if product_id not in snap.table.row_of:
             raise HTTPException(404, f"no product {product_id!r} in the serving catalog")
-        filters = _filters(brand, category, min_price, max_price, in_stock)
         rec = recs.similar(snap, product_id, size, filters, strategy)
         return _answer(snap, rec, strategy, recs, started)
 
@@ -165,6 +161,7 @@ def recommend_router(
         responses=error_responses(503),
     )
     def for_you(
+        filters: Annotated[Filters, Depends(filter_params)],
         user: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         session: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         size: Size = 10,
@@ -172,17 +169,11 @@ def recommend_router(
             bool, Query(description="Leave out what the shopper already bought.")
         ] = False,
         strategy: Literal["auto", "blend", "repurchase", "popular"] = "auto",
-        brand: Brand = None,
-        category: Category = None,
-        min_price: PriceQ = None,
-        max_price: PriceQ = None,
-        in_stock: bool | None = None,
     ) -> RecommendResponse:
         """For a shopper (``user``, or ``session`` for a guest): the blend of their own
         items, items bought with them and popularity; popular without a history."""
         started = time.perf_counter()
         snap = get_service().snapshot
-        filters = _filters(brand, category, min_price, max_price, in_stock)
         history = shoppers.history(shoppers.shopper(user, session))
         t = time.perf_counter()
         rec = recs.for_you(
