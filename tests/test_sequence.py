@@ -45,6 +45,8 @@ TEXTS = [
 ]
 ITEMS = [f"P{i}" for i in range(len(TEXTS))]
 SMALL = SequenceTrainingConfig(
+    horizon_days=0.0,
+    recency_half_life_days=0.0,
     model=SequenceConfig(d_model=32, n_heads=2, n_layers=1, max_len=10, dropout=0.0),
     batch_size=32,
     learning_rate=5e-3,
@@ -55,16 +57,16 @@ SMALL = SequenceTrainingConfig(
 
 
 def ring_lines(n_shoppers: int = 80, invoices: int = 4, seed: int = 0) -> pd.DataFrame:
-    """Shoppers start anywhere on the ring and walk it, one item per invoice, a week
-    apart; the last invoices fall in the last month (the validation month)."""
+    """Shoppers start anywhere on the ring and walk it, one item per invoice, ten days
+    apart, from January 2011; the last invoices fall in February (the validation month)."""
     rng = np.random.default_rng(seed)
     start = datetime(2011, 1, 1, tzinfo=UTC)
     rows = []
     for s in range(n_shoppers):
         first = int(rng.integers(len(ITEMS)))
-        day0 = start + timedelta(days=int(rng.integers(0, 20)))
+        day0 = start + timedelta(days=int(rng.integers(0, 10)))
         for t in range(invoices):
-            ts = day0 + timedelta(days=14 * t)
+            ts = day0 + timedelta(days=10 * t)
             item = ITEMS[(first + t) % len(ITEMS)]
             rows.append((f"{s}-{t}", item, 1.0, pd.Timestamp(ts), f"c{s}", 0, "", 1.0))
     columns = ["invoice", "stock_code", "quantity", "ts", "customer", "line", "description"]

@@ -73,7 +73,7 @@ class SequenceConfig:
 
     d_model: int = 64
     n_heads: int = 2
-    n_layers: int = 2
+    n_layers: int = 1
     max_len: int = 50
     dropout: float = 0.2
     #: Probability that an item's id embedding is zeroed in a training step (inputs and
