@@ -63,8 +63,8 @@ class SequenceTrainingConfig:
     """Hyper-parameters of a training run (all recorded in the model card).
 
     Defaults were chosen on the September 2011 validation month of the development split
-    (R1-new recall@20): one transformer layer, learning rate 2e-3, a 30-day target horizon
-    and a 60-day recency half-life.
+    (R1-new recall@20): one transformer layer, learning rate 2e-3, a 30-day target horizon,
+    a 60-day recency half-life, dropout and id dropout 0.3.
     """
 
     model: SequenceConfig = field(default_factory=SequenceConfig)

@@ -75,10 +75,10 @@ class SequenceConfig:
     n_heads: int = 2
     n_layers: int = 1
     max_len: int = 50
-    dropout: float = 0.2
+    dropout: float = 0.3
     #: Probability that an item's id embedding is zeroed in a training step (inputs and
     #: outputs alike), so the model learns to score items by their text alone.
-    id_dropout: float = 0.1
+    id_dropout: float = 0.3
 
     def __post_init__(self) -> None:
         if self.d_model <= 0 or self.d_model % self.n_heads:
