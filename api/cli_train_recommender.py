@@ -12,7 +12,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -54,6 +54,13 @@ def train_recommender_command(
     validation_days: Annotated[
         float, typer.Option(help="The last N days of the history are the tuning validation.")
     ] = 30.0,
+    sequence_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Budget of the sequence model (a small transformer over the shopper's items "
+            "with text-embedding inputs; registered as sequence/<version>); 0: skip it."
+        ),
+    ] = 5.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the model card as JSON on stdout.")
     ] = False,
@@ -105,10 +112,22 @@ def train_recommender_command(
                 progress=bars,
                 sources=source,
             )
+        sequence_spec = None
+        if sequence_minutes > 0:
+            seq_lines = (
+                lines
+                if history is not None
+                else interactions.rename(
+                    columns={"basket": "invoice", "item": "stock_code", "user": "customer"}
+                )
+            )
+            sequence_spec = _train_sequence(seq_lines, texts, models_dir, sequence_minutes, bars)
     except ShopsearchError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     card = trained.model.card
+    if sequence_spec is not None and not as_json:
+        console.print(f"registered [bold]{sequence_spec}[/bold] in {models_dir}")
     if as_json:
         sys.stdout.write(json.dumps(card, indent=2, default=str) + "\n")
         return
@@ -116,3 +135,31 @@ def train_recommender_command(
     console.print(f"config: {json.dumps(card['config'])}")
     console.print(f"validation: {json.dumps(card['validation']['metrics'])}")
     console.print(f"latency: {json.dumps(card['latency_ms'])}")
+
+
+def _train_sequence(
+    lines: pd.DataFrame, texts: dict[str, str], models_dir: Path, minutes: float, bars: Any
+) -> str | None:
+    """Train and register the sequence model; a history too short for it is a warning
+    (the recommender above stands on its own), not a failure."""
+    from indexer.sequence_training import train_sequence
+    from retrieval.encoders import Encoder
+    from retrieval.model_registry import new_version, register, staging_dir
+    from retrieval.types import ShopsearchError
+
+    version = new_version(models_dir, "sequence")
+    staged = staging_dir(models_dir, "sequence", version)
+    try:
+        result = train_sequence(
+            lines,
+            texts,
+            staged,
+            Encoder(device="cpu"),
+            max_minutes=minutes,
+            progress=bars,
+            version=version,
+        )
+    except ShopsearchError as exc:
+        console.print(f"[yellow]sequence model skipped:[/yellow] {exc}")
+        return None
+    return register(models_dir, "sequence", version, result.card).spec

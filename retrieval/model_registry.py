@@ -54,7 +54,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The kinds of model the registry holds.
-KINDS: tuple[str, ...] = ("towers", "reranker", "recommender")
+KINDS: tuple[str, ...] = ("towers", "reranker", "recommender", "sequence")
 #: Kinds whose arrays are ``.npz`` files rather than transformer weights.
 _ARRAY_KINDS = frozenset({"recommender"})
 #: File name of the model card inside a version directory.
