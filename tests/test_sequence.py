@@ -211,3 +211,18 @@ def test_bad_training_input_is_refused(encoder: Encoder, tmp_path: Path) -> None
         train_sequence(ring_lines(), {}, tmp_path, encoder, config=SMALL, max_minutes=1e-6)
     with pytest.raises(ValueError, match="objective"):
         SequenceTrainingConfig(objective="repeat")  # type: ignore[arg-type]
+
+
+def test_train_recommender_registers_a_loadable_sequence_model(tmp_path: Path) -> None:
+    """The path `shopsearch train recommender` takes: train into the registry's staging
+    directory, register as sequence/<version>, resolve and load it for serving."""
+    from api.cli_train_recommender import _train_sequence
+    from indexer.progress import no_progress
+    from retrieval.model_registry import resolve_model
+
+    spec = _train_sequence(
+        ring_lines(), dict(zip(ITEMS, TEXTS, strict=True)), tmp_path, 2.0, no_progress
+    )
+    assert spec is not None and spec.startswith("sequence/")
+    model = SequenceRecommender.load(resolve_model("sequence/latest", tmp_path))
+    assert model.for_history(history("P1", "P2"), 3)

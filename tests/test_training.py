@@ -133,7 +133,9 @@ def test_registry_errors_list_the_choices(tmp_path: Path) -> None:
     register(tmp_path, "reranker", v1, {})
     with pytest.raises(RegistryError, match=f"valid versions: {v1}"):
         resolve_model("reranker/nope", tmp_path)
-    with pytest.raises(RegistryError, match="valid kinds are: towers, reranker, recommender, sequence"):
+    with pytest.raises(
+        RegistryError, match="valid kinds are: towers, reranker, recommender, sequence"
+    ):
         list_models(tmp_path, "encoder")
     with pytest.raises(RegistryError, match="neither a directory nor a registry spec"):
         resolve_model("encoders/latest", tmp_path)
