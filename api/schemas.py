@@ -287,8 +287,9 @@ class Hit(BaseModel):
     description: str
     brand: str
     category: str
-    price: float | None
-    in_stock: bool | None
+    # Optional in the schema: answers leave out null fields (response_model_exclude_none).
+    price: float | None = Field(None, description="Absent when the catalog has no price.")
+    in_stock: bool | None = Field(None, description="Absent when the catalog does not say.")
     image_url: str
     attributes: dict[str, str]
     explain: Explain | None = None
