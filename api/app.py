@@ -49,6 +49,7 @@ from api.schemas import (
     MAX_RESULT_WINDOW,
     MAX_SIZE,
     MIN_DEADLINE_MS,
+    NOT_BLANK,
     SearchRequest,
     SearchResponse,
     error_responses,
@@ -96,9 +97,9 @@ class ProductIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # The pattern documents what _not_blank checks (with a better message than a pattern's).
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": r"\S"})
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": NOT_BLANK})
     title: str = Field(
-        min_length=1, max_length=MAX_TITLE_CHARS, json_schema_extra={"pattern": r"\S"}
+        min_length=1, max_length=MAX_TITLE_CHARS, json_schema_extra={"pattern": NOT_BLANK}
     )
     description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
     brand: str = Field("", max_length=MAX_BRAND_CHARS)
@@ -448,7 +449,7 @@ def create_app(
                 description="The shopper's query (not blank).",
                 min_length=1,
                 max_length=MAX_QUERY_CHARS,
-                json_schema_extra={"pattern": r"\S"},
+                json_schema_extra={"pattern": NOT_BLANK},
             ),
         ],
         size: Annotated[int, Query(ge=1, le=MAX_SIZE)] = 10,

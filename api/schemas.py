@@ -26,6 +26,7 @@ __all__ = [
     "MAX_RESULT_WINDOW",
     "MAX_SIZE",
     "MIN_DEADLINE_MS",
+    "NOT_BLANK",
     "ErrorOut",
     "Explain",
     "FacetBucket",
@@ -57,6 +58,11 @@ MIN_DEADLINE_MS = 10
 MAX_DEADLINE_MS = 60_000
 
 FilterValue = Annotated[str, Field(max_length=MAX_FILTER_CHARS)]
+
+#: "Has a character str.strip() keeps", as a JSON Schema pattern. Not ``\S``: in the
+#: ECMA regexes of JSON Schema, \s lacks \x1c-\x1f and \x85 that Python strips, so a
+#: client (or a contract test) would take "\x1c" for a non-blank text.
+NOT_BLANK = "[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 
 def _json_number(value: Any) -> Any:
@@ -174,7 +180,7 @@ class SearchRequest(BaseModel):
         max_length=MAX_QUERY_CHARS,
         description="The shopper's query (not blank).",
         # Documents what _not_blank checks (with a better message than a pattern's).
-        json_schema_extra={"pattern": r"\S"},
+        json_schema_extra={"pattern": NOT_BLANK},
     )
     page: JsonInt = Field(
         1,
