@@ -12,7 +12,6 @@ left out and reported in :class:`CatalogReport`. Nothing is dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.catalog_readers import invalid_utf8, read_rows
+from retrieval.checksums import file_sha256
 from retrieval.types import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
@@ -132,15 +132,6 @@ class CatalogReport:
             "skipped_rows": [str(p) for p in self.skipped[:100]],
             "attribute_columns": self.attribute_columns,
         }
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _text(value: Any) -> str:

@@ -28,7 +28,6 @@ here sets torch's thread count: serving decides that.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from retrieval.checksums import file_sha256
 from retrieval.encoders import ModelError
 from retrieval.recommend.base import HistoryItem, Scored
 from retrieval.recommend.interactions import ItemVocab
@@ -195,14 +195,6 @@ class SequenceNet(nn.Module):
         h = self.norm(self.encoder(x, mask=causal, is_causal=True))
         last: torch.Tensor = self.drop(h[torch.arange(batch, device=h.device), lengths - 1])
         return last
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_model(
