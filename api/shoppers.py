@@ -116,10 +116,11 @@ class ShopperSignals:
             return self._rescorer
 
     def _build(self, snapshot: LoadedSnapshot) -> PersonalRescorer:
-        table = snapshot.table
-        ids = [p.id for p in table.products]
-        vocab = ItemVocab.of(ids)
-        n = len(vocab)
+        # The live products only, each at its serving row (an updated product may have an
+        # older, tombstoned row under the same id).
+        row_of = snapshot.table.row_of
+        vocab = ItemVocab.of(row_of)
+        rows = np.fromiter((row_of[i] for i in vocab.items), np.int64, len(vocab))
         counts, baskets = _basket_counts(self._store(), vocab)
         weights = default_weights(DEFAULT_PERSONAL_WEIGHTS)
         params = PersonalParams()
@@ -130,7 +131,7 @@ class ShopperSignals:
         vectors = snapshot.vectors.vectors  # type: ignore[attr-defined]
         return PersonalRescorer(
             items=list(vocab.items),
-            item_vectors=np.asarray(vectors[:n], dtype=np.float32),
+            item_vectors=np.asarray(vectors[rows], dtype=np.float32),
             copurchase=counts,
             baskets=baskets,
             weights=weights,
