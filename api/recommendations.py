@@ -88,22 +88,34 @@ class Recommendations:
         self._bundle_path: Path | None = None
         self._popular_rows: dict[str, list[int]] = {}
         self._warned = False
+        self._checked_at: float | None = None
+        # 0 (no reloading) still re-checks now and then, so a first model is found.
+        self._recheck_s = settings.reload_interval_s or 30.0
 
     def bundle(self) -> RecommenderBundle | None:
-        """The configured recommender, or None when none is trained (logged once)."""
-        try:
-            path = resolve_model(self.settings.recommender, self.settings.models_dir)
-        except RegistryError:
-            if not self._warned:
-                log.warning(
-                    "no recommender %r in %s; recommendations use text neighbours and "
-                    "popularity (train one: shopsearch train recommender)",
-                    self.settings.recommender,
-                    self.settings.models_dir,
-                )
-                self._warned = True
-            return None
+        """The configured recommender, or None when none is trained (logged once).
+
+        The registry is looked up at most once per ``reload_interval_s`` (a directory
+        listing per request would be I/O on every answer); a newly trained
+        ``recommender/latest`` is picked up at the next look."""
+        now = time.monotonic()
         with self._lock:
+            if self._checked_at is not None and now - self._checked_at < self._recheck_s:
+                return self._bundle
+            self._checked_at = now
+            try:
+                path = resolve_model(self.settings.recommender, self.settings.models_dir)
+            except RegistryError:
+                if not self._warned:
+                    log.warning(
+                        "no recommender %r in %s; recommendations use text neighbours and "
+                        "popularity (train one: shopsearch train recommender)",
+                        self.settings.recommender,
+                        self.settings.models_dir,
+                    )
+                    self._warned = True
+                self._bundle = self._bundle_path = None
+                return None
             if self._bundle is None or self._bundle_path != path:
                 self._bundle = load_recommender(path)
                 self._bundle_path = path

@@ -1,5 +1,5 @@
-"""Sparse matrices from interaction rows: the item vocabulary, basket x item and
-user x item matrices, and item-item co-occurrence counts.
+"""Sparse matrices from interaction rows: the item vocabulary, the basket x item
+matrix, and item-item co-occurrence counts.
 
 Pure functions over sequences and scipy sparse matrices (no files, no pandas), shared by
 every model of :mod:`retrieval.recommend`, by shopper-aware re-scoring and by the
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-__all__ = ["ItemVocab", "basket_item_matrix", "cooccurrence", "user_item_matrix"]
+__all__ = ["ItemVocab", "basket_item_matrix", "cooccurrence"]
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,6 @@ def basket_item_matrix(
     basket_vocab, matrix = _rows_matrix(baskets, items, vocab, None)
     matrix.data[:] = 1.0
     return basket_vocab, matrix
-
-
-def user_item_matrix(
-    users: Sequence[str],
-    items: Sequence[str],
-    vocab: ItemVocab,
-    weights: Sequence[float] | None = None,
-) -> tuple[ItemVocab, sp.csr_matrix]:
-    """User x item matrix summing ``weights`` (1 per row when ``None``) per (user, item)."""
-    return _rows_matrix(users, items, vocab, weights)
 
 
 def cooccurrence(basket_item: sp.csr_matrix) -> sp.csr_matrix:
