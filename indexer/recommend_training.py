@@ -8,9 +8,12 @@ converted by :func:`retail_interactions`) and the catalog's item texts, then:
 2. tunes :class:`retrieval.recommend.bundle.RecommenderConfig` on the last
    ``validation_days`` of the history (:mod:`indexer.recommend_tuning`), within
    ``max_minutes`` (the best settings found so far are kept at the deadline);
-3. refits the chosen config on the whole history, measures scoring latency, and
+3. fits the learned for-you ranker on the same validation month
+   (:mod:`indexer.recommend_ranker`; the blend stays the answer when there is too
+   little data to fit it);
+4. refits the chosen config on the whole history, measures scoring latency, and
    registers the bundle with its model card (date range, counts, chosen variant and
-   weights, validation metrics, trials, latency).
+   weights, validation metrics, trials, ranker weights, latency).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from indexer.embedding_cache import EmbeddingCache
 from indexer.events.types import INTERACTION_COLUMNS
 from indexer.progress import ProgressFactory, no_progress
 from indexer.recommend_protocols import DEPTH, customer_histories
+from indexer.recommend_ranker import RankerFit, fit_rankers
 from indexer.recommend_tuning import SEARCH_SPACE_TRIALS, TuningResult, tune, validation_set
 from retrieval.encoders import Encoder
 from retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
@@ -186,8 +190,8 @@ def fit_recommender(
     progress: ProgressFactory = no_progress,
     version: str = "unversioned",
 ) -> FittedRecommender:
-    """Embed item texts, tune on the last ``validation_days`` and fit on everything
-    (steps 1-3 of the module docstring, without registering).
+    """Embed item texts, tune on the last ``validation_days``, fit the ranker and fit on
+    everything (steps 1-4 of the module docstring, without registering).
 
     Raises:
         RecommenderTrainingError: no purchases, a column missing, or a bad budget.
@@ -227,8 +231,14 @@ def fit_recommender(
             len(val.r2),
             MIN_VALIDATION_QUERIES,
         )
+    ranking: RankerFit | None = None
+    if tuning is not None:
+        with progress("fitting the for-you ranker", 1) as advance:
+            ranking = fit_rankers(fit_bundle(val.events, vocab, embeddings, config), val)
+            advance(1)
+    rankers = (ranking.ranker, ranking.ranker_discovery) if ranking else None
     with progress("fitting on the whole history", 1) as advance:
-        bundle = fit_bundle(events, vocab, embeddings, config, version=version)
+        bundle = fit_bundle(events, vocab, embeddings, config, version=version, rankers=rankers)
         advance(1)
     latency = measure_latency(bundle, frame.tail(20_000))
     card: dict[str, Any] = {
@@ -251,6 +261,27 @@ def fit_recommender(
             "metrics": tuning.metrics if tuning else {},
             "trials": tuning.trials if tuning else [],
             "stopped_at_deadline": bool(tuning and tuning.stopped_early),
+        },
+        "for_you": {
+            "model": "learned ranker" if ranking else "blend",
+            "ranker_rows": ranking.rows if ranking else {},
+            "ranker_validation_in_sample": ranking.metrics if ranking else {},
+            "ranker_weights": (
+                {
+                    "usual": dict(
+                        zip(ranking.ranker.features, ranking.ranker.weights, strict=True)
+                    ),
+                    "discovery": dict(
+                        zip(
+                            ranking.ranker_discovery.features,
+                            ranking.ranker_discovery.weights,
+                            strict=True,
+                        )
+                    ),
+                }
+                if ranking
+                else {}
+            ),
         },
         "budget": {
             "max_minutes": max_minutes,

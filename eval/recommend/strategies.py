@@ -11,7 +11,8 @@ Reference points (fitted on the evaluation's history, nothing tuned):
 
 Trained (:class:`retrieval.recommend.bundle.RecommenderBundle`): ``popularity``
 (trending), ``repurchase``, ``item2item`` (hybrid, with text and popularity fallback),
-``text`` (cold start) and ``for-you`` (the blend, what the API serves).
+``text`` (cold start), ``for-you-blend`` (the hand-tuned blend) and ``for-you`` (what the
+API serves: the learned ranker when the bundle has one, else the blend).
 """
 
 from __future__ import annotations
@@ -62,5 +63,6 @@ def trained_strategies(bundle: RecommenderBundle) -> dict[str, Recommender]:
         "repurchase": bundle.repurchase,
         "item2item": bundle.similar_chain,
         "text": bundle.text,
+        "for-you-blend": Chain([bundle.blend, bundle.text, bundle.popular], "for-you-blend"),
         "for-you": bundle.for_you,
     }

@@ -30,6 +30,7 @@ from retrieval.recommend.blend import Chain, ForYou
 from retrieval.recommend.interactions import ItemVocab
 from retrieval.recommend.item2item import ItemToItem, fit_similarity
 from retrieval.recommend.popularity import Popularity, popularity_scores
+from retrieval.recommend.ranker import ITEM_STATS, LinearRanker, RankedForYou, item_statistics
 from retrieval.recommend.repurchase import Repurchase
 from retrieval.recommend.scoring import FloatArray, Interactions, prune_rows
 from retrieval.recommend.text import TextNeighbours
@@ -116,6 +117,9 @@ class RecommenderBundle:
 
     ``similar_matrix`` is the hybrid item-to-item similarity (rows unit-max);
     ``history_matrix`` the shopper-level neighbours the blend scores histories with.
+    ``stats`` are the item statistics of the learned ranker and ``as_of`` the newest
+    training event; with ``rankers`` (usual, discovery) set, ``for_you`` is the learned
+    :class:`RankedForYou`, otherwise the blend (``blend`` is kept either way).
     """
 
     config: RecommenderConfig
@@ -125,6 +129,9 @@ class RecommenderBundle:
     history_matrix: sp.csr_matrix
     embeddings: npt.NDArray[np.float32]
     version: str = "unversioned"
+    stats: dict[str, FloatArray] = field(default_factory=dict)
+    as_of: float = 0.0
+    rankers: tuple[LinearRanker, LinearRanker] | None = None
 
     def __post_init__(self) -> None:
         c, v = self.config, self.version
@@ -151,7 +158,32 @@ class RecommenderBundle:
             version=v,
         )
         self.blend = blend
-        self.for_you = Chain([blend, self.text, self.popular], "for-you", v)
+        self.ranked: RankedForYou | None = None
+        first: ForYou | RankedForYou = blend
+        if self.rankers is not None:
+            self.ranked = first = self.ranked_with(*self.rankers)
+        self.for_you = Chain([first, self.text, self.popular], "for-you", v)
+
+    def ranked_with(self, ranker: LinearRanker, discovery: LinearRanker) -> RankedForYou:
+        """The learned for-you model of this bundle's models with these rankers.
+
+        Raises:
+            ValueError: the bundle has no item statistics (written by an older version).
+        """
+        if not self.stats:
+            raise ValueError("this recommender bundle has no item statistics; retrain it")
+        return RankedForYou(
+            self.vocab,
+            self.neighbours,
+            self.similar_matrix,
+            self.embeddings,
+            self.stats,
+            self.as_of,
+            ranker,
+            discovery,
+            self.similar_chain,
+            version=self.version,
+        )
 
 
 def fit_bundle(
@@ -161,11 +193,13 @@ def fit_bundle(
     config: RecommenderConfig,
     *,
     version: str = "unversioned",
-    cache: dict[tuple[Any, ...], sp.csr_matrix] | None = None,
+    cache: dict[tuple[Any, ...], Any] | None = None,
+    rankers: tuple[LinearRanker, LinearRanker] | None = None,
 ) -> RecommenderBundle:
     """Fit every model of ``config`` on ``events``. ``embeddings`` are the vocabulary's
     unit-length description vectors (zero rows: no text). ``cache`` (optional) keeps
-    similarity matrices between fits that share their settings (tuning)."""
+    similarity matrices between fits that share their settings (tuning). ``rankers``
+    (fitted by :mod:`indexer.recommend_ranker`) make ``for_you`` the learned ranker."""
     if embeddings.shape[0] != len(vocab):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(vocab)} items")
     memo = cache if cache is not None else {}
@@ -213,7 +247,20 @@ def fit_bundle(
     similar = similar.tocsr()
     similar.setdiag(0)
     similar = prune_rows(similar, c.neighbours)
-    return RecommenderBundle(c, vocab, popularity, similar, history, embeddings, version)
+    if ("stats",) not in memo:
+        memo[("stats",)] = item_statistics(events, vocab)
+    return RecommenderBundle(
+        c,
+        vocab,
+        popularity,
+        similar,
+        history,
+        embeddings,
+        version,
+        memo[("stats",)],
+        as_of,
+        rankers,
+    )
 
 
 def save_bundle(bundle: RecommenderBundle, directory: Path) -> None:
@@ -228,8 +275,17 @@ def save_bundle(bundle: RecommenderBundle, directory: Path) -> None:
         arrays[f"{name}_data"] = m.data.astype(np.float32)
         arrays[f"{name}_indices"] = m.indices.astype(np.int32)
         arrays[f"{name}_indptr"] = m.indptr.astype(np.int64)
+    for name in ITEM_STATS:
+        if name in bundle.stats:
+            arrays[f"stat_{name}"] = bundle.stats[name]
+    arrays["as_of"] = np.array([bundle.as_of])
     np.savez(directory / ARRAYS_FILE, **arrays)
-    meta = {"format_version": FORMAT_VERSION, "config": bundle.config.to_dict()}
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "config": bundle.config.to_dict()}
+    if bundle.rankers is not None:
+        meta["rankers"] = {
+            "usual": bundle.rankers[0].to_dict(),
+            "discovery": bundle.rankers[1].to_dict(),
+        }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -261,6 +317,17 @@ def load_bundle(directory: Path, version: str = "unversioned") -> RecommenderBun
             (npz[f"{name}_data"], npz[f"{name}_indices"], npz[f"{name}_indptr"]), shape=(n, n)
         )
 
+    # Bundles written before the learned ranker have no statistics: they serve the blend.
+    stats = {s: npz[f"stat_{s}"].astype(np.float64) for s in ITEM_STATS if f"stat_{s}" in npz}
+    rankers = None
+    if "rankers" in meta and len(stats) == len(ITEM_STATS):
+        try:
+            rankers = (
+                LinearRanker.from_dict(meta["rankers"]["usual"]),
+                LinearRanker.from_dict(meta["rankers"]["discovery"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{directory}: unreadable for-you ranker ({exc}); retrain") from None
     return RecommenderBundle(
         RecommenderConfig.from_dict(meta["config"]),
         vocab,
@@ -269,4 +336,7 @@ def load_bundle(directory: Path, version: str = "unversioned") -> RecommenderBun
         matrix("history"),
         npz["embeddings"].astype(np.float32),
         version,
+        stats,
+        float(npz["as_of"][0]) if "as_of" in npz else 0.0,
+        rankers,
     )

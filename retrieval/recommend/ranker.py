@@ -1,0 +1,327 @@
+"""The learned for-you ranker: candidates from several models, one linear score.
+
+The hand-tuned blend (:class:`retrieval.recommend.blend.ForYou`) adds three normalised
+signals with fixed weights. :class:`RankedForYou` instead gathers candidates (the
+shopper's own items, their co-purchase neighbours, the neighbours of their last items,
+trending items), describes each candidate by :data:`RANKER_FEATURES` and orders them by a
+logistic model fitted on a validation month (:mod:`indexer.recommend_ranker`): "will this
+shopper buy this item in the next weeks?". Two models are kept: one for the usual answer
+(replenishment and discovery mixed) and one for discovery (``exclude_bought=true``, when
+every history item the model knows is excluded), because what predicts a first purchase
+(neighbours, trends) is not what predicts a re-purchase (own frequency and recency).
+
+Features are computed from the history alone (plus item statistics frozen at training
+time), so a new shopper, a guest and an erased shopper all go through the same code.
+A shopping *day* stands in for a basket: the event API has no basket id, and the shops
+we learn from rarely order twice a day.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from retrieval.recommend.base import HistoryItem, Scored
+from retrieval.recommend.interactions import ItemVocab
+from retrieval.recommend.item2item import ItemToItem
+from retrieval.recommend.scoring import DAY_S, KIND_WEIGHTS, FloatArray, Interactions, top_k
+
+__all__ = [
+    "ITEM_STATS",
+    "RANKER_FEATURES",
+    "LinearRanker",
+    "RankedForYou",
+    "candidate_features",
+    "item_statistics",
+]
+
+#: Item statistics frozen at training time (all ``log1p`` of counts except ``rebuy``).
+ITEM_STATS: tuple[str, ...] = ("pop7", "pop30", "pop90", "pop365", "rebuy", "buyers")
+#: The columns of :func:`candidate_features`, in order.
+RANKER_FEATURES: tuple[str, ...] = (
+    "events",  # kind-weighted count of the shopper's events of the item
+    "days_since",  # days since the shopper's last event of the item (9999: never)
+    "recent30",  # events decayed with a 30-day half-life
+    "recent180",  # ... 180-day half-life
+    "neighbours",  # shopper-level co-purchase score of the history
+    "neighbours_rel",  # the same / its maximum over the vocabulary
+    "last_items",  # item-to-item score from the 10 newest distinct items
+    "last_items_rel",
+    "text",  # cosine to the recency-weighted centroid of the history's descriptions
+    *ITEM_STATS,
+    "days",  # shopping days on which the shopper had the item
+    "share",  # days / the shopper's shopping days
+    "in_last_day",  # events of the item on the newest shopping day
+    "in_last_3_days",  # ... on the 3 newest shopping days
+    "recent7",  # events decayed with a 7-day half-life
+    "owned",  # 1 if the history holds the item
+    "share_x_rebuy",
+    "owned_x_rebuy",
+    "owned_x_pop7",
+    "log_days_x_rebuy",
+)
+#: Candidates per source (the history's own items are always candidates).
+NEIGHBOUR_CANDIDATES = 150
+LAST_ITEM_CANDIDATES = 75
+POPULAR_CANDIDATES = 50
+#: Distinct newest items whose item-to-item rows give ``last_items``.
+LAST_ITEMS = 10
+#: ``days_since`` of an item the shopper never had.
+NEVER_DAYS = 9999.0
+
+IntArray = npt.NDArray[np.int64]
+
+
+def item_statistics(events: Interactions, vocab: ItemVocab) -> dict[str, FloatArray]:
+    """:data:`ITEM_STATS` over ``vocab`` from purchase ``events``, as of their newest.
+
+    ``popN``: log1p of distinct shoppers who bought the item in the last N days;
+    ``buyers``: log1p of all distinct buyers; ``rebuy``: (shoppers who bought it on 2+
+    baskets + 0.1) / (buyers + 1), a smoothed re-purchase rate.
+    """
+    n = len(vocab)
+    bought = events.kind == "purchase"
+    if not bought.any():
+        return {name: np.zeros(n) for name in ITEM_STATS}
+    ev = events.select(bought)
+    idx = vocab.indices(list(ev.item))
+    known = idx >= 0
+    idx = idx[known]
+    user = np.unique(ev.user[known], return_inverse=True)[1]
+    basket = np.unique(ev.basket[known], return_inverse=True)[1]
+    age = (float(ev.ts.max()) - ev.ts[known]) / DAY_S
+    out: dict[str, FloatArray] = {}
+    for window in (7, 30, 90, 365):
+        recent = age < window
+        pairs = np.unique(np.stack([idx[recent], user[recent]]), axis=1)
+        out[f"pop{window}"] = np.log1p(np.bincount(pairs[0], minlength=n)).astype(np.float64)
+    item_user_basket = np.unique(np.stack([idx, user, basket]), axis=1)
+    item_user, baskets = np.unique(item_user_basket[:2], axis=1, return_counts=True)
+    buyers = np.bincount(item_user[0], minlength=n).astype(np.float64)
+    rebuyers = np.bincount(item_user[0], weights=(baskets >= 2).astype(float), minlength=n)
+    out["rebuy"] = (rebuyers + 0.1) / (buyers + 1.0)
+    out["buyers"] = np.log1p(buyers)
+    return out
+
+
+@dataclass(frozen=True)
+class LinearRanker:
+    """``sigmoid(w . (log1p(max(x, 0)) - mean) / scale + bias)`` over :data:`RANKER_FEATURES`.
+
+    A positive, monotone score, so :class:`retrieval.recommend.blend.Chain` keeps it.
+    """
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    features: tuple[str, ...] = RANKER_FEATURES
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if not (len(self.weights) == len(self.mean) == len(self.scale) == n):
+            raise ValueError(f"a ranker over {n} features needs {n} weights, means and scales")
+        if tuple(self.features) != RANKER_FEATURES:
+            raise ValueError(
+                f"ranker features {list(self.features)} are not this code's "
+                f"{list(RANKER_FEATURES)}; retrain with `shopsearch train recommender`"
+            )
+
+    @staticmethod
+    def transform(x: FloatArray) -> FloatArray:
+        """The input transform (counts and scores are heavy-tailed)."""
+        return np.log1p(np.maximum(x, 0.0))
+
+    def score(self, x: FloatArray) -> FloatArray:
+        """Scores of the rows of the raw feature matrix ``x``."""
+        z = (self.transform(x) - np.asarray(self.mean)) / np.asarray(self.scale)
+        logit = z @ np.asarray(self.weights) + self.bias
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "weights": list(self.weights),
+            "bias": self.bias,
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LinearRanker:
+        return cls(
+            tuple(float(w) for w in data["weights"]),
+            float(data["bias"]),
+            tuple(float(m) for m in data["mean"]),
+            tuple(float(s) for s in data["scale"]),
+            tuple(str(f) for f in data["features"]),
+        )
+
+
+def _top(scores: FloatArray, k: int) -> IntArray:
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[scores[part] > 0].astype(np.int64)
+
+
+@dataclass
+class RankedForYou:
+    """Candidates + :data:`RANKER_FEATURES` + a :class:`LinearRanker` (module docstring).
+
+    ``as_of`` is the newest training event (epoch seconds): ages are measured from it or
+    from the history's newest event, whichever is later, so the same history ranks the
+    same whenever it is asked about until the next training.
+    """
+
+    vocab: ItemVocab
+    neighbours: ItemToItem
+    last_items: sp.csr_matrix
+    embeddings: npt.NDArray[np.float32]
+    stats: Mapping[str, FloatArray]
+    as_of: float
+    ranker: LinearRanker
+    ranker_discovery: LinearRanker
+    similar_model: Any  # a Recommender (its ``similar`` is this model's)
+    name: str = "for-you-ranker"
+    version: str = "unversioned"
+    _popular: IntArray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        missing = [s for s in ITEM_STATS if s not in self.stats]
+        if missing:
+            raise ValueError(f"item statistics lack {missing}")
+        self.last_items = sp.csr_matrix(self.last_items)
+        popular = np.concatenate(
+            [_top(np.asarray(self.stats[s]), POPULAR_CANDIDATES) for s in ("pop7", "pop30")]
+        )
+        self._popular = np.unique(popular)
+
+    def features(
+        self, history: Sequence[HistoryItem], exclude_idx: IntArray, *, owned_candidates: bool
+    ) -> tuple[IntArray, FloatArray]:
+        """Candidate vocabulary indices and their raw feature rows (same order)."""
+        return candidate_features(self, history, exclude_idx, owned_candidates=owned_candidates)
+
+    def _discovery(self, history: Sequence[HistoryItem], exclude: frozenset[str]) -> bool:
+        if not history or not exclude:
+            return False
+        known = {h.item for h in history if h.item in self.vocab.index}
+        return bool(known) and known <= exclude
+
+    def for_history(
+        self, history: Sequence[HistoryItem], k: int, exclude: frozenset[str] = frozenset()
+    ) -> list[Scored]:
+        if not any(h.item in self.vocab.index for h in history):
+            # Nothing known about the shopper: the caller's fallbacks (popular) answer,
+            # so a shopper without history gets exactly the popular list.
+            return []
+        discovery = self._discovery(history, exclude)
+        bad = self.vocab.indices(list(exclude)) if exclude else np.zeros(0, np.int64)
+        cand, x = self.features(history, bad[bad >= 0], owned_candidates=not discovery)
+        if len(cand) == 0:
+            return []
+        model = self.ranker_discovery if discovery else self.ranker
+        dense = np.zeros(len(self.vocab))
+        dense[cand] = model.score(x)
+        return top_k(dense, k, self.vocab, exclude)
+
+    def similar(self, item: str, k: int, exclude: frozenset[str] = frozenset()) -> list[Scored]:
+        result: list[Scored] = self.similar_model.similar(item, k, exclude)
+        return result
+
+
+def candidate_features(
+    model: RankedForYou,
+    history: Sequence[HistoryItem],
+    exclude_idx: IntArray,
+    *,
+    owned_candidates: bool,
+) -> tuple[IntArray, FloatArray]:
+    """Candidates for ``history`` (``exclude_idx`` left out; the history's own items
+    only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows."""
+    vocab, n = model.vocab, len(model.vocab)
+    idx = vocab.indices([h.item for h in history]) if history else np.zeros(0, np.int64)
+    known = idx >= 0
+    idx = idx[known]
+    ts = np.fromiter((h.ts.timestamp() for h in history), np.float64, len(history))[known]
+    kind_w = np.fromiter(
+        (KIND_WEIGHTS.get(h.kind, 0.0) for h in history), np.float64, len(history)
+    )[known]
+    now = max(model.as_of, float(ts.max()) if len(ts) else -math.inf)
+    age = (now - ts) / DAY_S
+
+    events = np.bincount(idx, weights=kind_w, minlength=n).astype(np.float64)
+    days_since = np.full(n, NEVER_DAYS)
+    np.minimum.at(days_since, idx, age)
+
+    def decayed(half_life: float) -> FloatArray:
+        decay = kind_w * np.exp2(-age / half_life)
+        return np.bincount(idx, weights=decay, minlength=n).astype(np.float64)
+
+    neighbours = model.neighbours.scores(history) if len(idx) else np.zeros(n)
+    neighbours_rel = neighbours / (neighbours.max() or 1.0)
+    newest = list(dict.fromkeys(idx.tolist()))[:LAST_ITEMS]  # history is newest first
+    if newest:
+        last = np.asarray(model.last_items[newest].sum(axis=0), dtype=np.float64).ravel()
+    else:
+        last = np.zeros(n)
+    last_rel = last / (last.max() or 1.0)
+    pool = [_top(neighbours, NEIGHBOUR_CANDIDATES), _top(last_rel, LAST_ITEM_CANDIDATES)]
+    pool.append(model._popular)
+    if owned_candidates:
+        pool.append(np.unique(idx))
+    cand = np.unique(np.concatenate(pool)).astype(np.int64)
+    if len(exclude_idx):
+        cand = cand[~np.isin(cand, exclude_idx)]
+
+    # From here on only the candidates' values are computed (the request's cost).
+    text = np.zeros(len(cand))
+    if len(idx) and len(cand):
+        centroid = (model.embeddings[idx] * np.exp2(-age / 30.0)[:, None]).sum(axis=0)
+        norm = float(np.linalg.norm(centroid))
+        if norm > 0:
+            text = model.embeddings[cand] @ (centroid / norm)
+    day = np.floor(ts / DAY_S).astype(np.int64)
+    days_list, day_of = np.unique(day, return_inverse=True)
+    n_days = len(days_list)
+    item_day = np.unique(np.stack([idx, day_of]), axis=1) if len(idx) else np.zeros((2, 0), int)
+    days = np.bincount(item_day[0], minlength=n)[cand].astype(np.float64)
+    day_rank = n_days - 1 - item_day[1]  # 0 = the newest shopping day
+    in_last_day = np.bincount(item_day[0][day_rank < 1], minlength=n)[cand]
+    in_last_3 = np.bincount(item_day[0][day_rank < 3], minlength=n)[cand]
+    share = days / max(n_days, 1)
+    owned = (events[cand] > 0).astype(np.float64)
+    stat = {name: np.asarray(model.stats[name])[cand] for name in ITEM_STATS}
+    rebuy = stat["rebuy"]
+    columns: list[FloatArray] = [
+        events[cand],
+        days_since[cand],
+        decayed(30.0)[cand],
+        decayed(180.0)[cand],
+        neighbours[cand],
+        neighbours_rel[cand],
+        last[cand],
+        last_rel[cand],
+        text,
+        *(stat[name] for name in ITEM_STATS),
+        days,
+        share,
+        in_last_day.astype(np.float64),
+        in_last_3.astype(np.float64),
+        decayed(7.0)[cand],
+        owned,
+        share * rebuy,
+        owned * rebuy,
+        owned * stat["pop7"],
+        np.log1p(days) * rebuy,
+    ]
+    x = np.column_stack(columns) if len(cand) else np.zeros((0, len(RANKER_FEATURES)))
+    return cand, x
