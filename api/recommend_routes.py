@@ -168,10 +168,11 @@ def recommend_router(
         exclude_bought: Annotated[
             bool, Query(description="Leave out what the shopper already bought.")
         ] = False,
-        strategy: Literal["auto", "blend", "repurchase", "popular"] = "auto",
+        strategy: Literal["auto", "ranker", "blend", "repurchase", "popular"] = "auto",
     ) -> RecommendResponse:
-        """For a shopper (``user``, or ``session`` for a guest): the blend of their own
-        items, items bought with them and popularity; popular without a history."""
+        """For a shopper (``user``, or ``session`` for a guest): the learned ranker (or
+        the blend) over their own items, items bought with them and trending items;
+        popular without a history."""
         started = time.perf_counter()
         snap = get_service().snapshot
         history = shoppers.history(shoppers.shopper(user, session))

@@ -7,8 +7,9 @@ Each answer walks a fixed chain of sources and says which ones it used (``source
 - similar: co-purchase (the trained recommender's item-to-item model) -> text neighbours
   (the snapshot's item-tower vectors: a product nobody bought yet is covered, cold start)
   -> popular;
-- for you: the trained blend over the shopper's history (repurchase, co-purchase
-  neighbours, popularity) -> popular -> catalog order.
+- for you: the learned ranker over the shopper's history (when the trained recommender
+  has one) -> the trained blend (repurchase, co-purchase neighbours, popularity) ->
+  popular -> catalog order.
 
 Model answers are restricted to products of the serving snapshot and to the request's
 filters (the same filters as search); a model's item that left the catalog is dropped.
@@ -43,9 +44,9 @@ __all__ = ["FOR_YOU_STRATEGIES", "SIMILAR_STRATEGIES", "Recommendation", "Recomm
 log = logging.getLogger(__name__)
 
 SimilarStrategy = Literal["auto", "co-purchase", "text", "popular"]
-ForYouStrategy = Literal["auto", "blend", "repurchase", "popular"]
+ForYouStrategy = Literal["auto", "ranker", "blend", "repurchase", "popular"]
 SIMILAR_STRATEGIES: tuple[str, ...] = ("auto", "co-purchase", "text", "popular")
-FOR_YOU_STRATEGIES: tuple[str, ...] = ("auto", "blend", "repurchase", "popular")
+FOR_YOU_STRATEGIES: tuple[str, ...] = ("auto", "ranker", "blend", "repurchase", "popular")
 #: How many more candidates than asked a source returns, so filters leave enough.
 _OVERFETCH = 5
 _MAX_FETCH = 2000
@@ -228,10 +229,18 @@ class Recommendations:
         k = min(_MAX_FETCH, size * _OVERFETCH + len(exclude))
         out = Recommendation()
         bundle = self.bundle()
-        chain = ["blend", "popular"] if strategy == "auto" else [strategy]
+        if strategy != "auto":
+            chain = [strategy]
+        elif bundle is not None and bundle.ranked is not None:
+            chain = ["ranker", "blend", "popular"]
+        else:
+            chain = ["blend", "popular"]
         for source in chain:
             t = time.perf_counter()
-            if source == "blend" and bundle is not None and history:
+            if source == "ranker" and bundle is not None and bundle.ranked and history:
+                scored = bundle.ranked.for_history(history, k, exclude)
+                out.add(source, self._keep(snap, scored, filters, exclude_rows), size)
+            elif source == "blend" and bundle is not None and history:
                 scored = bundle.blend.for_history(history, k, exclude)
                 out.add(source, self._keep(snap, scored, filters, exclude_rows), size)
             elif source == "repurchase" and bundle is not None and history:

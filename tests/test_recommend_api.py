@@ -65,7 +65,10 @@ def _get(client: TestClient, url: str, **params: Any) -> dict[str, Any]:
 def test_for_you_uses_the_history_and_falls_back_to_popular(client: TestClient) -> None:
     cook = _get(client, "/v1/recommend/for-you", user="demo-cook", size=10)
     assert len(cook["hits"]) == 10 and cook["history_items"] > 0
-    assert cook["hits"][0]["source"] == "blend" and cook["models"]["recommender"]
+    assert cook["hits"][0]["source"] in ("ranker", "blend") and cook["models"]["recommender"]
+    for strategy in ("ranker", "blend", "repurchase"):  # each alone still never empty
+        alone = _get(client, "/v1/recommend/for-you", user="demo-cook", size=10, strategy=strategy)
+        assert len(alone["hits"]) == 10 and alone["strategy"] == strategy
     assert "total" in cook["timings_ms"]
     kitchen = sum(h["category"].startswith("Kitchen") for h in cook["hits"])
     assert kitchen >= 5, cook["hits"]  # their taste, not the shop's average

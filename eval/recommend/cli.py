@@ -131,6 +131,7 @@ def recommend_command(
             def bars(description: str, total: int):  # type: ignore[no-untyped-def]
                 return _bar(progress, description, total)
 
+            encoder = Encoder(device="cpu")
             if model is not None:
                 bundle = load_recommender(resolve_model(model, registry))
                 trained_note = f"model {model}"
@@ -138,7 +139,7 @@ def recommend_command(
                 fitted = fit_recommender(
                     hist,
                     texts,
-                    encoder=Encoder(device="cpu"),
+                    encoder=encoder,
                     max_minutes=max_minutes,
                     cache_dir=registry / ".cache" / "embeddings",
                     progress=bars,
@@ -160,6 +161,7 @@ def recommend_command(
                 seed=seed,
                 history_lines=history_lines,
                 test_lines=test_lines,
+                encoder=encoder,
                 on_strategy=lambda p, s: progress.advance(task, 1),
             )
     except ShopsearchError as exc:

@@ -1,6 +1,5 @@
-"""Run protocols R1, R1-new, R2 (and R3 when its module exists) for every strategy in one
-pass, with per-request latency, and write ``metrics.json``, ``latency.json``,
-``report.md`` and ``report.html``.
+"""Run protocols R1, R1-new, R2 and R3 for every strategy in one pass, with per-request
+latency, and write ``metrics.json``, ``latency.json``, ``report.md`` and ``report.html``.
 
 ``metrics.json`` is ``{protocol: {strategy: {metric: value}}}``; each strategy's
 ``latency_p50_ms`` / ``latency_p95_ms`` sit beside its metrics.
@@ -9,7 +8,6 @@ pass, with per-request latency, and write ``metrics.json``, ``latency.json``,
 from __future__ import annotations
 
 import html
-import importlib
 import json
 import logging
 import time
@@ -32,6 +30,7 @@ from indexer.recommend_protocols import (
     r1_queries,
     r2_queries,
 )
+from retrieval.encoders import Encoder
 from retrieval.recommend.base import Recommender, Scored
 
 __all__ = ["ALL_PROTOCOLS", "Evaluation", "run_protocols", "write_outputs"]
@@ -44,6 +43,7 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
     "R1": ("recall@20", "ndcg@20"),
     "R1-new": ("recall@20", "ndcg@20"),
     "R2": ("hit@10", "recall@10"),
+    "R3": ("mrr@10", "ndcg@10"),
 }
 
 
@@ -101,13 +101,15 @@ def run_protocols(
     seed: int = 0,
     history_lines: pd.DataFrame | None = None,
     test_lines: pd.DataFrame | None = None,
+    encoder: Encoder | None = None,
     on_strategy: Callable[[str, str], None] | None = None,
 ) -> Evaluation:
     """Every strategy on every protocol of ``protocols``.
 
-    ``history``/``test`` are interactions-shaped frames; R3 (another module,
-    ``eval.recommend.r3``) gets the raw retail lines ``history_lines``/``test_lines``
-    (it needs descriptions) and is skipped with a note when the module is absent.
+    ``history``/``test`` are interactions-shaped frames. R3 (:mod:`eval.recommend.r3`,
+    shopper-aware search: its own strategies, the re-scorer trained on the history)
+    needs the raw retail lines ``history_lines``/``test_lines`` (descriptions) and the
+    ``encoder`` (query and item vectors); without them it is skipped with a note.
     """
     unknown = set(protocols) - set(ALL_PROTOCOLS)
     if unknown:
@@ -118,7 +120,7 @@ def run_protocols(
     histories = customer_histories(history)
     for protocol in protocols:
         if protocol == "R3":
-            _run_r3(out, history_lines, test_lines, seed)
+            _run_r3(out, history_lines, test_lines, encoder, seed)
             continue
         if protocol == "R2":
             similar_qs = r2_queries(test, seed=seed)
@@ -142,19 +144,35 @@ def _run_r3(
     out: Evaluation,
     history_lines: pd.DataFrame | None,
     test_lines: pd.DataFrame | None,
+    encoder: Encoder | None,
     seed: int,
 ) -> None:
+    if history_lines is None or test_lines is None or encoder is None:
+        out.notes.append("R3 skipped: it needs the retail lines (with descriptions) and an encoder")
+        return
+    from eval.recommend.r3 import run_r3  # deferred: loads the re-scorer's training code
+
     try:
-        r3 = importlib.import_module("eval.recommend.r3")
-    except ModuleNotFoundError as exc:
-        if exc.name != "eval.recommend.r3":
-            raise
-        out.notes.append("R3 skipped: eval/recommend/r3.py is not there yet")
+        result = run_r3(history_lines, test_lines, encoder=encoder, seed=seed)
+    except ValueError as exc:
+        # Too short a history to train the re-scorer on (it needs a month before its
+        # validation month) or no query word: the other protocols still report.
+        log.warning("R3 skipped: %s", exc)
+        out.notes.append(f"R3 skipped: {exc}")
         return
-    if history_lines is None or test_lines is None:
-        out.notes.append("R3 skipped: it needs the retail lines (with descriptions)")
-        return
-    out.metrics["R3"] = r3.run_r3(history_lines, test_lines, seed=seed)
+    out.queries["R3"] = result.n_queries
+    out.metrics["R3"] = {
+        name: {
+            **metrics,
+            "latency_p50_ms": result.latency_ms.get(name, {}).get("p50", 0.0),
+            "latency_p95_ms": result.latency_ms.get(name, {}).get("p95", 0.0),
+        }
+        for name, metrics in result.metrics.items()
+    }
+    out.notes.append(
+        f"R3: {result.n_queries} queries of {result.n_shoppers} shoppers; latency is the "
+        "re-scoring call alone"
+    )
 
 
 def _fmt(value: float | None) -> str:
