@@ -66,7 +66,8 @@ def train_recommender_command(
     ] = False,
 ) -> None:
     """Train popularity, repurchase, item-to-item (variant chosen on validation), text
-    cold start and the for-you blend; register them as recommender/<version>."""
+    cold start, the for-you blend and the learned for-you ranker (fitted on the
+    validation period); register them as recommender/<version>."""
     from api.settings import Settings
     from indexer.events.store import EventStore
     from indexer.recommend_training import retail_interactions, train_recommender
@@ -134,6 +135,11 @@ def train_recommender_command(
     console.print(f"registered [bold]{trained.model.spec}[/bold] in {models_dir}")
     console.print(f"config: {json.dumps(card['config'])}")
     console.print(f"validation: {json.dumps(card['validation']['metrics'])}")
+    for_you = card.get("for_you", {})
+    console.print(
+        f"for-you: {for_you.get('model', 'blend')} "
+        f"{json.dumps(for_you.get('ranker_validation_in_sample', {}))}"
+    )
     console.print(f"latency: {json.dumps(card['latency_ms'])}")
 
 
