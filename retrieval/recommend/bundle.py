@@ -178,12 +178,10 @@ class RecommenderBundle:
         # blend's tuned one: it has recency features of its own, and on October 2011 a
         # 14-day neighbour half-life (tuned for the blend) cost it R1-new recall@20
         # 0.100 -> 0.095.
-        neighbours = ItemToItem(
-            self.vocab, self.history_matrix, RANKER_NEIGHBOUR_HALF_LIFE_DAYS, "neighbours"
-        )
         return RankedForYou(
             self.vocab,
-            neighbours,
+            self.history_matrix,
+            RANKER_NEIGHBOUR_HALF_LIFE_DAYS,
             self.similar_matrix,
             self.embeddings,
             self.stats,

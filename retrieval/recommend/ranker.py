@@ -18,7 +18,6 @@ we learn from rarely order twice a day.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,6 @@ import scipy.sparse as sp
 
 from retrieval.recommend.base import HistoryItem, Scored
 from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.item2item import ItemToItem
 from retrieval.recommend.scoring import DAY_S, KIND_WEIGHTS, FloatArray, Interactions, top_k
 
 __all__ = [
@@ -182,7 +180,8 @@ class RankedForYou:
     """
 
     vocab: ItemVocab
-    neighbours: ItemToItem
+    neighbours_matrix: sp.csr_matrix
+    neighbours_half_life: float
     last_items: sp.csr_matrix
     embeddings: npt.NDArray[np.float32]
     stats: Mapping[str, FloatArray]
@@ -199,6 +198,7 @@ class RankedForYou:
         if missing:
             raise ValueError(f"item statistics lack {missing}")
         self.last_items = sp.csr_matrix(self.last_items)
+        self.neighbours_matrix = sp.csr_matrix(self.neighbours_matrix)
         popular = np.concatenate(
             [_top(np.asarray(self.stats[s]), POPULAR_CANDIDATES) for s in ("pop7", "pop30")]
         )
@@ -238,6 +238,21 @@ class RankedForYou:
         return result
 
 
+def _rows_sum(m: sp.csr_matrix, rows: IntArray, weights: FloatArray) -> FloatArray:
+    """``weights @ m[rows]`` as a dense vector, straight from the CSR arrays (scipy's
+    fancy row indexing costs more than the sum itself at this size)."""
+    starts, ends = m.indptr[rows], m.indptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(m.shape[1])
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    positions = offsets + np.arange(total)
+    values = m.data[positions] * np.repeat(weights, lengths)
+    summed = np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
+    return summed.astype(np.float64, copy=False)
+
+
 def candidate_features(
     model: RankedForYou,
     history: Sequence[HistoryItem],
@@ -246,82 +261,107 @@ def candidate_features(
     owned_candidates: bool,
 ) -> tuple[IntArray, FloatArray]:
     """Candidates for ``history`` (``exclude_idx`` left out; the history's own items
-    only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows."""
-    vocab, n = model.vocab, len(model.vocab)
-    idx = vocab.indices([h.item for h in history]) if history else np.zeros(0, np.int64)
-    known = idx >= 0
-    idx = idx[known]
-    ts = np.fromiter((h.ts.timestamp() for h in history), np.float64, len(history))[known]
-    kind_w = np.fromiter(
+    only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows.
+
+    Per-item history aggregates are computed over the history's distinct items only and
+    looked up for the candidates: a request costs O(history + candidates), plus two
+    sparse row sums over the vocabulary for candidate selection.
+    """
+    vocab = model.vocab
+    empty = (np.zeros(0, np.int64), np.zeros((0, len(RANKER_FEATURES))))
+    if not history:
+        return empty
+    idx = vocab.indices([h.item for h in history])
+    ts_all = np.fromiter((h.ts.timestamp() for h in history), np.float64, len(history))
+    kind_all = np.fromiter(
         (KIND_WEIGHTS.get(h.kind, 0.0) for h in history), np.float64, len(history)
-    )[known]
-    now = max(model.as_of, float(ts.max()) if len(ts) else -math.inf)
+    )
+    known = idx >= 0
+    if not known.any():
+        return empty
+    idx, ts, kind_w = idx[known], ts_all[known], kind_all[known]
+    now = max(model.as_of, float(ts.max()))
     age = (now - ts) / DAY_S
+    # The history's distinct items; ``first`` is each one's newest event (newest first).
+    items, first, inv = np.unique(idx, return_index=True, return_inverse=True)
 
-    events = np.bincount(idx, weights=kind_w, minlength=n).astype(np.float64)
-    days_since = np.full(n, NEVER_DAYS)
-    np.minimum.at(days_since, idx, age)
-
-    def decayed(half_life: float) -> FloatArray:
-        decay = kind_w * np.exp2(-age / half_life)
-        return np.bincount(idx, weights=decay, minlength=n).astype(np.float64)
-
-    neighbours = model.neighbours.scores(history) if len(idx) else np.zeros(n)
+    # Candidate selection: shopper-level neighbours (recency-weighted as
+    # ItemToItem.scores weighs a history) and the item-to-item rows of the newest items.
+    nb_w = kind_all * np.exp2(-(ts_all.max() - ts_all) / (model.neighbours_half_life * DAY_S))
+    nb_w = np.bincount(inv, weights=nb_w[known], minlength=len(items)).astype(np.float64)
+    positive = nb_w > 0
+    neighbours = _rows_sum(model.neighbours_matrix, items[positive], nb_w[positive])
+    newest = items[np.argsort(first, kind="stable")[:LAST_ITEMS]]
+    last = _rows_sum(model.last_items, newest, np.ones(len(newest), dtype=np.float64))
     neighbours_rel = neighbours / (neighbours.max() or 1.0)
-    newest = list(dict.fromkeys(idx.tolist()))[:LAST_ITEMS]  # history is newest first
-    if newest:
-        last = np.asarray(model.last_items[newest].sum(axis=0), dtype=np.float64).ravel()
-    else:
-        last = np.zeros(n)
     last_rel = last / (last.max() or 1.0)
     pool = [_top(neighbours, NEIGHBOUR_CANDIDATES), _top(last_rel, LAST_ITEM_CANDIDATES)]
     pool.append(model._popular)
     if owned_candidates:
-        pool.append(np.unique(idx))
+        pool.append(items)
     cand = np.unique(np.concatenate(pool)).astype(np.int64)
     if len(exclude_idx):
         cand = cand[~np.isin(cand, exclude_idx)]
+    if not len(cand):
+        return empty
 
-    # From here on only the candidates' values are computed (the request's cost).
-    text = np.zeros(len(cand))
-    if len(idx) and len(cand):
-        centroid = (model.embeddings[idx] * np.exp2(-age / 30.0)[:, None]).sum(axis=0)
-        norm = float(np.linalg.norm(centroid))
-        if norm > 0:
-            text = model.embeddings[cand] @ (centroid / norm)
+    # History aggregates per distinct item, then looked up for the candidates.
+    m = len(items)
+
+    def per_item(weights: FloatArray) -> FloatArray:
+        return np.bincount(inv, weights=weights, minlength=m).astype(np.float64, copy=False)
+
     day = np.floor(ts / DAY_S).astype(np.int64)
     days_list, day_of = np.unique(day, return_inverse=True)
     n_days = len(days_list)
-    item_day = np.unique(np.stack([idx, day_of]), axis=1) if len(idx) else np.zeros((2, 0), int)
-    days = np.bincount(item_day[0], minlength=n)[cand].astype(np.float64)
+    item_day = np.unique(np.stack([inv, day_of]), axis=1)
     day_rank = n_days - 1 - item_day[1]  # 0 = the newest shopping day
-    in_last_day = np.bincount(item_day[0][day_rank < 1], minlength=n)[cand]
-    in_last_3 = np.bincount(item_day[0][day_rank < 3], minlength=n)[cand]
+    own = {
+        "events": per_item(kind_w),
+        "days_since": age[first],
+        "recent30": per_item(kind_w * np.exp2(-age / 30.0)),
+        "recent180": per_item(kind_w * np.exp2(-age / 180.0)),
+        "recent7": per_item(kind_w * np.exp2(-age / 7.0)),
+        "days": np.bincount(item_day[0], minlength=m).astype(np.float64),
+        "in_last_day": np.bincount(item_day[0][day_rank < 1], minlength=m).astype(np.float64),
+        "in_last_3": np.bincount(item_day[0][day_rank < 3], minlength=m).astype(np.float64),
+    }
+    pos = np.minimum(np.searchsorted(items, cand), m - 1)
+    mine = items[pos] == cand
+
+    def at(name: str, missing: float = 0.0) -> FloatArray:
+        out = np.full(len(cand), missing)
+        out[mine] = own[name][pos[mine]]
+        return out
+
+    centroid = (model.embeddings[idx] * np.exp2(-age / 30.0)[:, None]).sum(axis=0)
+    norm = float(np.linalg.norm(centroid))
+    text = model.embeddings[cand] @ (centroid / norm) if norm > 0 else np.zeros(len(cand))
+    days = at("days")
     share = days / max(n_days, 1)
-    owned = (events[cand] > 0).astype(np.float64)
+    owned = (at("events") > 0).astype(np.float64)
     stat = {name: np.asarray(model.stats[name])[cand] for name in ITEM_STATS}
     rebuy = stat["rebuy"]
     columns: list[FloatArray] = [
-        events[cand],
-        days_since[cand],
-        decayed(30.0)[cand],
-        decayed(180.0)[cand],
+        at("events"),
+        at("days_since", NEVER_DAYS),
+        at("recent30"),
+        at("recent180"),
         neighbours[cand],
         neighbours_rel[cand],
         last[cand],
         last_rel[cand],
-        text,
+        np.asarray(text, dtype=np.float64),
         *(stat[name] for name in ITEM_STATS),
         days,
         share,
-        in_last_day.astype(np.float64),
-        in_last_3.astype(np.float64),
-        decayed(7.0)[cand],
+        at("in_last_day"),
+        at("in_last_3"),
+        at("recent7"),
         owned,
         share * rebuy,
         owned * rebuy,
         owned * stat["pop7"],
         np.log1p(days) * rebuy,
     ]
-    x = np.column_stack(columns) if len(cand) else np.zeros((0, len(RANKER_FEATURES)))
-    return cand, x
+    return cand, np.column_stack(columns)
