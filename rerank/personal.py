@@ -52,6 +52,7 @@ import scipy.sparse as sp
 from retrieval.model_registry import CARD_FILE
 from retrieval.recommend.base import HistoryItem
 from retrieval.recommend.interactions import ItemVocab
+from retrieval.recommend.scoring import csr_rows_sum
 from retrieval.types import ShopsearchError
 
 __all__ = [
@@ -247,7 +248,7 @@ class PersonalRescorer:
         cand_idx = self.vocab.indices(candidate_ids)
         in_vocab = cand_idx >= 0
         if in_vocab.any():
-            out[in_vocab, 3] = self._row_sum(h_idx, h_w)[cand_idx[in_vocab]]
+            out[in_vocab, 3] = csr_rows_sum(self._cosine, h_idx, h_w)[cand_idx[in_vocab]]
         hist_vecs = self._vectors[h_idx]
         query = np.asarray(query_vec, dtype=np.float32).ravel()
         logits = (hist_vecs @ query) / self.params.tau + np.log(h_w)
@@ -259,19 +260,6 @@ class PersonalRescorer:
         out[:, 4] = sims @ attn
         out[:, 5] = sims.max(axis=1)
         return out
-
-    def _row_sum(self, rows: npt.NDArray[np.int64], weights: FloatArray) -> FloatArray:
-        """``weights @ cosine[rows]`` as a dense vector, straight from the CSR arrays
-        (scipy's fancy indexing costs more than the sum itself at this size)."""
-        m = self._cosine
-        starts, ends = m.indptr[rows], m.indptr[rows + 1]
-        lengths = ends - starts
-        total = int(lengths.sum())
-        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        positions = offsets + np.arange(total)
-        values = m.data[positions] * np.repeat(weights, lengths)
-        summed = np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
-        return summed.astype(np.float64, copy=False)
 
     # ---- scoring --------------------------------------------------------------------
 

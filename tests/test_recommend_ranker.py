@@ -135,3 +135,16 @@ def test_fit_rankers_with_too_little_data_keeps_the_blend() -> None:
     )
     assert fit_rankers(plain, val) is None
     assert plain.ranked is None  # no rankers: for-you is the blend
+
+
+def test_csr_rows_sum_equals_the_sparse_product() -> None:
+    import scipy.sparse as sp
+
+    from retrieval.recommend.scoring import csr_rows_sum
+
+    m = sp.random(30, 40, density=0.2, format="csr", random_state=0)
+    rows = np.array([3, 7, 7, 29])
+    weights = np.array([0.5, 1.0, 2.0, -1.0])
+    expected = np.asarray(m[rows].T @ weights).ravel()
+    assert np.allclose(csr_rows_sum(m, rows, weights), expected)
+    assert csr_rows_sum(m, np.zeros(0, np.int64), np.zeros(0)).tolist() == [0.0] * 40

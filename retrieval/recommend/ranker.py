@@ -28,7 +28,14 @@ import scipy.sparse as sp
 
 from retrieval.recommend.base import HistoryItem, Scored
 from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import DAY_S, KIND_WEIGHTS, FloatArray, Interactions, top_k
+from retrieval.recommend.scoring import (
+    DAY_S,
+    KIND_WEIGHTS,
+    FloatArray,
+    Interactions,
+    csr_rows_sum,
+    top_k,
+)
 
 __all__ = [
     "ITEM_STATS",
@@ -238,21 +245,6 @@ class RankedForYou:
         return result
 
 
-def _rows_sum(m: sp.csr_matrix, rows: IntArray, weights: FloatArray) -> FloatArray:
-    """``weights @ m[rows]`` as a dense vector, straight from the CSR arrays (scipy's
-    fancy row indexing costs more than the sum itself at this size)."""
-    starts, ends = m.indptr[rows], m.indptr[rows + 1]
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(m.shape[1])
-    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    positions = offsets + np.arange(total)
-    values = m.data[positions] * np.repeat(weights, lengths)
-    summed = np.bincount(m.indices[positions], weights=values, minlength=m.shape[1])
-    return summed.astype(np.float64, copy=False)
-
-
 def candidate_features(
     model: RankedForYou,
     history: Sequence[HistoryItem],
@@ -290,9 +282,9 @@ def candidate_features(
     nb_w = kind_all * np.exp2(-(ts_all.max() - ts_all) / (model.neighbours_half_life * DAY_S))
     nb_w = np.bincount(inv, weights=nb_w[known], minlength=len(items)).astype(np.float64)
     positive = nb_w > 0
-    neighbours = _rows_sum(model.neighbours_matrix, items[positive], nb_w[positive])
+    neighbours = csr_rows_sum(model.neighbours_matrix, items[positive], nb_w[positive])
     newest = items[np.argsort(first, kind="stable")[:LAST_ITEMS]]
-    last = _rows_sum(model.last_items, newest, np.ones(len(newest), dtype=np.float64))
+    last = csr_rows_sum(model.last_items, newest, np.ones(len(newest), dtype=np.float64))
     neighbours_rel = neighbours / (neighbours.max() or 1.0)
     last_rel = last / (last.max() or 1.0)
     pool = [_top(neighbours, NEIGHBOUR_CANDIDATES), _top(last_rel, LAST_ITEM_CANDIDATES)]
