@@ -232,9 +232,9 @@ def fit_recommender(
             MIN_VALIDATION_QUERIES,
         )
     ranking: RankerFit | None = None
-    if tuning is not None:
+    if tuning is not None and tuning.bundle is not None:
         with progress("fitting the for-you ranker", 1) as advance:
-            ranking = fit_rankers(fit_bundle(val.events, vocab, embeddings, config), val)
+            ranking = fit_rankers(tuning.bundle, val)
             advance(1)
     rankers = (ranking.ranker, ranking.ranker_discovery) if ranking else None
     with progress("fitting on the whole history", 1) as advance:

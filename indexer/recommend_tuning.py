@@ -111,12 +111,15 @@ class ValidationSet:
 
 @dataclass
 class TuningResult:
-    """The chosen config, its validation metrics, and every trial (for the card)."""
+    """The chosen config, its validation metrics, every trial (for the card), and the
+    chosen config's models fitted on the validation training events (``bundle``: what
+    the for-you ranker is fitted on, so it is not fitted twice)."""
 
     config: RecommenderConfig
     metrics: dict[str, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    bundle: RecommenderBundle | None = None
 
 
 def validation_set(
@@ -207,7 +210,7 @@ def tune(
     metrics = {
         OBJECTIVES[w][0]: measure(bundle, val, w) for w in ("for_you", "discovery", "similar")
     }
-    return TuningResult(best, metrics, trials, stopped)
+    return TuningResult(best, metrics, trials, stopped, bundle)
 
 
 def _jsonable(combo: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from retrieval.recommend.base import HistoryItem, Recommender, Scored
 from retrieval.recommend.interactions import ItemVocab
 from retrieval.recommend.item2item import ItemToItem
 from retrieval.recommend.repurchase import Repurchase
-from retrieval.recommend.scoring import FloatArray, top_k
+from retrieval.recommend.scoring import FloatArray, discovery_request, top_k
 
 __all__ = ["BLEND_COMPONENTS", "Chain", "ForYou"]
 
@@ -77,10 +77,8 @@ class ForYou:
         self, history: Sequence[HistoryItem], k: int, exclude: frozenset[str] = frozenset()
     ) -> list[Scored]:
         weights = self.weights
-        if self.weights_discovery is not None and history and exclude:
-            known = {h.item for h in history if h.item in self.vocab.index}
-            if known and known <= exclude:
-                weights = self.weights_discovery
+        if self.weights_discovery is not None and discovery_request(history, self.vocab, exclude):
+            weights = self.weights_discovery
         return top_k(self.scores(history, weights), k, self.vocab, exclude)
 
     def similar(self, item: str, k: int, exclude: frozenset[str] = frozenset()) -> list[Scored]:

@@ -34,6 +34,7 @@ from retrieval.recommend.scoring import (
     FloatArray,
     Interactions,
     csr_rows_sum,
+    discovery_request,
     top_k,
 )
 
@@ -217,12 +218,6 @@ class RankedForYou:
         """Candidate vocabulary indices and their raw feature rows (same order)."""
         return candidate_features(self, history, exclude_idx, owned_candidates=owned_candidates)
 
-    def _discovery(self, history: Sequence[HistoryItem], exclude: frozenset[str]) -> bool:
-        if not history or not exclude:
-            return False
-        known = {h.item for h in history if h.item in self.vocab.index}
-        return bool(known) and known <= exclude
-
     def for_history(
         self, history: Sequence[HistoryItem], k: int, exclude: frozenset[str] = frozenset()
     ) -> list[Scored]:
@@ -230,7 +225,7 @@ class RankedForYou:
             # Nothing known about the shopper: the caller's fallbacks (popular) answer,
             # so a shopper without history gets exactly the popular list.
             return []
-        discovery = self._discovery(history, exclude)
+        discovery = discovery_request(history, self.vocab, exclude)
         bad = self.vocab.indices(list(exclude)) if exclude else np.zeros(0, np.int64)
         cand, x = self.features(history, bad[bad >= 0], owned_candidates=not discovery)
         if len(cand) == 0:

@@ -24,6 +24,7 @@ __all__ = [
     "Interactions",
     "csr_rows_sum",
     "decay",
+    "discovery_request",
     "history_weights",
     "prune_rows",
     "top_k",
@@ -93,6 +94,17 @@ def decay(age_s: FloatArray, half_life_days: float) -> FloatArray:
     if math.isinf(half_life_days):
         return np.ones_like(age_s, dtype=np.float64)
     return np.exp2(-np.maximum(age_s, 0.0) / (half_life_days * DAY_S))
+
+
+def discovery_request(
+    history: Sequence[HistoryItem], vocab: ItemVocab, exclude: frozenset[str]
+) -> bool:
+    """Whether every history item the model knows is excluded (``exclude_bought=true``):
+    the answer is then pure discovery, which models score with their discovery settings."""
+    if not history or not exclude:
+        return False
+    known = {h.item for h in history if h.item in vocab.index}
+    return bool(known) and known <= exclude
 
 
 def history_weights(
