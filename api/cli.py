@@ -16,11 +16,11 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import SecretStr, ValidationError
@@ -36,11 +36,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from api.cli_train import models_dir_setting, resolve_model_option
 from api.settings import DEMO_USER_KEY, Settings
 from indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from indexer.progress import Advance
 from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
-from retrieval.model_registry import resolve_model
 from retrieval.types import ShopsearchError
 
 app = typer.Typer(
@@ -171,8 +171,10 @@ def _fail(exc: Exception, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-#: Where `shopsearch train` registers models (``$SHOPSEARCH_MODELS_DIR``, default var/models).
-MODELS_DIR = Path(os.environ.get("SHOPSEARCH_MODELS_DIR", "var/models"))
+#: The registry as the environment named it when this module was imported. Commands
+#: resolve it at call time with :func:`api.cli_train.models_dir_setting` (what `train`
+#: registers into); this import-time value is kept for plugins that still read it.
+MODELS_DIR = models_dir_setting()
 
 
 def _settings(index_dir: Path | None, **overrides: object) -> Settings:
@@ -181,11 +183,12 @@ def _settings(index_dir: Path | None, **overrides: object) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if index_dir is not None:
         values["index_dir"] = index_dir
-    # --model / --reranker take a directory or a registry spec (towers/latest, reranker/<version>).
+    # --model / --reranker take a directory or a registry spec (towers/latest,
+    # reranker/<version>), looked up where `shopsearch train` registers models.
     for key in ("model_dir", "reranker_dir"):
         if key in values:
             try:
-                values[key] = resolve_model(str(values[key]), MODELS_DIR)
+                values[key] = resolve_model_option(str(values[key]))
             except ShopsearchError as exc:
                 raise _fail(exc, 2) from exc
     try:
@@ -375,26 +378,53 @@ def build(
     if as_json:
         sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
         return
-    _print_build_summary(manifest, settings.index_dir, promoted=promote)
+    try:
+        _print_build_summary(manifest, settings.index_dir, promoted=promote)
+    except SnapshotError as exc:
+        raise _fail(exc) from exc
 
 
-def _print_build_summary(manifest: dict[str, object], index_dir: Path, *, promoted: bool) -> None:
-    m = manifest
-    table = Table(title=f"snapshot {m['version']}", show_header=False)
-    counts = m["counts"]
-    assert isinstance(counts, dict)
-    timings = m["build"]["timings_s"]  # type: ignore[index]
-    vindex = m["vector_index"]
+def _manifest_object(manifest: Mapping[str, object], *keys: str) -> Mapping[str, Any]:
+    """The JSON object at ``manifest[keys[0]][keys[1]]...``: a real check, not an
+    ``assert`` (those vanish under ``python -O``, and the summary would then fail on a
+    bare TypeError).
+
+    Raises:
+        SnapshotError: a key is missing or its value is not an object; the message names
+            the snapshot, the field and what it holds.
+    """
+    current: Mapping[str, Any] = manifest
+    for depth, key in enumerate(keys):
+        value = current.get(key)
+        if not isinstance(value, dict):
+            field = ".".join(repr(k) for k in keys[: depth + 1])
+            raise SnapshotError(
+                f"manifest of snapshot {manifest.get('version', '?')}: {field} is "
+                f"{type(value).__name__}, not an object; this manifest was not written by "
+                "this version of `shopsearch build`: rebuild the snapshot with it"
+            )
+        current = value
+    return current
+
+
+def _print_build_summary(
+    manifest: Mapping[str, object], index_dir: Path, *, promoted: bool
+) -> None:
+    """Print the build summary table of ``manifest`` (raises :class:`SnapshotError` when a
+    field it shows is not an object)."""
+    counts = _manifest_object(manifest, "counts")
+    timings = _manifest_object(manifest, "build", "timings_s")
+    vindex = _manifest_object(manifest, "vector_index")
+    lexical = _manifest_object(manifest, "lexical_index")
+    table = Table(title=f"snapshot {manifest['version']}", show_header=False)
     table.add_row("index dir", str(index_dir))
     table.add_row("products", str(counts["products"]))
     table.add_row("skipped rows", str(counts["skipped_rows"]))
-    table.add_row("vector index", f"{vindex['factory'] if 'factory' in vindex else vindex['kind']}")  # type: ignore[index,operator]
-    table.add_row("approx vs exact", json.dumps(m["approx_vs_exact"]))
-    lexical = m["lexical_index"]
-    assert isinstance(lexical, dict)
+    table.add_row("vector index", str(vindex["factory"] if "factory" in vindex else vindex["kind"]))
+    table.add_row("approx vs exact", json.dumps(manifest["approx_vs_exact"]))
     where = f" index {lexical['index']} (alias {lexical['alias']})" if "index" in lexical else ""
     table.add_row("lexical index", f"{lexical['backend']}, analyzer {lexical['analyzer']}{where}")
-    table.add_row("timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items()))  # type: ignore[union-attr]
+    table.add_row("timings (s)", ", ".join(f"{k} {v}" for k, v in timings.items()))
     table.add_row("promoted", "yes" if promoted else "no (--no-promote)")
     console.print(table)
 

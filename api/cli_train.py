@@ -14,6 +14,11 @@ do not re-encode); train; register the model with its card in the registry.
 ``build`` and ``serve`` take a model spec through :func:`resolve_model_option`
 (``towers/latest``, ``reranker/<version>`` or a directory). Comparing the trained
 models on the dev split is ``shopsearch eval`` (``--compare-index-dir``, ``--reranker``).
+
+The registry is ``--models-dir`` when given, else the ``models_dir`` setting
+(``$SHOPSEARCH_MODELS_DIR``, default ``var/models``): :func:`models_dir_setting`, the one
+place every command that reads or writes the registry resolves it, so a model trained
+with the variable set is where ``serve --model towers/latest`` looks with it set.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Annotated, Any
 import numpy as np
 import numpy.typing as npt
 import typer
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -44,6 +50,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from api.settings import Settings
 from indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from indexer.judgments import (
     DatasetError,
@@ -92,6 +99,7 @@ __all__ = [
     "TrainingInputs",
     "load_training_inputs",
     "models_app",
+    "models_dir_setting",
     "resolve_model_option",
     "train_app",
 ]
@@ -99,7 +107,8 @@ __all__ = [
 log = logging.getLogger("shopsearch.train")
 console = Console(stderr=True)
 
-DEFAULT_MODELS_DIR = Path("var/models")
+#: The registry when neither --models-dir nor $SHOPSEARCH_MODELS_DIR names one.
+DEFAULT_MODELS_DIR: Path = Settings.model_fields["models_dir"].default
 DEFAULT_HOMEDEPOT_DIR = Path("../shared/datasets/homedepot")
 #: Training-loop budget: with mining (about 5 minutes on a cold cache here) and the
 #: dev measurements, a default run on the Home Depot train split ends within 30 minutes.
@@ -112,15 +121,36 @@ train_app = typer.Typer(
 models_app = typer.Typer(help="List and inspect trained models.", no_args_is_help=True)
 
 
-def resolve_model_option(
-    spec: str | Path | None, models_dir: Path = DEFAULT_MODELS_DIR
-) -> Path | None:
+class _RegistrySetting(BaseSettings):
+    """``models_dir`` alone, read by :class:`api.settings.Settings`'s own rules (prefix,
+    case, no .env): a training run needs the registry, not a valid serving configuration."""
+
+    model_config = Settings.model_config
+    models_dir: Path = DEFAULT_MODELS_DIR
+
+
+def models_dir_setting(option: Path | None = None) -> Path:
+    """The model registry a command uses: ``option`` (its ``--models-dir``) when given,
+    else the ``models_dir`` setting, ``$SHOPSEARCH_MODELS_DIR`` as the environment holds
+    it now (default ``var/models``), exactly what :class:`api.settings.Settings` reads.
+
+    ``train`` and ``models`` register and list here, and ``build``/``serve``/``search``/
+    ``update`` resolve ``--model``/``--reranker`` specs here, so what one trains the other
+    finds. Read at each call, not at import: a variable set later (``demo``) counts.
+    """
+    if option is not None:
+        return option
+    return _RegistrySetting().models_dir
+
+
+def resolve_model_option(spec: str | Path | None, models_dir: Path | None = None) -> Path | None:
     """What ``build``/``serve`` do with ``--model``/``--reranker``: None stays None (the
     default model); a spec (``towers/latest``, ``reranker/<version>``, a directory) becomes
-    a model directory. Raises :class:`retrieval.model_registry.RegistryError`."""
+    a model directory, looked up in ``models_dir`` (default: :func:`models_dir_setting`).
+    Raises :class:`retrieval.model_registry.RegistryError`."""
     if spec is None:
         return None
-    return resolve_model(spec, models_dir)
+    return resolve_model(spec, models_dir_setting(models_dir))
 
 
 def _resolve_bf16(value: str, device: str) -> bool:
@@ -386,13 +416,32 @@ MiningModelOption = Annotated[
     str | None,
     typer.Option(help="Towers for in-memory mining (spec or dir; default: base MiniLM)."),
 ]
-ModelsDirOption = Annotated[Path, typer.Option(help="Model registry directory.")]
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Model registry directory. Default: $SHOPSEARCH_MODELS_DIR (the models_dir "
+        "setting serve reads) or var/models."
+    ),
+]
 MaxPairsOption = Annotated[
     int | None, typer.Option(help="Use at most this many training examples.")
 ]
 MaxMinutesOption = Annotated[
     float,
-    typer.Option(help="Training-loop budget in minutes; stops cleanly and saves at the deadline."),
+    typer.Option(
+        help="Training-loop budget in minutes; stops cleanly and saves at the deadline. The "
+        "steps that fit are planned from the measured speed, so a busy machine trains fewer "
+        "(a WARNING and the card's budget say how much of an epoch)."
+    ),
+]
+MaxStepsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Train at most this many optimisation steps, whatever the machine's speed (the "
+        "learning-rate schedule ends there); a deterministic budget. --max-minutes still "
+        "applies: give one the steps fit in.",
+    ),
 ]
 EpochsOption = Annotated[int, typer.Option(help="Passes over the training examples.")]
 SeedOption = Annotated[int, typer.Option(help="Seed of every random choice (data, init, order).")]
@@ -476,6 +525,9 @@ def _run_fields(
         "planned_steps": result.planned_steps,
         "pairs_seen": result.pairs_seen,
         "stopped_by": result.stopped_by,
+        # What bounded the run (epochs, --max-steps, --max-minutes) and how much of an
+        # epoch it trained; a run cut short says so here, not only in a log line.
+        "budget": result.budget,
         "first_step_loss": result.first_step_loss,
         "wall_time_s": {
             "mining_and_data": round(prepared - started, 1),
@@ -497,12 +549,27 @@ def _summary(model: RegisteredModel) -> None:
     table.add_row("dev before", json.dumps(card.get("dev_metrics", {}).get("before", {})))
     table.add_row("dev after", json.dumps(card.get("dev_metrics", {}).get("after", {})))
     table.add_row("steps", f"{card.get('steps')} ({card.get('stopped_by')})")
+    budget = card.get("budget") or {}
+    if budget:
+        table.add_row(
+            "budget",
+            f"{budget['steps']} of {budget['data_steps']} steps trained "
+            f"({budget['fraction_of_epoch']:g} epochs of {budget['epoch_steps']}), "
+            f"stopped by {budget['stopped_by']}",
+        )
     table.add_row(
         "wall time",
         f"training {card.get('wall_time_s', {}).get('training')} s, total {card.get('wall_time_s', {}).get('total')} s",
     )
     table.add_row("loss curve", str(model.path / "loss_curve.png"))
     Console().print(table)
+
+
+def _budget_warnings(card: dict[str, Any]) -> None:
+    """Repeat the budget's warnings last, after the progress bars and the card, where
+    the user reads (a partial epoch must not pass unnoticed in the scrollback)."""
+    for warning in (card.get("budget") or {}).get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def _teacher_margins(
@@ -549,7 +616,7 @@ def train_towers_command(
     title_field: TitleFieldOption = "product_title",
     index_dir: IndexDirOption = None,
     mining_model: MiningModelOption = None,
-    models_dir: ModelsDirOption = DEFAULT_MODELS_DIR,
+    models_dir: ModelsDirOption = None,
     base_model: Annotated[
         Path | None, typer.Option(help="Start from this model (default: bundled MiniLM).")
     ] = None,
@@ -563,6 +630,7 @@ def train_towers_command(
         ),
     ] = "separate",
     max_pairs: MaxPairsOption = None,
+    max_steps: MaxStepsOption = None,
     max_minutes: MaxMinutesOption = DEFAULT_MAX_MINUTES,
     epochs: EpochsOption = 1,
     batch_size: Annotated[int, typer.Option(help="Triplets per step (in-batch negatives).")] = 64,
@@ -604,6 +672,7 @@ def train_towers_command(
 
     started = time.monotonic()
     bars = _Bars()
+    models_dir = models_dir_setting(models_dir)
     try:
         config = TowerTrainingConfig(
             towers=towers,  # type: ignore[arg-type]  # validated by the config
@@ -612,6 +681,7 @@ def train_towers_command(
             mini_batch_size=mini_batch_size,
             learning_rate=learning_rate,
             max_pairs=max_pairs,
+            max_steps=max_steps,
             max_minutes=max_minutes,
             pilot_steps=pilot_steps,
             seed=seed,
@@ -684,8 +754,9 @@ def train_towers_command(
         raise _fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps(model.card, indent=2) + "\n")
-        return
-    _summary(model)
+    else:
+        _summary(model)
+    _budget_warnings(model.card)
 
 
 @train_app.command("reranker")
@@ -701,7 +772,7 @@ def train_reranker_command(
     title_field: TitleFieldOption = "product_title",
     index_dir: IndexDirOption = None,
     mining_model: MiningModelOption = None,
-    models_dir: ModelsDirOption = DEFAULT_MODELS_DIR,
+    models_dir: ModelsDirOption = None,
     base_model: Annotated[
         Path | None,
         typer.Option(
@@ -710,6 +781,7 @@ def train_reranker_command(
         ),
     ] = None,
     max_pairs: MaxPairsOption = None,
+    max_steps: MaxStepsOption = None,
     max_minutes: MaxMinutesOption = DEFAULT_MAX_MINUTES,
     epochs: EpochsOption = 1,
     loss: Annotated[
@@ -743,6 +815,7 @@ def train_reranker_command(
 
     started = time.monotonic()
     bars = _Bars()
+    models_dir = models_dir_setting(models_dir)
     try:
         config = RerankerTrainingConfig(
             loss=loss,  # type: ignore[arg-type]  # validated by the config
@@ -751,6 +824,7 @@ def train_reranker_command(
             learning_rate=learning_rate,
             max_length=max_length,
             max_pairs=max_pairs,
+            max_steps=max_steps,
             max_minutes=max_minutes,
             seed=seed,
             device=device,
@@ -825,16 +899,18 @@ def train_reranker_command(
         raise _fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps(model.card, indent=2) + "\n")
-        return
-    _summary(model)
+    else:
+        _summary(model)
+    _budget_warnings(model.card)
 
 
 @models_app.command("list")
 def models_list(
-    models_dir: ModelsDirOption = DEFAULT_MODELS_DIR,
+    models_dir: ModelsDirOption = None,
     kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(KINDS)}.")] = None,
 ) -> None:
     """List registered models, oldest first (``<kind>/latest`` is the last of its kind)."""
+    models_dir = models_dir_setting(models_dir)
     try:
         models = list_models(models_dir, kind)
     except ShopsearchError as exc:
@@ -862,9 +938,10 @@ def models_show(
     spec: Annotated[
         str, typer.Argument(help=f"<kind>/<version>, <kind>/{LATEST} or a model directory.")
     ],
-    models_dir: ModelsDirOption = DEFAULT_MODELS_DIR,
+    models_dir: ModelsDirOption = None,
 ) -> None:
     """Print a model's card (JSON)."""
+    models_dir = models_dir_setting(models_dir)
     try:
         card = load_card(resolve_model(spec, models_dir))
     except ShopsearchError as exc:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from api.cli_train import DEFAULT_MODELS_DIR, _Bars, console, train_app
+from api.cli_train import ModelsDirOption, _Bars, console, models_dir_setting, train_app
 
 __all__ = ["train_recommender_command"]
 
@@ -44,9 +44,7 @@ def train_recommender_command(
             "descriptions of --history; none for the event store)."
         ),
     ] = None,
-    models_dir: Annotated[
-        Path, typer.Option(help="Model registry directory.")
-    ] = DEFAULT_MODELS_DIR,
+    models_dir: ModelsDirOption = None,
     max_minutes: Annotated[
         float,
         typer.Option(help="Budget in minutes; tuning stops at it and the best settings are kept."),
@@ -75,6 +73,8 @@ def train_recommender_command(
     from retrieval.encoders import Encoder
     from retrieval.types import ShopsearchError
 
+    # The registry serve reads (`--models-dir`, else $SHOPSEARCH_MODELS_DIR).
+    models_dir = models_dir_setting(models_dir)
     cutoff = None
     if until is not None:
         cutoff = pd.Timestamp(until)

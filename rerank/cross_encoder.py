@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -117,7 +116,8 @@ class Reranker:
         # The ONNX graphs run on the CPU (onnxruntime); torch stays on the chosen device.
         self.device = resolve_device(device) if runtime == "torch" else "cpu"
         self.batch_size = batch_size
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Offline by its arguments (model_info() refused a non-directory above, and
+        # local_files_only), never by changing the process environment.
         try:
             self.model = CrossEncoder(
                 str(self.path), device=self.device, max_length=max_length, local_files_only=True

@@ -17,9 +17,11 @@ not given: the 99th percentile rounded up to a multiple of 8; a pair is rarely c
 no batch pays for padding it does not need.
 
 Budgets and determinism as in :mod:`retrieval.tower_training`: ``max_pairs``, ``epochs``,
-``max_minutes`` (schedule shortened to what fits, clean stop at the deadline, always
-saved). Per-epoch dev metrics over candidate lists: nDCG@10 of the full list (judged
-products plus mined candidates, unjudged at gain 0, like protocol A restricted to the
+``max_steps`` (a fixed number of steps, whatever the machine's speed), ``max_minutes``
+(schedule shortened to what fits with a WARNING, clean stop at the deadline, always
+saved); the result's ``budget`` says what bounded the run and warns of a partial epoch.
+Per-epoch dev metrics over candidate lists: nDCG@10 of the full list (judged products
+plus mined candidates, unjudged at gain 0, like protocol A restricted to the
 candidates), MRR@10, and protocol B's nDCG@10 over the judged products only.
 """
 
@@ -39,6 +41,7 @@ from retrieval.tower_training import (
     Deadline,
     EpochLog,
     LinearWarmupSchedule,
+    StepBudget,
     StepCallback,
     TrainingBudget,
     TrainingError,
@@ -314,10 +317,8 @@ def train_reranker(
         return _pack(order.tolist(), sizes, config.batch_size)
 
     optimizer = make_adamw(model, config.learning_rate, config.weight_decay)
-    steps_per_epoch = len(epoch_steps(0))
-    planned = steps_per_epoch * config.epochs
-    schedule = LinearWarmupSchedule(planned, config.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # Packing whole queries makes epochs differ a little in length: count each.
+    planned = sum(len(epoch_steps(e)) for e in range(config.epochs))
 
     dev_before: dict[str, float] = {}
     eval_s = 0.0
@@ -326,17 +327,27 @@ def train_reranker(
         dev_before = _evaluate(model, dev)
         eval_s = time.monotonic() - t
         log.info("dev before training: %s (%.1f s)", dev_before, eval_s)
+    # The dev measurement after each epoch must fit too: 1.5x its time in reserve.
+    budget = StepBudget(
+        config,
+        len(epoch_steps(0)),
+        deadline,
+        data_steps=planned,
+        reserve_s=eval_s * 1.5,
+        logger=log,
+    )
+    schedule = LinearWarmupSchedule(budget.planned, config.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     losses: list[float] = []
     epochs: list[EpochLog] = []
-    stopped_by = "completed"
     pairs_seen = steps = 0
-    timed_from = time.monotonic()
     for epoch in range(config.epochs):
         epoch_losses: list[float] = []
+        go_on = True
         for units in epoch_steps(epoch):
-            if deadline.expired() or steps >= schedule.planned:
-                stopped_by = "deadline"
+            go_on = budget.before_step()
+            if not go_on:
                 break
             model.train()
             with autocast(device, config.bf16):
@@ -352,19 +363,12 @@ def train_reranker(
             losses.append(value)
             epoch_losses.append(value)
             if on_step:
-                on_step(TrainingProgress("train", steps, schedule.planned, value))
-            if steps == 20 and deadline.end is not None:
-                per_step = (time.monotonic() - timed_from) / steps
-                fit = steps + int((deadline.remaining() - eval_s * 1.5) / per_step)
-                if fit < schedule.planned:
-                    schedule.shorten(fit)
-                    log.info(
-                        "budget: %.2f s/step, %d of %d planned steps fit in --max-minutes; "
-                        "learning-rate schedule shortened",
-                        per_step,
-                        schedule.planned,
-                        planned,
-                    )
+                on_step(TrainingProgress("train", steps, budget.planned, value))
+            go_on = budget.after_step(steps)
+            # The learning rate reaches 0 at the last step the budget allows.
+            schedule.shorten(budget.planned)
+            if not go_on:
+                break
         metrics = _evaluate(model, dev)
         epochs.append(
             EpochLog(
@@ -383,10 +387,11 @@ def train_reranker(
             epochs[-1].mean_loss,
             metrics,
         )
-        if stopped_by == "deadline":
+        if not go_on:
             break
     if not losses:
         raise TrainingError("the time budget ended before the first step; raise --max-minutes")
+    budget_card = budget.report(steps)
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -413,15 +418,16 @@ def train_reranker(
         pairs_seen=pairs_seen,
         train_pairs=len(pool),
         label_stats=label_stats,
-        stopped_by=stopped_by,
+        stopped_by=budget.stopped_by,
         wall_s=deadline.elapsed(),
         device=device,
+        budget=budget_card,
         loss_curve=curve,
     )
     log.info(
         "reranker trained: %d steps, %s, %.0f s, dev %s -> %s",
         steps,
-        stopped_by,
+        result.stopped_by,
         result.wall_s,
         dev_before,
         result.dev_after,

@@ -77,8 +77,9 @@ def test_search_json_and_snapshots(sample_index: Path) -> None:
     assert listed.exit_code == 0 and body["index_version"] in listed.output
 
 
-def test_rollback_without_history_says_why(sample_index: Path) -> None:
-    result = runner.invoke(app, ["rollback", "--index-dir", str(sample_index)])
+def test_rollback_without_history_says_why(sample_index_copy: Path) -> None:
+    # A copy: rollback takes the index's switch lock and would move CURRENT if it could.
+    result = runner.invoke(app, ["rollback", "--index-dir", str(sample_index_copy)])
     assert result.exit_code == 1
     assert "nothing to roll back to" in text(result.output)
 
@@ -145,3 +146,59 @@ def test_eval_gain_offset_is_refused_on_the_homedepot_split(tmp_path: Path) -> N
     )
     assert result.exit_code == 2, result.output
     assert "--gain-offset applies to the generic format" in text(result.output)
+
+
+def test_model_specs_resolve_in_the_models_dir_setting_of_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--model towers/latest` looks in $SHOPSEARCH_MODELS_DIR as set when the command
+    runs (where `shopsearch train` registers), not as it was when api.cli was imported."""
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
+    args = ["search", "drill", "--index-dir", str(tmp_path / "idx"), "--model", "towers/latest"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert f"notowersmodelin{registry};" in "".join(result.output.split()), result.output
+
+
+#: A build manifest as `build` prints it (the fields the summary reads).
+MANIFEST: dict[str, object] = {
+    "version": "20260101T000000Z",
+    "counts": {"products": 3, "skipped_rows": 0},
+    "build": {"timings_s": {"encode": 1.0}},
+    "vector_index": {"kind": "flat"},
+    "approx_vs_exact": {"recall@100": 1.0},
+    "lexical_index": {"backend": "tantivy", "analyzer": "en_stem"},
+}
+
+
+@pytest.mark.parametrize("field", ["counts", "lexical_index", "build", "vector_index"])
+def test_build_summary_refuses_a_malformed_manifest_by_name(tmp_path: Path, field: str) -> None:
+    from api.cli import _print_build_summary
+    from indexer.snapshot import SnapshotError
+
+    _print_build_summary(MANIFEST, tmp_path, promoted=True)  # the well-formed one prints
+    broken = {**MANIFEST, field: ["not", "an", "object"]}
+    with pytest.raises(SnapshotError, match=f"manifest of snapshot 20260101T000000Z: '{field}'"):
+        _print_build_summary(broken, tmp_path, promoted=True)
+
+
+def test_build_summary_checks_hold_under_python_optimize(tmp_path: Path) -> None:
+    """The checks are not asserts: `python -O` keeps them (exit code and message)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from api.cli import _print_build_summary\n"
+        "_print_build_summary(json.loads(sys.argv[1]), Path('.'), promoted=True)\n"
+    )
+    broken = json.dumps({**MANIFEST, "counts": None})
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", code, broken], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "SnapshotError: manifest of snapshot 20260101T000000Z: 'counts'" in done.stderr, (
+        done.stderr[-2000:]
+    )

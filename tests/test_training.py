@@ -230,7 +230,7 @@ def test_towers_tiny_run_registers_reloads_and_is_reproducible(tmp_path: Path, t
         first_losses.append(result.first_step_loss)
         register(tmp_path, "towers", version, {"towers_decision": result.decision})
     assert first_losses[0] == pytest.approx(first_losses[1], abs=1e-6)
-    assert result.steps >= 1 and result.stopped_by == "completed"
+    assert result.steps >= 1 and result.stopped_by == "epochs"
     path = resolve_model("towers/latest", tmp_path)
     assert (path / "loss_curve.png").stat().st_size > 1000
     encoder = Encoder(path, device="cpu")
@@ -319,6 +319,32 @@ def test_training_budget_errors(tmp_path: Path, tiny_data) -> None:
         TowerTrainingConfig(towers="twin")  # type: ignore[arg-type]
     with pytest.raises(TrainingError, match="outside \\[0, 1\\]"):
         train_reranker([("q", "t", 2.0)], BASE, tmp_path / "r")
+
+
+def test_towers_max_steps_stops_there_and_warns_of_a_partial_epoch(
+    tmp_path: Path, tiny_data, caplog: pytest.LogCaptureFixture
+) -> None:
+    triplets = tiny_data.tower_triplets() * 4
+    config = TowerTrainingConfig(towers="shared", batch_size=2, max_steps=2, seed=7)
+    with caplog.at_level("WARNING", logger="retrieval.tower_training"):
+        result = train_towers(triplets, BASE, tmp_path / "t", config)
+    assert result.steps == 2 and len(result.losses) == 2 and result.stopped_by == "steps"
+    budget = result.budget
+    assert budget["planned_steps"] == 2 and budget["epoch_steps"] > 2
+    assert budget["fraction_of_epoch"] == pytest.approx(2 / budget["epoch_steps"], abs=1e-3)
+    assert any("partial epoch: 2 of" in r.getMessage() for r in caplog.records)
+
+
+def test_reranker_max_steps_stops_there_and_warns_of_a_partial_epoch(
+    tmp_path: Path, tiny_data, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = RerankerTrainingConfig(loss="bce", batch_size=2, max_steps=3, seed=5)
+    with caplog.at_level("WARNING", logger="rerank.training"):
+        result = train_reranker(tiny_data.reranker_pairs(), BASE, tmp_path / "r", config)
+    assert result.steps == 3 and result.stopped_by == "steps"
+    assert result.budget["planned_steps"] == 3 and result.budget["stopped_by"] == "steps"
+    assert [e.steps for e in result.epochs] == [3]
+    assert any("partial epoch: 3 of" in r.getMessage() for r in caplog.records)
 
 
 def test_reranker_tiny_run_registers_reloads_and_is_reproducible(tmp_path: Path, tiny_data) -> None:
@@ -415,6 +441,12 @@ def _app():
     return app
 
 
+@pytest.mark.parametrize("kind", ["towers", "reranker"])
+def test_cli_train_help_lists_the_step_budget(kind: str) -> None:
+    result = CliRunner().invoke(_app(), ["train", kind, "--help"])
+    assert result.exit_code == 0 and "--max-steps" in result.output
+
+
 def test_cli_train_towers_and_models_list_show(tmp_path: Path) -> None:
     files = _tiny_generic(tmp_path)
     models = tmp_path / "models"
@@ -433,6 +465,10 @@ def test_cli_train_towers_and_models_list_show(tmp_path: Path) -> None:
     assert card["towers_decision"]["layout"] == "shared"
     assert card["training_data"]["checksum"] and card["base_model"]["sha256"]
     assert card["dev_metrics"]["after"] and card["epochs"]
+    # A run the budget did not cut: every step of the epoch, no warning.
+    budget = card["budget"]
+    assert budget["stopped_by"] == card["stopped_by"] == "epochs" and budget["warnings"] == []
+    assert budget["steps"] == budget["planned_steps"] == budget["epoch_steps"] == card["steps"]
     # The cached catalog vectors are keyed by the model checksum.
     cache = models / ".cache" / "embeddings" / card["base_model"]["sha256"][:16]
     assert (cache / "cache.npz").is_file()
@@ -522,3 +558,106 @@ def test_homedepot_training_data_slice(homedepot_dir: Path, encoder: Encoder) ->
     assert sum(1 for q in data.queries if q.hard_negatives) >= 0.9 * len(data.queries)
     for q in data.queries:
         assert all(q.judgments.get(pid, 0.0) < 2.0 for pid in q.hard_negatives)
+
+
+# -- the registry the training commands use ($SHOPSEARCH_MODELS_DIR) --------------
+
+
+def _squeezed(output: str) -> str:
+    """``output`` without whitespace: rich folds a long path over lines."""
+    return "".join(output.split())
+
+
+@pytest.mark.parametrize("kind", ["towers", "reranker"])
+def test_train_commands_use_the_models_dir_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Without --models-dir, training resolves specs in (and registers into) the
+    registry $SHOPSEARCH_MODELS_DIR names, the one `serve --model towers/latest` reads.
+    An unresolvable --mining-model fails before any data is read, naming the registry."""
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
+    args = ["train", kind, "--mining-model", "towers/latest", "--homedepot-dir", str(tmp_path)]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert f"notowersmodelin{registry};" in _squeezed(result.output), result.output
+    # --models-dir still wins over the setting.
+    other = tmp_path / "other"
+    result = CliRunner().invoke(_app(), [*args, "--models-dir", str(other)])
+    assert f"notowersmodelin{other};" in _squeezed(result.output), result.output
+
+
+def test_models_commands_use_the_models_dir_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = tmp_path / "registry"
+    version = _stage_fake(registry, "towers")
+    register(registry, "towers", version, {"seed": 1})
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
+    result = CliRunner().invoke(_app(), ["models", "show", "towers/latest"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["version"] == version
+
+
+def test_train_recommender_registers_in_the_models_dir_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.cli_train_recommender  # registers `train recommender` on train_app
+
+    del api.cli_train_recommender
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
+    monkeypatch.chdir(tmp_path)  # the default var/models would land here, not in the repo
+    history = tmp_path / "history.csv"
+    rows = ["InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"]
+    for n in range(12):
+        day = f"2011-09-{n + 1:02d} 10:00:00"
+        rows += [f"5{n:03d},A1,RED HEART MUG,2,{day},1.5,{100 + n % 4},UK"]
+        rows += [f"5{n:03d},B1,RED HEART CUP,2,{day},1.5,{100 + n % 4},UK"]
+        rows += [f"6{n:03d},C1,BLUE LANTERN,2,{day},1.5,{200 + n % 3},UK"]
+    history.write_text("\n".join(rows) + "\n")
+    args = ["train", "recommender", "--history", str(history), "--max-minutes", "0.5"]
+    result = CliRunner().invoke(_app(), [*args, "--sequence-minutes", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout[result.stdout.index("{") :])
+    assert [m.version for m in list_models(registry, "recommender")] == [card["version"]]
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["towers", "reranker"])
+def test_cli_max_steps_run_lands_where_serve_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A tiny `train <kind> --max-steps 2` with $SHOPSEARCH_MODELS_DIR set and no
+    --models-dir: the model is registered there (so `--model <kind>/latest` resolves it),
+    it took exactly 2 steps, and the card and the output say it is a partial epoch."""
+    from api.cli_train import resolve_model_option
+
+    files = _tiny_generic(tmp_path)
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
+    monkeypatch.chdir(tmp_path)  # the old default var/models would land here
+    args = [
+        "train", kind, "--train", str(files["queries"]), "--train-qrels", str(files["qrels"]),
+        "--dev", str(files["queries"]), "--dev-qrels", str(files["qrels"]),
+        "--gain-offset", "1", "--catalog", str(files["catalog"]), "--dev-queries", "3",
+        "--device", "cpu", "--batch-size", "2", "--max-steps", "2", "--json",
+    ]  # fmt: skip
+    if kind == "towers":
+        args += ["--towers", "shared"]
+    else:
+        args += ["--loss", "bce"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout[result.stdout.index("{") :])
+    assert resolve_model_option(f"{kind}/latest") == registry / kind / card["version"]
+    assert not (tmp_path / "var").exists()
+    budget = card["budget"]
+    assert card["steps"] == budget["steps"] == budget["planned_steps"] == 2
+    assert budget["stopped_by"] == "steps" and card["hyper_parameters"]["max_steps"] == 2
+    assert budget["epoch_steps"] > 2 and budget["fraction_of_epoch"] == pytest.approx(
+        2 / budget["epoch_steps"], abs=1e-3
+    )
+    assert any("partial epoch" in w for w in budget["warnings"])
+    assert "partial epoch" in result.stderr

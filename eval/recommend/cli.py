@@ -78,7 +78,7 @@ def recommend_command(
     metrics.json ({protocol: {strategy: {metric: value}}}), latency.json, report.md and
     report.html to --out.
     """
-    from api.cli import MODELS_DIR
+    from api.cli_train import models_dir_setting
     from eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
     from eval.recommend.strategies import reference_strategies, trained_strategies
     from indexer.recommend_training import (
@@ -102,7 +102,7 @@ def recommend_command(
         raise typer.BadParameter("--dev splits --history itself; leave out --test")
     if not dev and test is None:
         raise typer.BadParameter("pass --test FILE (the evaluation period), or --dev")
-    registry = models_dir or MODELS_DIR
+    registry = models_dir_setting(models_dir)
     started = time.monotonic()
     try:
         lines = load_lines(history)
