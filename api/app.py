@@ -14,7 +14,7 @@ or updated snapshot without dropping in-flight requests.
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -29,6 +29,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -211,6 +213,37 @@ class _Metrics:
         )
 
 
+class _CacheCollector(Collector):
+    """``shopsearch_cache_{hits,misses}_total`` and ``shopsearch_cache_entries`` by
+    ``cache`` (rerank, result), read from the service's caches at each scrape: the caches
+    keep the counts (under their own lock), so the request path pays nothing for them."""
+
+    def __init__(self, service: Callable[[], SearchService | None]) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        hits = CounterMetricFamily(
+            "shopsearch_cache_hits",
+            "Lookups answered from a cache (rerank: per query-product pair; result: per search).",
+            labels=["cache"],
+        )
+        misses = CounterMetricFamily(
+            "shopsearch_cache_misses",
+            "Lookups a cache could not answer (rerank: per pair; result: per search without a "
+            "shopper).",
+            labels=["cache"],
+        )
+        entries = GaugeMetricFamily(
+            "shopsearch_cache_entries", "Entries a cache holds now.", labels=["cache"]
+        )
+        svc = self._service()
+        for name, stats in (svc.cache_stats() if svc is not None else {}).items():
+            hits.add_metric([name], stats.hits)
+            misses.add_metric([name], stats.misses)
+            entries.add_metric([name], stats.entries)
+        yield from (hits, misses, entries)
+
+
 def _watch_snapshots(
     service: SearchService, metrics: _Metrics, interval: float, stop: threading.Event
 ) -> None:
@@ -263,6 +296,7 @@ def create_app(
         return float(breaker is not None and breaker.state != "closed")
 
     metrics.breaker_open.set_function(breaker_open)
+    metrics.registry.register(_CacheCollector(lambda: state["service"]))
 
     def known_product(product_id: str) -> bool:  # not counted before a snapshot is served
         svc: SearchService | None = state["service"]

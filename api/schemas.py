@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from retrieval.fusion import FusionName
 from retrieval.types import RewriteReason
 
 __all__ = [
@@ -221,7 +222,11 @@ class SearchRequest(BaseModel):
         description="Rewrite units and correct misspellings before searching (None: the "
         "server's settings; false: search the query as typed).",
     )
-    fusion: Literal["rrf", "weighted"] | None = None
+    fusion: FusionName | None = Field(
+        None,
+        description="rrf, weighted (min-max scores) or weighted-rrf; default: the server's "
+        "(the response's `fusion` says which ran).",
+    )
     lexical_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     depth: Annotated[int, Field(ge=1, le=10_000), *JSON_NUMBER] | None = Field(
         None, description="Candidates asked of each leg."
@@ -332,6 +337,12 @@ class SearchResponse(BaseModel):
     index_version: str
     models: dict[str, Any]
     rerank: str = Field(description="'applied (N candidates)', 'off' or 'skipped (reason)'.")
+    fusion: str = Field(
+        "",
+        description="How the two legs were fused: 'rrf', 'weighted (bm25 W)' or "
+        "'weighted-rrf (bm25 W)'; empty when "
+        "one leg answered alone (mode dense/lexical, or a leg degraded).",
+    )
     degraded: list[str]
     rewrite: RewriteOut | None = Field(
         None, description="Set when units or spelling were rewritten: what was searched."
@@ -345,6 +356,12 @@ class SearchResponse(BaseModel):
         default_factory=list,
         description="Work left out to meet the request's deadline, e.g. 'rerank' or "
         "'rerank depth 50 -> 20'; empty when the answer is complete.",
+    )
+    cached: bool = Field(
+        False,
+        description="True when the answer was served from the result cache (a repeated "
+        "request without a shopper on the same catalog); its timings_ms are then "
+        "'cache' and 'total'.",
     )
 
 

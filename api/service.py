@@ -33,7 +33,6 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,12 +41,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from api.facets import DEFAULT_FACETS, DEFAULT_PRICE_RANGES, compute_facets, render_hit
+from api.result_cache import ResultCache, result_key
 from api.schemas import (
     MAX_RESULT_WINDOW,
-    Explain,
-    FacetBucket,
     FilterSpec,
-    Hit,
     RewriteChangeOut,
     RewriteOut,
     SearchRequest,
@@ -60,16 +58,19 @@ from indexer.updates import UpdateReport, apply_updates
 from rerank.cross_encoder import Reranker
 from rerank.merge import merge_rerank, merge_scores
 from rerank.personal import PersonalRescorer
+from rerank.score_cache import ScoreCache, model_key
 from retrieval.batching import MicroBatcher
 from retrieval.deadline import Deadline
 from retrieval.encoders import Encoder
-from retrieval.filters import Filters, InvalidFilterError, ProductTable
-from retrieval.fusion import reciprocal_rank_fusion, weighted_fusion
+from retrieval.filters import Filters, ProductTable
+from retrieval.fusion import FusionChoice, FusionMethod, default_fusion, describe, fuse
 from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndexError
 from retrieval.log_throttle import LogThrottle
+from retrieval.model_registry import towers_fine_tuned
 from retrieval.query_rewrite import QueryRewriter, product_words
 from retrieval.recommend.base import HistoryItem
+from retrieval.scoped_cache import CacheStats
 from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
 from retrieval.vector_index import FaissIndex
 
@@ -87,17 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FACETS = ("brand", "category", "price", "in_stock")
-DEFAULT_PRICE_RANGES: tuple[tuple[float, float | None], ...] = (
-    (0, 25),
-    (25, 50),
-    (50, 100),
-    (100, 250),
-    (250, 500),
-    (500, None),
-)
-#: Values listed per terms facet.
-FACET_SIZE = 20
 #: Where a loaded snapshot keeps its query rewriter (built from its products' words).
 REWRITER_KEY = "query_rewriter"
 #: Fewer candidates than this are not worth a rerank call when the deadline is short.
@@ -172,6 +162,8 @@ class Retrieval:
     depth: int = 0
     #: Work left out to meet the deadline ("rerank", "rerank depth 50 -> 20", "widen").
     cut: list[str] = field(default_factory=list)
+    #: The fusion that combined the legs ("rrf", "weighted (bm25 0.8)"); "" for one leg.
+    fusion: str = ""
 
     @property
     def search_text(self) -> str:
@@ -195,7 +187,11 @@ class SearchService:
                 settings.model_dir, device=settings.device, backend=settings.encoder_backend
             )
         self.settings = settings
+        #: The item tower (updates encode new products with it) and, unless
+        #: ``query_backend`` names another runtime, the query tower.
         self.encoder = encoder
+        #: The query tower: the same weights, possibly on a faster runtime.
+        self.query_encoder = self._query_encoder(encoder)
         if reranker is None and settings.reranker_dir is not None:
             reranker = Reranker(
                 settings.reranker_dir,
@@ -204,6 +200,12 @@ class SearchService:
                 backend=settings.reranker_backend,
             )
         self.reranker = reranker
+        #: The fusion of a request that names none (``Settings.fusion``; ``auto`` follows
+        #: whether the towers were fine-tuned).
+        self.default_fusion = self._default_fusion()
+        log.info(
+            "default fusion: %s (%s)", self.default_fusion.describe(), self.default_fusion.reason
+        )
         #: The cluster connection for Elasticsearch snapshots (None without ``es_url``).
         self.es = settings.elasticsearch()
         # A leg that fails on every request (its backend is down) logs once in a while,
@@ -218,13 +220,48 @@ class SearchService:
         # Concurrent requests share forward passes (retrieval/batching.py); a lone request
         # is encoded at once.
         self._batcher = (
-            MicroBatcher(self.encoder.encode_query, max_batch=settings.query_batch_size)
+            MicroBatcher(self.query_encoder.encode_query, max_batch=settings.query_batch_size)
             if settings.query_batch_size > 1
             else None
         )
         size = settings.query_cache_size
         self._encode_query = (
             lru_cache(maxsize=size)(self._encode_uncached) if size > 0 else self._encode_uncached
+        )
+        # Reranker scores and whole answers of the serving snapshot; emptied whenever it
+        # changes (_reset_caches). None: off.
+        self.score_cache = (
+            ScoreCache(settings.rerank_cache_size) if settings.rerank_cache_size > 0 else None
+        )
+        self.result_cache = (
+            ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
+            if settings.result_cache_size > 0
+            else None
+        )
+
+    def _query_encoder(self, encoder: Encoder) -> Encoder:
+        """The query tower: ``encoder`` itself, or the same weights on the runtime
+        ``Settings.query_backend`` names (``auto``: fp32 onnxruntime, the same vectors
+        in half the time, when ``encoder`` runs torch on a CPU)."""
+        backend = self.settings.query_backend
+        if backend == "auto":
+            on_cpu = not encoder.device.startswith("cuda")
+            backend = "onnx" if on_cpu and encoder.backend == "torch" else "same"
+        if backend in ("same", encoder.backend):
+            return encoder
+        query = Encoder(encoder.path, device=self.settings.device, backend=backend)
+        log.info("query tower on %s (item tower on %s)", query.backend, encoder.backend)
+        return query
+
+    def _default_fusion(self) -> FusionChoice:
+        settings = self.settings
+        if settings.fusion != "auto":
+            return FusionChoice(
+                FusionMethod(settings.fusion), settings.lexical_weight, "set by SHOPSEARCH_FUSION"
+            )
+        return default_fusion(
+            fine_tuned=towers_fine_tuned(Path(self.encoder.info.path)),
+            base_lexical_weight=settings.base_lexical_weight,
         )
 
     # -- snapshots -------------------------------------------------------------------
@@ -258,6 +295,7 @@ class SearchService:
             snap = load_snapshot(self.store.path(version), es=self.es)
             self._prepare(snap)
             self._snapshot = snap  # the swap: in-flight requests keep their pinned snapshot
+            self._reset_caches(snap)
             log.info(
                 "serving snapshot %s generation %d (%d products)",
                 snap.version,
@@ -277,7 +315,7 @@ class SearchService:
             )
         # Warm up on the new snapshot before it takes traffic: the first query through
         # torch and FAISS pays one-off allocation costs (~250 ms here).
-        snap.vectors.search(self.encoder.encode_query(["warm up"]), 10)
+        snap.vectors.search(self.query_encoder.encode_query(["warm up"]), 10)
         try:
             snap.lexical.search("warm up", 10)
         except LexicalIndexError as exc:
@@ -321,6 +359,7 @@ class SearchService:
                     result.snapshot.extra[REWRITER_KEY] = rewriter
                 self._prepare(result.snapshot)
                 self._snapshot = result.snapshot
+                self._reset_caches(result.snapshot)  # changed text, price or stock
             return result.report
 
     def close(self) -> None:
@@ -333,6 +372,20 @@ class SearchService:
         the exact oracle). Raises :class:`SnapshotError` on a model mismatch."""
         self._check_models(snap)
         self._snapshot = snap
+        self._reset_caches(snap)
+
+    def _reset_caches(self, snap: LoadedSnapshot) -> None:
+        """Empty the caches and keep only what is computed on ``snap`` from now on. Called
+        after each swap: a request still on the old snapshot cannot put its answer back
+        (see :mod:`retrieval.scoped_cache`)."""
+        for cache in (self.score_cache, self.result_cache):
+            if cache is not None:
+                cache.reset(snap)
+
+    def cache_stats(self) -> dict[str, CacheStats]:
+        """Hits, misses and entries of each cache that is on: ``rerank``, ``result``."""
+        caches = {"rerank": self.score_cache, "result": self.result_cache}
+        return {name: cache.stats() for name, cache in caches.items() if cache is not None}
 
     def reload_if_changed(self) -> bool:
         """Load the snapshot ``CURRENT`` names if it is not the serving one, or if an
@@ -373,7 +426,7 @@ class SearchService:
     def _encode_uncached(self, q: str) -> npt.NDArray[np.float32]:
         if self._batcher is not None:
             return self._batcher.encode(q)
-        vector = self.encoder.encode_query([q])
+        vector = self.query_encoder.encode_query([q])
         vector.setflags(write=False)
         return vector
 
@@ -482,7 +535,7 @@ class SearchService:
                 raise ServiceError(f"every retrieval leg failed ({', '.join(result.degraded)})")
 
             t = time.perf_counter()
-            result.fused = self._fuse(result.dense, result.lexical, request)
+            result.fused, result.fusion = self._fuse(result.dense, result.lexical, request)
             timings["fuse"] = timings.get("fuse", 0.0) + _ms(t)
 
             t = time.perf_counter()
@@ -507,15 +560,21 @@ class SearchService:
         dense: Sequence[tuple[int, float]],
         lexical: Sequence[tuple[int, float]],
         request: SearchRequest,
-    ) -> list[Candidate]:
-        method = request.fusion or self.settings.fusion
-        if method == "rrf":
-            fused = reciprocal_rank_fusion([r for r in (dense, lexical) if r])
-        else:
-            weight = request.lexical_weight
-            if weight is None:
-                weight = self.settings.lexical_weight
-            fused = weighted_fusion(dense, lexical, lexical_weight=weight)
+    ) -> tuple[list[Candidate], str]:
+        """The fused candidates, best first, and the fusion that ranked them in words."""
+        default = self.default_fusion
+        method = FusionMethod(request.fusion) if request.fusion else default.method
+        weight = request.lexical_weight
+        if weight is None:
+            # The default's weight goes with the default's method; a request that names
+            # a weighted method without a weight gets the configured one.
+            weight = (
+                default.lexical_weight if request.fusion is None else self.settings.lexical_weight
+            )
+        fused = fuse(method, dense, lexical, lexical_weight=weight)
+        described = describe(method, weight)
+        if not (dense and lexical):
+            described = ""  # one leg answered: nothing was fused
         candidates: dict[int, Candidate] = {
             row: Candidate(row=row, fused_score=s) for row, s in fused.items()
         }
@@ -524,7 +583,7 @@ class SearchService:
         for rank, (row, score) in enumerate(lexical, start=1):
             candidates[row].lexical_rank, candidates[row].lexical_score = rank, score
         # Ties (same fused score) break by the better leg rank, then row: deterministic.
-        return sorted(
+        ranked = sorted(
             candidates.values(),
             key=lambda c: (
                 -c.fused_score,
@@ -532,6 +591,7 @@ class SearchService:
                 c.row,
             ),
         )
+        return ranked, described
 
     def _rerank(self, request: SearchRequest, result: Retrieval, deadline: Deadline) -> None:
         wanted = request.rerank if request.rerank is not None else self.reranker is not None
@@ -553,10 +613,7 @@ class SearchService:
         head = result.filtered[:depth]
         t = time.perf_counter()
         try:
-            products = result.snapshot.table.products
-            scores = self.reranker.score(
-                result.search_text, [item_text(products[c.row]) for c in head]
-            )
+            scores, scored = self._score_pairs(self.reranker, result, head)
         except Exception:
             log.exception("rerank failed; serving the fused order")
             result.degraded.append("rerank")
@@ -564,8 +621,8 @@ class SearchService:
             return
         finally:
             result.timings_ms["rerank"] = _ms(t)
-        if head:  # the cost per candidate, for deciding what fits the next deadline
-            per = result.timings_ms["rerank"] / len(head)
+        if scored:  # the cost per candidate scored, for deciding what fits the next deadline
+            per = result.timings_ms["rerank"] / scored
             self._rerank_ms = per if self._rerank_ms is None else 0.8 * self._rerank_ms + 0.2 * per
         weight = (
             request.rerank_weight
@@ -589,6 +646,25 @@ class SearchService:
         order = sorted(range(len(head)), key=lambda i: -merged[i])  # stable: ties keep fused order
         result.filtered = [head[i] for i in order] + result.filtered[depth:]
         result.rerank_status = f"applied ({len(head)} candidates)"
+
+    def _score_pairs(
+        self, reranker: Reranker, result: Retrieval, head: Sequence[Candidate]
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """The reranker's scores of ``head`` for the text searched, and how many pairs it
+        computed: the others came from the score cache, with the same scores."""
+        products = result.snapshot.table.products
+        texts = [item_text(products[c.row]) for c in head]
+        if self.score_cache is None:
+            return reranker.score(result.search_text, texts), len(texts)
+        cached = self.score_cache.score(
+            reranker,
+            result.search_text,
+            [products[c.row].id for c in head],
+            texts,
+            model=_reranker_key(reranker),
+            scope=result.snapshot,
+        )
+        return cached.scores, cached.scored
 
     def _rerank_fits(self, depth: int, deadline: Deadline) -> int:
         """How many of ``depth`` candidates the reranker can score before ``deadline``,
@@ -617,6 +693,14 @@ class SearchService:
         ``request.personalize``; it only re-orders what the search found, so filters hold,
         and with an empty history the answer is exactly the unpersonalised one."""
         started = time.perf_counter()
+        # A full answer to the same request without a shopper, on this snapshot; a client
+        # that already hung up gets DeadlineExceeded from retrieve() as ever.
+        key = self._result_key(request)
+        cancelled = deadline is not None and deadline.cancelled
+        if key is not None and self.result_cache is not None and not cancelled:
+            hit = self.result_cache.get(key, self._snapshot, started=started)
+            if hit is not None:
+                return hit
         result = self.retrieve(request, deadline)
         table = result.snapshot.table
         personalized = "off"
@@ -643,11 +727,11 @@ class SearchService:
         result.timings_ms["facets"] = _ms(t)
         start = (request.page - 1) * request.size
         page = result.filtered[start : start + request.size]
-        hits = [_hit(table.products[c.row], c, request.explain) for c in page]
+        hits = [render_hit(table.products[c.row], c, request.explain) for c in page]
         result.timings_ms["total"] = _ms(started)
         snap = result.snapshot
         rewrite = result.rewrite
-        return SearchResponse(
+        response = SearchResponse(
             query_id=uuid.uuid4().hex,
             q=result.query,
             mode=request.mode,
@@ -660,6 +744,7 @@ class SearchService:
             index_version=snap.version,
             models=self.models(),
             rerank=result.rerank_status,
+            fusion=result.fusion,
             degraded=result.degraded,
             cut=result.cut,
             personalized=personalized,
@@ -675,6 +760,17 @@ class SearchService:
                 else None
             ),
         )
+        if key is not None and self.result_cache is not None:
+            self.result_cache.put(key, response, snap)  # only if full (result_cache.cacheable)
+        return response
+
+    def _result_key(self, request: SearchRequest) -> str | None:
+        """``request``'s result-cache key; None when the cache is off or the answer is
+        ranked for a shopper."""
+        if self.result_cache is None:
+            return None
+        context = _reranker_key(self.reranker) if self.reranker is not None else ""
+        return result_key(request, normalize_query(request.q), context)
 
     def models(self) -> dict[str, dict[str, str] | None]:
         """Ids and short checksums of the models answering queries."""
@@ -683,8 +779,11 @@ class SearchService:
             return {"id": info["id"], "sha256": info["sha256"][:12]}
 
         snap = self._snapshot
+        query = self.query_encoder.info
         return {
-            "query_tower": short(self.encoder.info.to_dict()),
+            # The runtime's checksum, and that of the weights it runs (the item tower's
+            # when the query tower is the same model on a faster runtime).
+            "query_tower": {**short(query.to_dict()), "weights_sha256": query.weights_sha256[:12]},
             "item_tower": short(snap.item_model) if snap else None,
             "reranker": short(self.reranker.info.to_dict()) if self.reranker else None,
         }
@@ -692,6 +791,11 @@ class SearchService:
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def _reranker_key(reranker: Reranker) -> str:
+    # getattr: eval wraps the reranker in a memo that passes attributes through.
+    return model_key(reranker.info, getattr(reranker, "max_length", None))
 
 
 def _apply_filters(
@@ -702,83 +806,3 @@ def _apply_filters(
     rows = np.fromiter((c.row for c in candidates), dtype=np.int64, count=len(candidates))
     keep = table.mask(filters, rows)
     return [c for c, ok in zip(candidates, keep.tolist(), strict=True) if ok]
-
-
-def _hit(product: Product, cand: Candidate, explain: bool) -> Hit:
-    score = cand.final_score if cand.final_score is not None else cand.fused_score
-    return Hit(
-        id=product.id,
-        score=score,
-        title=product.title,
-        description=product.description,
-        brand=product.brand,
-        category=product.category,
-        price=product.price,
-        in_stock=product.in_stock,
-        image_url=product.image_url,
-        attributes=dict(product.attributes),
-        explain=Explain(
-            dense_rank=cand.dense_rank,
-            dense_score=cand.dense_score,
-            lexical_rank=cand.lexical_rank,
-            lexical_score=cand.lexical_score,
-            fused_score=cand.fused_score,
-            rerank_score=cand.rerank_score,
-            final_score=cand.final_score,
-            personal_score=cand.personal_score,
-        )
-        if explain
-        else None,
-    )
-
-
-def _price_label(lo: float, hi: float | None) -> str:
-    return f"{lo:g}+" if hi is None else f"{lo:g}-{hi:g}"
-
-
-def compute_facets(
-    table: ProductTable,
-    rows: Sequence[int],
-    fields: Sequence[str],
-    price_ranges: Sequence[tuple[float, float | None]],
-) -> dict[str, list[FacetBucket]]:
-    """Counts over ``rows`` (the filtered candidate set) for each facet field.
-
-    Terms facets list the :data:`FACET_SIZE` most common values (ties by value);
-    ``price`` counts each ``[min, max)`` range, in the order given. Unknown fields raise
-    :class:`retrieval.filters.InvalidFilterError`.
-    """
-    out: dict[str, list[FacetBucket]] = {}
-    products = table.products
-    for name in fields:
-        if name == "price":
-            prices = table.price[np.asarray(rows, dtype=np.int64)] if rows else np.zeros(0)
-            out[name] = [
-                FacetBucket(
-                    value=_price_label(lo, hi),
-                    count=int(((prices >= lo) & ((prices < hi) if hi is not None else True)).sum()),
-                )
-                for lo, hi in price_ranges
-            ]
-            continue
-        counts: Counter[str] = Counter()
-        if name == "brand":
-            counts.update(products[r].brand for r in rows if products[r].brand)
-        elif name == "category":
-            counts.update(products[r].category for r in rows if products[r].category)
-        elif name == "in_stock":
-            counts.update(
-                str(products[r].in_stock).lower() for r in rows if products[r].in_stock is not None
-            )
-        elif name in table.attributes:
-            counts.update(
-                products[r].attributes[name] for r in rows if name in products[r].attributes
-            )
-        else:
-            valid = ", ".join(dict.fromkeys(("price", *table.filter_fields)))
-            raise InvalidFilterError(
-                f"facets.{name}", f"unknown facet field; valid fields are: {valid}"
-            )
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:FACET_SIZE]
-        out[name] = [FacetBucket(value=v, count=c) for v, c in ranked]
-    return out

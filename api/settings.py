@@ -12,6 +12,7 @@ from indexer.events.privacy import check_key
 from rerank.cross_encoder import RerankerBackend
 from rerank.merge import DEFAULT_RERANK_WEIGHT, MergeMethod
 from retrieval.encoders import EncoderBackend
+from retrieval.fusion import BASE_TOWERS_LEXICAL_WEIGHT
 
 if TYPE_CHECKING:
     from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
         description="How the towers run: torch, onnx (onnxruntime fp32) or onnx-int8 "
         "(dynamic int8). A snapshot is served only by the backend that built it.",
     )
+    query_backend: Literal["auto", "same", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="How the query tower runs, over the same weights as the item tower (the "
+        "catalog's vectors stay as built): 'same' as encoder_backend; 'onnx' gives the "
+        "same vectors (cosine 1.0000) in half the time of torch on a CPU; 'onnx-int8' is "
+        "faster still and moves vectors slightly; 'auto': onnx on a CPU when the towers "
+        "run on torch, else the same (README, 'Query tower runtime').",
+    )
     leg_depth: int = Field(100, ge=1, le=10_000, description="Candidates asked of each leg.")
     max_depth: int = Field(
         2000,
@@ -60,9 +69,25 @@ class Settings(BaseSettings):
         le=100_000,
         description="Widening limit of leg depth when filters leave too few.",
     )
-    fusion: Literal["rrf", "weighted"] = Field("rrf", description="Default fusion method.")
+    fusion: Literal["auto", "rrf", "weighted", "weighted-rrf"] = Field(
+        "auto",
+        description="Default fusion method. 'auto': RRF with towers fine-tuned by "
+        "`shopsearch train towers` (their model card says so), a BM25-led weighted RRF "
+        "(base_lexical_weight) with base towers, so a new shop never answers worse than "
+        "BM25 alone.",
+    )
     lexical_weight: float = Field(
-        0.5, ge=0.0, le=1.0, description="Weight of BM25 in weighted fusion."
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weight of BM25 in the weighted fusions (fusion=weighted or weighted-rrf).",
+    )
+    base_lexical_weight: float = Field(
+        BASE_TOWERS_LEXICAL_WEIGHT,
+        ge=0.0,
+        le=1.0,
+        description="Weight of BM25 in the 'auto' fusion of base (not fine-tuned) towers; "
+        "chosen on the Home Depot dev split.",
     )
     rerank_depth: int = Field(50, ge=1, le=500, description="Fused candidates the reranker scores.")
     rerank_weight: float = Field(
@@ -103,6 +128,31 @@ class Settings(BaseSettings):
         32,
         ge=0,
         description="Concurrent query encodings batched into one forward pass, at most (0: no batching).",
+    )
+    # -- caches (rerank/score_cache.py, api/result_cache.py); emptied on every snapshot change --
+    rerank_cache_size: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="Cross-encoder scores kept per (rewritten query, product id, reranker "
+        "model), least recently used evicted first; about 200 bytes each (0 disables).",
+    )
+    result_cache_size: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Whole answers kept for repeated requests without a shopper (keyed by "
+        "every request field that changes the answer), least recently used evicted first; "
+        "a few KB each, as JSON (0 disables).",
+    )
+    result_cache_ttl_s: float = Field(
+        300.0,
+        ge=0.0,
+        le=86_400.0,
+        description="Seconds a cached answer is served at most (0: until evicted or the "
+        "snapshot changes). Snapshot swaps and updates empty the cache anyway; this bounds "
+        "how long a change the server cannot see (e.g. to a shared Elasticsearch index) "
+        "stays hidden.",
     )
     degraded_log_interval_s: float = Field(
         10.0,

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.cli import MODELS_DIR
+from api.cli_train import models_dir_setting
 from api.settings import Settings
 from retrieval.model_registry import resolve_model
 
@@ -152,6 +152,12 @@ def evaluate(
     model: Annotated[
         Path | None, typer.Option(help="Two-tower model dir (must match the snapshot).")
     ] = None,
+    fusion_weights: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated BM25 weights (0..1) of the 'hybrid-weighted-<W>' configurations."
+        ),
+    ] = "0.3,0.5,0.7",
     out: Annotated[
         Path | None, typer.Option(help="Output dir (default var/eval/<UTC time>).")
     ] = None,
@@ -190,9 +196,9 @@ def evaluate(
     if index_dir is not None:
         updates["index_dir"] = index_dir
     if model is not None:
-        updates["model_dir"] = resolve_model(str(model), MODELS_DIR)
+        updates["model_dir"] = resolve_model(str(model), models_dir_setting())
     if reranker is not None:
-        updates["reranker_dir"] = resolve_model(str(reranker), MODELS_DIR)
+        updates["reranker_dir"] = resolve_model(str(reranker), models_dir_setting())
     # Without --model, SearchService serves with the towers that built the snapshot.
     settings = settings.model_copy(update=updates)
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit, gain_offset)
@@ -212,8 +218,16 @@ def evaluate(
             ) from exc
         if not all(0.0 <= w <= 1.0 for w in sweep if w is not None):
             raise typer.BadParameter("--rerank-weights: each weight must be in [0, 1]")
+    try:
+        weights = [float(w) for w in fusion_weights.split(",") if w.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"--fusion-weights: {exc}; give numbers in [0, 1] like 0.5,0.7,0.8"
+        ) from exc
+    if not all(0.0 <= w <= 1.0 for w in weights):
+        raise typer.BadParameter("--fusion-weights: each weight must be in [0, 1]")
     available = default_configurations(
-        with_reranker=service.reranker is not None, rerank_weights=sweep
+        with_reranker=service.reranker is not None, weights=weights, rerank_weights=sweep
     )
     if configs:
         wanted = [c.strip() for c in configs.split(",") if c.strip()]
@@ -458,11 +472,18 @@ def bench_command(
             k: v
             for k, v in {
                 "index_dir": index_dir,
-                "reranker_dir": resolve_model(str(reranker), MODELS_DIR) if reranker else None,
+                "reranker_dir": resolve_model(str(reranker), models_dir_setting())
+                if reranker
+                else None,
             }.items()
             if v is not None
         }
-        | {"reload_interval_s": 0.0, "query_cache_size": 0}
+        | {
+            "reload_interval_s": 0.0,
+            "query_cache_size": 0,
+            "result_cache_size": 0,
+            "rerank_cache_size": 0,
+        }
     )
     service = SearchService(settings)  # with the snapshot's towers when no --model
     service.load()
@@ -512,6 +533,8 @@ def bench_command(
         env = {
             **os.environ,
             "SHOPSEARCH_QUERY_CACHE_SIZE": "0",
+            "SHOPSEARCH_RESULT_CACHE_SIZE": "0",  # the load cycles its queries
+            "SHOPSEARCH_RERANK_CACHE_SIZE": "0",
             "SHOPSEARCH_ENCODER_BACKEND": settings.encoder_backend,
         }
         # `serve` refuses to start without a pseudonymisation key; this throwaway server

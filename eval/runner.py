@@ -56,7 +56,8 @@ class Configuration:
 
     name: str
     mode: str = "hybrid"
-    fusion: str = "rrf"
+    #: None: the service's default fusion (``SearchService.default_fusion``).
+    fusion: str | None = "rrf"
     lexical_weight: float | None = None
     rerank: bool = False
     #: Weight of the reranker in ``rerank.merge``; None: the service's setting.
@@ -66,6 +67,9 @@ class Configuration:
     exact_dense: bool = False
     #: Query rewriting (units, spelling); None: the service's settings (on by default).
     rewrite: bool | None = None
+    #: Ask exactly as ``serve`` answers a request that sets nothing: the service's leg
+    #: depth, fusion, rerank depth and merge (the run's depth is ignored).
+    serve_defaults: bool = False
 
     def params(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
@@ -77,12 +81,15 @@ def default_configurations(
     weights: Sequence[float] = (0.3, 0.5, 0.7),
     rerank_weights: Sequence[float | None] = (None,),
 ) -> list[Configuration]:
-    """Lexical (on the query as typed, and rewritten), dense exact, dense IVF-PQ, hybrid
-    RRF and a weighted-fusion sweep, and when a reranker is configured each hybrid once
+    """``default`` (exactly what ``serve`` answers with its defaults for the snapshot:
+    the default fusion, the reranker when one is configured, the serving leg depth),
+    lexical (on the query as typed, and rewritten), dense exact, dense IVF-PQ, hybrid
+    RRF and a sweep of both weighted fusions over ``weights``, and when a reranker is configured each hybrid once
     more with rerank per entry of ``rerank_weights`` (``None``: the service's setting,
     named ``<hybrid>+rerank``; a number ``w``: named ``<hybrid>+rerank-w<w>``), and once
     with the rank merge at the service's weight (``<hybrid>+rerank-ranks``)."""
     configs = [
+        Configuration("default", fusion=None, rerank=with_reranker, serve_defaults=True),
         # BM25 on the query as typed: the reference the product's gains are measured against.
         Configuration("lexical-typed", mode="lexical", rewrite=False),
         Configuration("lexical", mode="lexical"),
@@ -91,6 +98,10 @@ def default_configurations(
         Configuration("hybrid-rrf", mode="hybrid", fusion="rrf"),
         *[
             Configuration(f"hybrid-weighted-{w:g}", fusion="weighted", lexical_weight=w)
+            for w in weights
+        ],
+        *[
+            Configuration(f"hybrid-weighted-rrf-{w:g}", fusion="weighted-rrf", lexical_weight=w)
             for w in weights
         ],
     ]
@@ -103,12 +114,12 @@ def default_configurations(
                 rerank_weight=rw,
             )
             for c in configs
-            if c.mode == "hybrid"
+            if c.mode == "hybrid" and not c.serve_defaults
             for rw in rerank_weights
         ] + [
             dataclasses.replace(c, name=f"{c.name}+rerank-ranks", rerank=True, rerank_merge="ranks")
             for c in configs
-            if c.mode == "hybrid"
+            if c.mode == "hybrid" and not c.serve_defaults
         ]
     return configs
 
@@ -169,6 +180,14 @@ class EvalOutcome:
             n_left_out=self.protocol_a.n_left_out,
             params=self.config.params(),
         )
+
+
+def _serve_request(service: SearchService, text: str) -> SearchRequest:
+    """The request ``serve`` gets for ``text`` when the client sets nothing but a page
+    size of up to 100 (so recall@100 is measurable): every stage runs as configured.
+    The service's leg depth is at least 100 by default, so the ranked list is the one
+    every page of the default answer is cut from."""
+    return SearchRequest(q=text, size=min(100, service.settings.leg_depth))
 
 
 def _searched(service: SearchService, text: str) -> str:
@@ -245,6 +264,9 @@ def evaluate_configurations(
     real_reranker = service.reranker
     memo = _RerankMemo(real_reranker) if real_reranker is not None else None
     service.reranker = memo  # type: ignore[assignment]
+    # The memo must see every pair (its hits mark latencies it flatters): the service's
+    # own score cache would answer repeats before it.
+    score_cache, service.score_cache = service.score_cache, None
     try:
         _run_configurations(
             service,
@@ -260,6 +282,7 @@ def evaluate_configurations(
         )
     finally:
         service.reranker = real_reranker
+        service.score_cache = score_cache
     return outcomes
 
 
@@ -305,18 +328,22 @@ def _run_configurations(
         advance = progress(config.name, len(queries)) if progress is not None else None
         try:
             for query in queries:
-                request = SearchRequest(
-                    q=query.text,
-                    size=min(100, depth),
-                    mode=config.mode,  # type: ignore[arg-type]
-                    fusion=config.fusion,  # type: ignore[arg-type]
-                    lexical_weight=config.lexical_weight,
-                    rerank=config.rerank,
-                    rerank_depth=rerank_depth if config.rerank else None,
-                    rerank_weight=config.rerank_weight,
-                    rerank_merge=config.rerank_merge,  # type: ignore[arg-type]
-                    rewrite=config.rewrite,
-                    depth=depth,
+                request = (
+                    _serve_request(service, query.text)
+                    if config.serve_defaults
+                    else SearchRequest(
+                        q=query.text,
+                        size=min(100, depth),
+                        mode=config.mode,  # type: ignore[arg-type]
+                        fusion=config.fusion,  # type: ignore[arg-type]
+                        lexical_weight=config.lexical_weight,
+                        rerank=config.rerank,
+                        rerank_depth=rerank_depth if config.rerank else None,
+                        rerank_weight=config.rerank_weight,
+                        rerank_merge=config.rerank_merge,  # type: ignore[arg-type]
+                        rewrite=config.rewrite,
+                        depth=depth,
+                    )
                 )
                 started = time.perf_counter()
                 result = service.retrieve(request)

@@ -163,7 +163,14 @@ def _serve_and_measure(
     encoder.encode_query(["warm up"])
     before = _rss_mib()
     service = SearchService(
-        Settings(index_dir=index_dir, reload_interval_s=0, query_cache_size=0), encoder=encoder
+        Settings(
+            index_dir=index_dir,
+            reload_interval_s=0,
+            query_cache_size=0,  # every measured search computes its answer
+            result_cache_size=0,
+            rerank_cache_size=0,
+        ),
+        encoder=encoder,
     )
     service.load()
     p50: dict[str, float] = {}

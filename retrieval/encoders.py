@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,16 +70,27 @@ class ModelInfo:
     """Identity of a model directory: ``id`` (name) and ``sha256`` of its weight files.
 
     With an ONNX ``backend`` the id is ``<name>+<backend>`` and the checksum covers the
-    exported graphs too; ``path`` stays the model directory (what ``--model`` takes).
+    exported graphs too; ``path`` stays the model directory (what ``--model`` takes) and
+    ``base_sha256`` is the checksum of the weights it was exported from.
     """
 
     id: str
     path: str
     sha256: str
     backend: str = "torch"
+    #: For an ONNX backend: the sha256 of the torch weights it runs; "" for torch.
+    base_sha256: str = ""
+
+    @property
+    def weights_sha256(self) -> str:
+        """The checksum of the trained weights, whatever runtime runs them."""
+        return self.base_sha256 or self.sha256
 
     def to_dict(self) -> dict[str, str]:
-        return {"id": self.id, "path": self.path, "sha256": self.sha256, "backend": self.backend}
+        out = {"id": self.id, "path": self.path, "sha256": self.sha256, "backend": self.backend}
+        if self.base_sha256:
+            out["base_sha256"] = self.base_sha256
+        return out
 
 
 def model_info(path: Path) -> ModelInfo:
@@ -125,6 +135,7 @@ def attach_onnx_backend(
         path=base.path,
         sha256=export.sha256(base.sha256, backend),
         backend=backend,
+        base_sha256=base.sha256,
     )
 
 
@@ -180,9 +191,11 @@ class Encoder:
                 )
                 backend = "torch"
         self.backend = backend
-        # Offline by construction: a local directory never touches the hub, and this makes
-        # an accidental hub name fail fast instead of hanging on the network.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # Offline by its arguments alone: model_info() above has refused anything but an
+        # existing directory, and local_files_only keeps every file sentence-transformers
+        # and transformers look up local, so nothing here can reach the hub. The process
+        # environment is left alone (HF_HUB_OFFLINE set here would leak into every later
+        # library call and child process, and huggingface_hub reads it once, at import).
         try:
             self.model = SentenceTransformer(
                 str(self.path),

@@ -49,6 +49,7 @@ __all__ = [
     "register",
     "resolve_model",
     "staging_dir",
+    "towers_fine_tuned",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,20 @@ def load_card(path: Path) -> dict[str, Any]:
     if not isinstance(card, dict):
         raise RegistryError(f"{card_path} does not hold a JSON object")
     return card
+
+
+def towers_fine_tuned(path: Path) -> bool:
+    """True when the towers in ``path`` were trained by ``shopsearch train towers`` (their
+    model card says ``kind: towers``); False for the bundled base model, a directory
+    without a card, or an unreadable card. Decides the default fusion
+    (:func:`retrieval.fusion.default_fusion`): towers of unknown training are treated as
+    base towers, so the default never trusts them over BM25 (set the fusion explicitly
+    to use them otherwise)."""
+    try:
+        card = load_card(path)
+    except RegistryError:
+        return False
+    return card.get("kind") == "towers"
 
 
 def _versions(models_dir: Path, kind: str) -> list[str]:

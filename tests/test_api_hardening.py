@@ -148,7 +148,9 @@ def test_rerank_is_cut_to_what_fits_the_deadline(
     sample_index: Path, encoder: Encoder, cross_encoder_dir: Path
 ) -> None:
     svc = SearchService(
-        Settings(index_dir=sample_index, reload_interval_s=0),
+        # The same request is asked under ever shorter deadlines: each must compute (the
+        # result cache would serve the first, full answer to all of them).
+        Settings(index_dir=sample_index, reload_interval_s=0, result_cache_size=0),
         encoder=encoder,
         reranker=Reranker(cross_encoder_dir, device="cpu", backend="torch"),
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from retrieval.fusion import minmax_normalize, reciprocal_rank_fusion, weighted_fusion
@@ -45,3 +47,49 @@ def test_weighted_fusion_weights_and_missing_keys() -> None:
 def test_weighted_fusion_rejects_bad_weight() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         weighted_fusion([], [], lexical_weight=1.5)
+
+
+def test_default_fusion_trusts_bm25_until_towers_are_fine_tuned() -> None:
+    from retrieval.fusion import FusionMethod, default_fusion
+
+    tuned = default_fusion(fine_tuned=True)
+    assert tuned.method is FusionMethod.rrf and tuned.describe() == "rrf"
+    base = default_fusion(fine_tuned=False, base_lexical_weight=0.75)
+    assert base.method is FusionMethod.weighted_rrf and base.lexical_weight == 0.75
+    assert base.describe() == "weighted-rrf (bm25 0.75)" and "base towers" in base.reason
+    with pytest.raises(ValueError, match="base_lexical_weight"):
+        default_fusion(fine_tuned=False, base_lexical_weight=1.2)
+
+
+def test_towers_fine_tuned_reads_the_model_card(tmp_path: Path) -> None:
+    import json
+
+    from retrieval.encoders import default_model_path
+    from retrieval.model_registry import towers_fine_tuned
+
+    assert towers_fine_tuned(default_model_path()) is False  # the bundled base model
+    assert towers_fine_tuned(tmp_path) is False  # no card
+    (tmp_path / "model_card.json").write_text(json.dumps({"kind": "reranker"}))
+    assert towers_fine_tuned(tmp_path) is False
+    (tmp_path / "model_card.json").write_text("{not json")
+    assert towers_fine_tuned(tmp_path) is False
+    (tmp_path / "model_card.json").write_text(json.dumps({"kind": "towers", "version": "v"}))
+    assert towers_fine_tuned(tmp_path) is True
+
+
+def test_weighted_rrf_lets_the_heavier_leg_lead() -> None:
+    from retrieval.fusion import WEIGHTED_RRF_K, FusionMethod, fuse
+
+    dense = [("d1", 0.9), ("both", 0.8)]
+    lexical = [("l1", 12.0), ("l2", 11.0), ("both", 3.0)]
+    fused = fuse(FusionMethod.weighted_rrf, dense, lexical, lexical_weight=0.8)
+    k = WEIGHTED_RRF_K
+    assert fused["both"] == pytest.approx(0.2 / (k + 2) + 0.8 / (k + 3))
+    order = sorted(fused, key=lambda key: -fused[key])
+    # Found by both legs first; BM25's head ahead of dense's first hit.
+    assert order == ["both", "l1", "l2", "d1"]
+    assert fuse(FusionMethod.rrf, dense, lexical) == reciprocal_rank_fusion([dense, lexical])
+    with pytest.raises(ValueError, match="lexical_weight"):
+        fuse(FusionMethod.weighted_rrf, dense, lexical, lexical_weight=-0.1)
+    with pytest.raises(ValueError, match="weights"):
+        reciprocal_rank_fusion([dense], weights=[0.5, 0.5])

@@ -39,6 +39,7 @@ def base_url(sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             env={
                 **os.environ,
                 "SHOPSEARCH_QUERY_CACHE_SIZE": "0",  # every request really encodes
+                "SHOPSEARCH_RESULT_CACHE_SIZE": "0",  # and computes (the load cycles queries)
                 "SHOPSEARCH_MAX_INFLIGHT": "2",
                 "SHOPSEARCH_MAX_QUEUE": "8",
                 "SHOPSEARCH_USER_KEY": "overload-test-key-0123456789",

@@ -31,7 +31,8 @@ def test_timings_and_models_are_reported(sample_service: SearchService) -> None:
         response.timings_ms
     )
     assert response.timings_ms["total"] >= response.timings_ms["dense"]
-    assert response.models["query_tower"]["sha256"] == response.models["item_tower"]["sha256"]
+    query_tower, item_tower = response.models["query_tower"], response.models["item_tower"]
+    assert query_tower["weights_sha256"] == item_tower["sha256"]  # same weights, any runtime
     top = response.hits[0]
     assert top.explain is not None and top.explain.fused_score == pytest.approx(top.score)
     assert top.explain.dense_rank is not None or top.explain.lexical_rank is not None
@@ -96,28 +97,24 @@ def test_unknown_filter_and_facet_fields(sample_service: SearchService) -> None:
 
 
 def test_lexical_failure_degrades_to_dense(
-    sample_service: SearchService, monkeypatch: pytest.MonkeyPatch
+    own_sample_service: SearchService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("lexical engine down")
 
-    monkeypatch.setattr(sample_service.snapshot.lexical, "search", broken)
-    response = sample_service.search(SearchRequest(q="cordless drill"))
+    # The service's own snapshot: the shared sample_service is never patched.
+    monkeypatch.setattr(own_sample_service.snapshot.lexical, "search", broken)
+    response = own_sample_service.search(SearchRequest(q="cordless drill"))
     assert response.degraded == ["lexical"]
     assert response.hits and response.hits[0].category.startswith("Tools")
 
 
-def test_refuses_snapshot_of_another_item_tower(sample_index: Path, encoder: Encoder) -> None:
-    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=encoder)
-    original = encoder.info
-    try:
-        encoder.info = ModelInfo(id="other-tower", path="/models/other", sha256="0" * 64)
-        with pytest.raises(
-            SnapshotError, match=r"built with item tower .* query tower is other-tower"
-        ):
-            svc.load()
-    finally:
-        encoder.info = original
+def test_refuses_snapshot_of_another_item_tower(sample_index: Path, own_encoder: Encoder) -> None:
+    # A copy of the session encoder under another identity (the session one stays as is).
+    own_encoder.info = ModelInfo(id="other-tower", path="/models/other", sha256="0" * 64)
+    svc = SearchService(Settings(index_dir=sample_index, reload_interval_s=0), encoder=own_encoder)
+    with pytest.raises(SnapshotError, match=r"built with item tower .* query tower is other-tower"):
+        svc.load()
     assert not svc.ready
 
 
@@ -125,3 +122,59 @@ def test_rerank_skipped_without_model(sample_service: SearchService) -> None:
     response = sample_service.search(SearchRequest(q="cordless drill", rerank=True))
     assert response.rerank == "skipped (no model)"
     assert "rerank" not in response.timings_ms
+
+
+def test_default_fusion_with_base_towers_is_bm25_led(sample_service: SearchService) -> None:
+    # The sample snapshot is built with the bundled (not fine-tuned) MiniLM towers.
+    default = sample_service.default_fusion
+    assert (
+        default.method == "weighted-rrf"
+        and default.lexical_weight == Settings().base_lexical_weight
+    )
+    plain = sample_service.search(SearchRequest(q="cordless drill", size=10))
+    assert plain.fusion == f"weighted-rrf (bm25 {default.lexical_weight:g})"
+    named = sample_service.search(
+        SearchRequest(
+            q="cordless drill",
+            size=10,
+            fusion="weighted-rrf",
+            lexical_weight=default.lexical_weight,
+        )
+    )
+    assert [h.id for h in plain.hits] == [h.id for h in named.hits]
+    rrf = sample_service.search(SearchRequest(q="cordless drill", size=10, fusion="rrf"))
+    assert rrf.fusion == "rrf"
+    lexical = sample_service.search(SearchRequest(q="cordless drill", size=10, mode="lexical"))
+    assert lexical.fusion == ""  # one leg: nothing fused
+
+
+def test_fusion_setting_overrides_auto(sample_index: Path, encoder: Encoder) -> None:
+    service = SearchService(
+        Settings(index_dir=sample_index, fusion="rrf", reload_interval_s=0.0), encoder=encoder
+    )
+    assert service.default_fusion.method == "rrf"
+    assert "SHOPSEARCH_FUSION" in service.default_fusion.reason
+
+
+def test_query_tower_runs_on_onnx_with_the_same_vectors(
+    sample_index: Path, encoder: Encoder
+) -> None:
+    import numpy as np
+
+    settings = Settings(index_dir=sample_index, reload_interval_s=0.0, result_cache_size=0)
+    auto = SearchService(settings, encoder=encoder)  # query_backend "auto" on a CPU
+    assert auto.query_encoder is not encoder and auto.query_encoder.backend == "onnx"
+    assert auto.query_encoder.info.base_sha256 == encoder.info.sha256
+    same = SearchService(settings.model_copy(update={"query_backend": "same"}), encoder=encoder)
+    assert same.query_encoder is encoder
+    queries = ["cordless drill", "garden hose 50 ft", "led bulb"]
+    np.testing.assert_allclose(
+        auto.query_encoder.encode_query(queries), encoder.encode_query(queries), atol=1e-4
+    )
+    auto.load()
+    same.load()
+    for q in queries:
+        a = auto.search(SearchRequest(q=q, size=10))
+        b = same.search(SearchRequest(q=q, size=10))
+        assert [h.id for h in a.hits] == [h.id for h in b.hits], q
+    assert a.models["query_tower"]["id"].endswith("+onnx")
