@@ -249,7 +249,12 @@ class SearchService:
             backend = "onnx" if on_cpu and encoder.backend == "torch" else "same"
         if backend in ("same", encoder.backend):
             return encoder
-        query = Encoder(encoder.path, device=self.settings.device, backend=backend)
+        query = Encoder(
+            encoder.path,
+            device=self.settings.device,
+            backend=backend,
+            onnx_threads=self.settings.onnx_threads,
+        )
         log.info("query tower on %s (item tower on %s)", query.backend, encoder.backend)
         return query
 

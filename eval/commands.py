@@ -167,8 +167,12 @@ def evaluate(
     ] = None,
     tolerance: Annotated[float, typer.Option(help="Allowed drop below the baseline.")] = 0.01,
     gate_config: Annotated[
-        str, typer.Option(help="Configuration the gate compares.")
-    ] = "hybrid-rrf",
+        str,
+        typer.Option(
+            help="Configuration the gate compares; 'default' is what `serve` answers with "
+            "its defaults for the snapshot."
+        ),
+    ] = "default",
     compare_index_dir: Annotated[
         Path | None,
         typer.Option(

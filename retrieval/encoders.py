@@ -115,7 +115,7 @@ def model_info(path: Path) -> ModelInfo:
 
 
 def attach_onnx_backend(
-    model: Any, base: ModelInfo, backend: str, *, use_cuda: bool = False
+    model: Any, base: ModelInfo, backend: str, *, use_cuda: bool = False, threads: int = 0
 ) -> ModelInfo:
     """Run ``model`` (towers or cross-encoder, loaded on the CPU) through its cached ONNX
     export for ``backend`` (``onnx`` or ``onnx-int8``) and return its identity: id
@@ -128,7 +128,7 @@ def attach_onnx_backend(
 
     precision: Precision = "int8" if backend == "onnx-int8" else "fp32"
     export = export_onnx(model, base.sha256, precision)
-    attach(model, export, use_cuda=use_cuda)
+    attach(model, export, use_cuda=use_cuda, threads=threads)
     model.eval()
     return ModelInfo(
         id=f"{base.id}+{backend}",
@@ -158,6 +158,9 @@ class Encoder:
     ``backend`` is ``"torch"``, ``"onnx"`` (onnxruntime fp32) or ``"onnx-int8"`` (dynamic
     int8); the ONNX ones are CPU paths, so with a CUDA device they fall back to torch
     unless onnxruntime-gpu is installed. ``self.backend`` is the one in use.
+    ``onnx_threads`` > 0 fixes the intra-op threads of the ONNX sessions and turns their
+    spin-waiting off (a server with one search worker per core wants 1); 0 keeps
+    onnxruntime's default, one spinning thread per core (fastest for one caller alone).
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class Encoder:
         device: str = "auto",
         max_seq_length: int = 128,
         backend: str = "torch",
+        onnx_threads: int = 0,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -191,6 +195,7 @@ class Encoder:
                 )
                 backend = "torch"
         self.backend = backend
+        self._onnx_threads = onnx_threads
         # Offline by its arguments alone: model_info() above has refused anything but an
         # existing directory, and local_files_only keeps every file sentence-transformers
         # and transformers look up local, so nothing here can reach the hub. The process
@@ -218,7 +223,9 @@ class Encoder:
         from retrieval.onnx_export import OnnxExportError
 
         try:
-            return attach_onnx_backend(self.model, base, self.backend, use_cuda=use_cuda)
+            return attach_onnx_backend(
+                self.model, base, self.backend, use_cuda=use_cuda, threads=self._onnx_threads
+            )
         except OnnxExportError as exc:
             raise ModelError(f"{self.path}: {exc}") from exc
 

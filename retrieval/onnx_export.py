@@ -367,11 +367,18 @@ def export_onnx(
     return done
 
 
-def _session(file: Path, use_cuda: bool) -> onnxruntime.InferenceSession:
+def _session(file: Path, use_cuda: bool, threads: int = 0) -> onnxruntime.InferenceSession:
+    """An inference session on ``file``; ``threads`` > 0 fixes its intra-op threads (and
+    turns spin-waiting off), 0 keeps onnxruntime's default (one per core, spinning)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        # Idle intra-op threads spin for work by default, burning a core each between
+        # calls; beside other request threads that is CPU stolen from them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if use_cuda:
         providers.insert(0, "CUDAExecutionProvider")
@@ -391,9 +398,10 @@ class OrtTransformerModel(torch.nn.Module):
         *,
         use_cuda: bool = False,
         output: str = _DEFAULT_OUTPUT,
+        threads: int = 0,
     ) -> None:
         super().__init__()
-        self.session = _session(file, use_cuda)
+        self.session = _session(file, use_cuda, threads)
         self.input_names = tuple(inputs)
         self.config = config
         self.output = output
@@ -413,8 +421,11 @@ class OrtTransformerModel(torch.nn.Module):
         return {self.output: torch.from_numpy(result)}
 
 
-def attach(model: torch.nn.Module, export: OnnxExport, *, use_cuda: bool = False) -> None:
-    """Swap each ``Transformer`` module's torch model in ``model`` for its exported graph."""
+def attach(
+    model: torch.nn.Module, export: OnnxExport, *, use_cuda: bool = False, threads: int = 0
+) -> None:
+    """Swap each ``Transformer`` module's torch model in ``model`` for its exported graph
+    (``threads``: intra-op threads of each session, 0 = onnxruntime's default)."""
     modules = _transformer_modules(model)
     if len(modules) != len(export.files):
         raise OnnxExportError(
@@ -425,4 +436,6 @@ def attach(model: torch.nn.Module, export: OnnxExport, *, use_cuda: bool = False
         modules, export.files, export.inputs, export.outputs, strict=True
     ):
         config = getattr(module.model, "config", None)
-        module.model = OrtTransformerModel(file, names, config, use_cuda=use_cuda, output=output)
+        module.model = OrtTransformerModel(
+            file, names, config, use_cuda=use_cuda, output=output, threads=threads
+        )

@@ -78,20 +78,24 @@ def test_eval_command_writes_report_and_gates(
     out = tmp_path / "eval"
     args = [
         "eval", "--index-dir", str(index_dir), "--homedepot-dir", str(homedepot_dir),
-        "--limit", "40", "--depth", "100", "--configs", "lexical,dense-exact,hybrid-rrf", "--out", str(out),
+        "--limit", "40", "--depth", "100", "--configs", "default,lexical,dense-exact,hybrid-rrf", "--out", str(out),
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     names = [c["name"] for c in metrics["configurations"]]
-    assert names == ["lexical", "dense-exact", "hybrid-rrf"]
+    assert names == ["default", "lexical", "dense-exact", "hybrid-rrf"]
     for config in metrics["configurations"]:
         assert 0.0 < config["metrics"]["ndcg@10"] <= 1.0
         assert config["latency_ms"]["p50"] > 0
     assert (out / "runs" / "hybrid-rrf.trec").read_text().count("\n") > 40
     html = (out / "report.html").read_text()
     assert "recall" in html and "<img" in html
-    # The gate passes against itself and fails against a better baseline, naming the metric.
+    # `default` asks as serve does: its leg depth and fusion, whatever --depth says.
+    default = metrics["configurations"][0]
+    assert default["params"]["serve_defaults"] is True and "fusion" not in default["params"]
+    # The gate (on `default`) passes against itself and fails against a better baseline,
+    # naming the metric.
     passed = CliRunner().invoke(
         app, [*args[:-1], str(tmp_path / "again"), "--gate", str(out / "metrics.json")]
     )

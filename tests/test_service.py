@@ -178,3 +178,25 @@ def test_query_tower_runs_on_onnx_with_the_same_vectors(
         b = same.search(SearchRequest(q=q, size=10))
         assert [h.id for h in a.hits] == [h.id for h in b.hits], q
     assert a.models["query_tower"]["id"].endswith("+onnx")
+
+
+def test_query_tower_session_threads_follow_the_setting(
+    sample_index: Path, encoder: Encoder
+) -> None:
+    def session_threads(service: SearchService) -> str:
+        from retrieval.onnx_export import OrtTransformerModel
+
+        sessions = [
+            m.session
+            for m in service.query_encoder.model.modules()
+            if isinstance(m, OrtTransformerModel)
+        ]
+        assert sessions, "the query tower does not run on onnxruntime"
+        return str(sessions[0].get_session_options().intra_op_num_threads)
+
+    base = Settings(index_dir=sample_index, reload_interval_s=0.0, result_cache_size=0)
+    assert session_threads(SearchService(base, encoder=encoder)) == "1"  # the default
+    two = base.model_copy(update={"onnx_threads": 2})
+    assert session_threads(SearchService(two, encoder=encoder)) == "2"
+    default = base.model_copy(update={"onnx_threads": 0})
+    assert session_threads(SearchService(default, encoder=encoder)) == "0"  # onnxruntime's own
