@@ -572,6 +572,49 @@ def _budget_warnings(card: dict[str, Any]) -> None:
         console.print(f"[bold yellow]warning:[/] {warning}")
 
 
+def _layer_count(model_dir: Path) -> int | None:
+    """``num_hidden_layers`` of the model in ``model_dir`` (None when unreadable)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        return int(config["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _teacher_card(teacher: Any, path: Path) -> dict[str, str]:
+    """What a student's model card says of its teacher (a ``rerank.Reranker``)."""
+    return {
+        "id": teacher.info.id,
+        "path": str(path),
+        "sha256": teacher.info.sha256,
+        "backend": teacher.backend,
+    }
+
+
+def _teacher_labels(
+    teacher_path: Path,
+    pairs: Sequence[tuple[str, str, float]],
+    weight: float,
+    device: str,
+    bars: _Bars,
+) -> tuple[list[tuple[str, str, float]], dict[str, Any]]:
+    """Training pairs with the teacher's scores mixed into their labels, and what the
+    model card says of it (rerank/compress.py)."""
+    from rerank.compress import distilled_labels
+    from rerank.cross_encoder import Reranker
+
+    teacher = Reranker(teacher_path, device=device, backend="auto")
+    with bars("teacher scores", len(pairs)) as advance:
+        mixed, stats = distilled_labels(teacher, pairs, weight, progress=advance)
+    card = {
+        "teacher": _teacher_card(teacher, teacher_path),
+        "labels": f"(1 - {weight:g}) * judged label + {weight:g} * teacher score",
+        **stats,
+    }
+    log.info("teacher labels: %s", stats)
+    return mixed, card
+
+
 def _teacher_margins(
     teacher_path: Path, triplets: Sequence[tuple[str, str, str]], device: str, bars: _Bars
 ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
@@ -585,12 +628,7 @@ def _teacher_margins(
     with bars("teacher margins", len(triplets)) as advance:
         margins = teacher_margins(teacher, triplets, progress=advance)
     card = {
-        "teacher": {
-            "id": teacher.info.id,
-            "path": str(teacher_path),
-            "sha256": teacher.info.sha256,
-            "backend": teacher.backend,
-        },
+        "teacher": _teacher_card(teacher, teacher_path),
         "margins": {
             "count": len(margins),
             "mean": round(float(np.mean(margins)), 4),
@@ -807,10 +845,33 @@ def train_reranker_command(
     bf16: Bf16Option = "auto",
     dev_queries: DevQueriesOption = 150,
     rewrite: RewriteOption = True,
+    keep_layers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Compress: keep this many transformer layers of --base-model (evenly "
+            "spaced, the last always; rerank/compress.py). Start from a trained reranker "
+            "and give it as --teacher too.",
+        ),
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="A trained reranker (reranker/<version> or a directory) whose scores are "
+            "mixed into every training label (distillation); off by default."
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of the teacher's score in each label (--teacher)."
+        ),
+    ] = 0.5,
     as_json: JsonOption = False,
 ) -> None:
     """Train the cross-encoder reranker (graded labels + mined and random negatives) and
-    register it as ``reranker/<version>``."""
+    register it as ``reranker/<version>``; with --keep-layers and --teacher, a compressed
+    reranker distilled from a trained one."""
     from rerank.training import RerankDevSet, RerankerTrainingConfig, train_reranker
 
     started = time.monotonic()
@@ -829,11 +890,13 @@ def train_reranker_command(
             seed=seed,
             device=device,
             bf16=_resolve_bf16(bf16, device),
+            keep_layers=keep_layers,
         )
         options = MiningOptions(
             hard_negatives=hard_negatives, random_negatives=random_negatives, seed=seed
         )
         base = base_model or default_model_path()
+        teacher_path = resolve_model_option(teacher, models_dir)
         miner_path = resolve_model_option(mining_model, models_dir) or default_model_path()
         inputs = load_training_inputs(
             homedepot_dir=homedepot_dir,
@@ -854,8 +917,13 @@ def train_reranker_command(
                 inputs.products, index_dir, miner_path, models_dir, device, Path(work), bars
             )
             data, dev_data = _prepare(inputs, mining, options, bars, dev_queries)
-            prepared = time.monotonic()
             pairs = data.reranker_pairs()
+            distillation: dict[str, Any] = {}
+            if teacher_path is not None:
+                pairs, distillation = _teacher_labels(
+                    teacher_path, pairs, teacher_weight, device, bars
+                )
+            prepared = time.monotonic()
             rerank_dev = RerankDevSet(
                 queries=dev_data.rerank_queries,
                 texts=dev_data.rerank_texts,
@@ -882,6 +950,13 @@ def train_reranker_command(
                 ),
                 "max_length": result.max_length,
                 "max_length_measurement": result.length_stats,
+                "compression": {
+                    "kept_layers": result.kept_layers,
+                    "of_base_layers": _layer_count(base),
+                }
+                if result.kept_layers
+                else None,
+                "distillation": distillation or None,
                 "dev_metrics": {
                     "subset_queries": len(rerank_dev.queries),
                     "candidates": sum(len(t) for t in rerank_dev.texts),

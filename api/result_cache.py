@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from api.schemas import SearchRequest, SearchResponse
-from retrieval.scoped_cache import CacheStats, ScopedCache
+from retrieval.scoped_cache import ScopedCache, ScopedCacheFront
 
 __all__ = ["ResultCache", "cacheable", "result_key"]
 
@@ -63,24 +63,14 @@ def cacheable(response: SearchResponse) -> bool:
     )
 
 
-class ResultCache:
+class ResultCache(ScopedCacheFront[str, bytes]):
     """At most ``maxsize`` (>= 1) answers of the current snapshot, each for ``ttl_s``
     seconds at most (0: until evicted or reset)."""
 
     def __init__(
         self, maxsize: int, ttl_s: float = 0.0, *, timer: Callable[[], float] = time.monotonic
     ) -> None:
-        self._cache: ScopedCache[str, bytes] = ScopedCache(maxsize, ttl_s, timer=timer)
-
-    def reset(self, scope: object | None) -> None:
-        """Forget every answer; keep only answers of ``scope`` (the serving snapshot) after."""
-        self._cache.reset(scope)
-
-    def stats(self) -> CacheStats:
-        return self._cache.stats()
-
-    def __len__(self) -> int:
-        return len(self._cache)
+        super().__init__(ScopedCache(maxsize, ttl_s, timer=timer))
 
     def get(self, key: str, scope: object, *, started: float) -> SearchResponse | None:
         """A fresh copy of the answer kept for ``key`` on ``scope``, with a new

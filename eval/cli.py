@@ -10,8 +10,10 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     """Add the evaluation commands to the ``shopsearch`` app."""
     from eval.commands import bench_command, eval_app
+    from eval.pareto_cli import pareto_command
     from eval.recommend.cli import recommend_command
 
     eval_app.command("recommend")(recommend_command)
+    eval_app.command("pareto")(pareto_command)
     app.add_typer(eval_app, name="eval")
     app.command("bench")(bench_command)

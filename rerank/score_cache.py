@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.encoders import ModelInfo
-from retrieval.scoped_cache import CacheStats, ScopedCache
+from retrieval.scoped_cache import ScopedCache, ScopedCacheFront
 
 __all__ = ["CachedScores", "PairScorer", "ScoreCache", "model_key"]
 
@@ -58,21 +58,11 @@ class CachedScores:
     scored: int
 
 
-class ScoreCache:
+class ScoreCache(ScopedCacheFront[PairKey, float]):
     """At most ``maxsize`` (>= 1) remembered pair scores of the current snapshot."""
 
     def __init__(self, maxsize: int) -> None:
-        self._cache: ScopedCache[PairKey, float] = ScopedCache(maxsize)
-
-    def reset(self, scope: object | None) -> None:
-        """Forget every score; keep only scores of ``scope`` (the serving snapshot) after."""
-        self._cache.reset(scope)
-
-    def stats(self) -> CacheStats:
-        return self._cache.stats()
-
-    def __len__(self) -> int:
-        return len(self._cache)
+        super().__init__(ScopedCache(maxsize))
 
     def score(
         self,

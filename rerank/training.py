@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,8 +160,12 @@ class RerankerTrainingConfig(TrainingBudget):
     loss: Literal["bce", "lambda"] = "lambda"  # measured better on Home Depot dev (README)
     learning_rate: float = 4e-5
     max_length: int | None = None  # None: measured on the training pairs
+    #: Keep this many transformer layers of the base model (rerank.compress); None: all.
+    keep_layers: int | None = None
 
     def __post_init__(self) -> None:
+        if self.keep_layers is not None and self.keep_layers < 1:
+            raise TrainingError(f"keep_layers must be >= 1, got {self.keep_layers}")
         if self.loss not in RERANKER_LOSSES:
             raise TrainingError(
                 f"loss must be one of {', '.join(RERANKER_LOSSES)}, got {self.loss!r}"
@@ -179,6 +183,8 @@ class RerankerTrainingResult(TrainingRun):
     max_length: int
     length_stats: dict[str, float]
     label_stats: dict[str, float]
+    #: The base model's layers the model kept (``keep_layers``); empty: all of them.
+    kept_layers: list[int] = field(default_factory=list)
 
 
 def _score_dev(model: Any, dev: RerankDevSet, batch_size: int = 128) -> list[list[float]]:
@@ -276,6 +282,15 @@ def train_reranker(
         model = CrossEncoder(str(base_model), num_labels=1, device=device, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load base model from {base_model}: {exc}") from exc
+    kept: list[int] = []
+    if config.keep_layers is not None:
+        from rerank.compress import prune_layers
+
+        try:
+            kept = prune_layers(model, config.keep_layers)
+        except ValueError as exc:
+            raise TrainingError(f"--keep-layers: {exc}") from exc
+        log.info("kept layers %s of %s", kept, base_model)
     if config.max_length is None:
         max_length, length_stats = choose_max_length(
             model.tokenizer, [(q, t) for q, t, _ in pool], seed=config.seed
@@ -418,6 +433,7 @@ def train_reranker(
         pairs_seen=pairs_seen,
         train_pairs=len(pool),
         label_stats=label_stats,
+        kept_layers=kept,
         stopped_by=budget.stopped_by,
         wall_s=deadline.elapsed(),
         device=device,

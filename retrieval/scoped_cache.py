@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 
 from cachetools import Cache, LRUCache, TTLCache
 
-__all__ = ["CacheStats", "ScopedCache"]
+__all__ = ["CacheStats", "ScopedCache", "ScopedCacheFront"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -129,3 +129,22 @@ class ScopedCache(Generic[K, V]):
         entries = len(self)
         with self._lock:
             return CacheStats(self._hits, self._misses, entries, self.maxsize)
+
+
+class ScopedCacheFront(Generic[K, V]):
+    """The part every typed cache over a :class:`ScopedCache` shares (the result cache,
+    the reranker score cache): reset on a snapshot swap, statistics, size. Subclasses add
+    their own typed ``get``/``put`` over ``self._cache``."""
+
+    def __init__(self, cache: ScopedCache[K, V]) -> None:
+        self._cache = cache
+
+    def reset(self, scope: object | None) -> None:
+        """Forget everything; keep only entries of ``scope`` (the serving snapshot) after."""
+        self._cache.reset(scope)
+
+    def stats(self) -> CacheStats:
+        return self._cache.stats()
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -175,3 +175,43 @@ def test_rerank_memo_counts_only_pairs_scored_before(cross_encoder_dir: Path) ->
     again = memo.score("drill", ["hose", "LED bulb"])
     assert memo.hits == 1
     assert again[0] == first[2]
+
+
+@pytest.mark.slow
+def test_pareto_report_compares_a_pruned_reranker(
+    subset: tuple[Path, EvalDataset], cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from api.settings import Settings
+    from eval.pareto import RerankerChoice, run_pareto, write_pareto
+    from rerank.compress import prune_layers
+
+    index_dir, dataset = subset
+    small = EvalDataset(dataset.name, dataset.queries[:15], dataset.gain_offset)
+    student = CrossEncoder(str(cross_encoder_dir), num_labels=1, device="cpu")
+    prune_layers(student, 2)
+    student.save(str(tmp_path / "student"))
+    settings = Settings(index_dir=index_dir, reload_interval_s=0.0, result_cache_size=0)
+    points = run_pareto(
+        settings,
+        small,
+        [
+            RerankerChoice("full", cross_encoder_dir, 6),
+            RerankerChoice("student", tmp_path / "student", 2),
+        ],
+        ["torch"],
+        [10, 20],
+    )
+    assert [(p.reranker, p.depth) for p in points] == [
+        ("full", 10), ("full", 20), ("student", 10), ("student", 20)
+    ]  # fmt: skip
+    assert all(p.n_queries == 15 and p.p50_ms is not None and p.p50_ms > 0 for p in points)
+    assert points[0].delta_ndcg10 == 0.0 and points[1].delta_ndcg10 == 0.0
+    assert points[2].delta_ndcg10 == pytest.approx(points[2].ndcg10 - points[0].ndcg10)
+    assert any(p.front for p in points)
+    paths = write_pareto(points, tmp_path / "report", {"dataset": small.name, "command": "x"})
+    assert [p.name for p in paths] == ["pareto.json", "pareto.md", "pareto.png"]
+    assert len(json.loads(paths[0].read_text())["points"]) == 4
+    assert "| student | 2 | torch | 20 |" in paths[1].read_text()
+    assert paths[2].stat().st_size > 1000
