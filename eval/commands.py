@@ -437,6 +437,13 @@ def bench_command(
             "snapshot). Default: $SHOPSEARCH_ENCODER_BACKEND or torch.",
         ),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="'cpu', 'cuda' or 'auto' for the towers and the reranker (FAISS uses the GPU "
+            "when faiss-gpu sees one). Default: $SHOPSEARCH_DEVICE or auto."
+        ),
+    ] = None,
 ) -> None:
     """Latency: in-process per-stage p50/p95/p99, and optionally HTTP QPS at several concurrencies.
 
@@ -448,7 +455,8 @@ def bench_command(
     from pydantic import ValidationError
 
     try:
-        base_settings = Settings(**({"encoder_backend": backend} if backend is not None else {}))  # type: ignore[arg-type]
+        overrides = {"encoder_backend": backend, "device": device}
+        base_settings = Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         console.print(f"[bold red]error:[/] {exc.errors(include_url=False)[0]['msg']}")
         raise typer.Exit(2) from exc
@@ -506,6 +514,9 @@ def bench_command(
         "mode": mode,
         "rerank": rerank,
         "encoder_backend": service.encoder.backend,
+        "query_backend": service.query_encoder.backend,
+        "device": service.encoder.device,
+        "faiss_gpu": bool(getattr(service.snapshot.vectors, "on_gpu", False)),
         "reranker": service.reranker.info.to_dict() if service.reranker else None,
         "rerank_depth": rerank_depth if rerank else None,
         "queries": len(stages.get("total", [])),

@@ -202,3 +202,19 @@ def test_build_summary_checks_hold_under_python_optimize(tmp_path: Path) -> None
     assert "SnapshotError: manifest of snapshot 20260101T000000Z: 'counts'" in done.stderr, (
         done.stderr[-2000:]
     )
+
+
+def test_bench_runs_on_the_device_it_is_given(sample_index: Path, tmp_path: Path) -> None:
+    queries = tmp_path / "q.tsv"
+    queries.write_text("1\tcordless drill\n2\tgarden hose\n3\tled bulb\n")
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        app,
+        ["bench", "--index-dir", str(sample_index), "--queries", str(queries), "--n", "2",
+         "--warmup", "1", "--device", "cpu", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["faiss_gpu"] is False
+    assert report["query_backend"] == "onnx"  # the default query tower runtime on a CPU
+    assert report["queries"] == 2
