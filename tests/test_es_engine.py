@@ -452,7 +452,9 @@ def test_stopping_the_node_mid_run_degrades_answers_and_fails_builds_cleanly(
                 es_options("stoptest"),
                 es=own,
             )["version"]
-        svc = service_on(tmp_path, encoder, url=url, es_timeout=0.5)
+        # Result cache off: the loop repeats one query, and a cached answer (computed
+        # while the node was up, same snapshot) would be served whole during the outage.
+        svc = service_on(tmp_path, encoder, url=url, es_timeout=0.5, result_cache_size=0)
         svc.load()
         stop = threading.Event()
 
