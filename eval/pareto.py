@@ -5,8 +5,9 @@ onnxruntime fp32 or int8) at each rerank depth over the same judged queries, on 
 snapshot, answering as ``serve`` does otherwise (its default fusion and leg depth). Per
 point: nDCG@10 (protocol A), its difference from the reference (the first reranker on the
 first runtime at the same depth), and the whole query's p50/p99 latency in-process. The
-points no other point beats on both nDCG@10 and p50 are the Pareto front, from which the
-default is picked.
+same answer without rerank is measured first (reranker ``none``, depth 0): a reranker
+that does not beat it has no place in the default. The points no other point beats on
+both nDCG@10 and p50 are the Pareto front, from which the default is picked.
 
 Writes ``pareto.json``, ``pareto.md`` (the table, front marked) and ``pareto.png``.
 """
@@ -74,6 +75,22 @@ def run_pareto(
         indexer.snapshot.SnapshotError: the snapshot of ``settings`` cannot be served.
     """
     points: list[ParetoPoint] = []
+    plain = SearchService(settings.model_copy(update={"reranker_dir": None}))
+    plain.load()
+    points.append(
+        _measure(
+            plain,
+            dataset,
+            Configuration("none", fusion=None),
+            "none",
+            None,
+            "-",
+            0,
+            settings,
+            progress,
+        )
+    )
+    plain.close()
     for choice in rerankers:
         for backend in backends:
             reranker = Reranker(
@@ -89,38 +106,63 @@ def run_pareto(
                 config = Configuration(
                     f"{choice.name}/{reranker.backend}/{depth}", fusion=None, rerank=True
                 )
-                outcome = evaluate_configurations(
-                    service,
-                    dataset,
-                    [config],
-                    depth=settings.leg_depth,
-                    rerank_depth=depth,
-                    protocol_b=False,
-                    progress=progress,
-                )[0]
-                lat = summarize_latencies(outcome.latency_ms)
                 points.append(
-                    ParetoPoint(
-                        reranker=choice.name,
-                        layers=choice.layers,
-                        backend=reranker.backend,
-                        depth=depth,
-                        ndcg10=outcome.protocol_a.metrics["ndcg@10"],
-                        delta_ndcg10=0.0,
-                        p50_ms=lat.p50_ms,
-                        p99_ms=lat.p99_ms,
-                        n_queries=outcome.protocol_a.n_queries,
+                    _measure(
+                        service,
+                        dataset,
+                        config,
+                        choice.name,
+                        choice.layers,
+                        reranker.backend,
+                        depth,
+                        settings,
+                        progress,
                     )
                 )
-                log.info("%s: %s", config.name, points[-1])
             service.close()
     return _with_deltas_and_front(points)
+
+
+def _measure(
+    service: SearchService,
+    dataset: EvalDataset,
+    config: Configuration,
+    name: str,
+    layers: int | None,
+    backend: str,
+    depth: int,
+    settings: Settings,
+    progress: Callable[[str, int], Any] | None,
+) -> ParetoPoint:
+    outcome = evaluate_configurations(
+        service,
+        dataset,
+        [config],
+        depth=settings.leg_depth,
+        rerank_depth=max(depth, 1),
+        protocol_b=False,
+        progress=progress,
+    )[0]
+    lat = summarize_latencies(outcome.latency_ms)
+    point = ParetoPoint(
+        reranker=name,
+        layers=layers,
+        backend=backend,
+        depth=depth,
+        ndcg10=outcome.protocol_a.metrics["ndcg@10"],
+        delta_ndcg10=0.0,
+        p50_ms=lat.p50_ms,
+        p99_ms=lat.p99_ms,
+        n_queries=outcome.protocol_a.n_queries,
+    )
+    log.info("%s: %s", config.name, point)
+    return point
 
 
 def _with_deltas_and_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
     if not points:
         return points
-    first = points[0]
+    first = next((p for p in points if p.reranker != "none"), points[0])
     reference = {
         p.depth: p.ndcg10
         for p in points

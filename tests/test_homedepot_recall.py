@@ -204,14 +204,16 @@ def test_pareto_report_compares_a_pruned_reranker(
         [10, 20],
     )
     assert [(p.reranker, p.depth) for p in points] == [
-        ("full", 10), ("full", 20), ("student", 10), ("student", 20)
+        ("none", 0), ("full", 10), ("full", 20), ("student", 10), ("student", 20)
     ]  # fmt: skip
     assert all(p.n_queries == 15 and p.p50_ms is not None and p.p50_ms > 0 for p in points)
-    assert points[0].delta_ndcg10 == 0.0 and points[1].delta_ndcg10 == 0.0
-    assert points[2].delta_ndcg10 == pytest.approx(points[2].ndcg10 - points[0].ndcg10)
+    plain, full10, full20, student10, _ = points
+    assert plain.backend == "-" and plain.layers is None  # the answer without rerank
+    assert full10.delta_ndcg10 == 0.0 and full20.delta_ndcg10 == 0.0
+    assert student10.delta_ndcg10 == pytest.approx(student10.ndcg10 - full10.ndcg10)
     assert any(p.front for p in points)
     paths = write_pareto(points, tmp_path / "report", {"dataset": small.name, "command": "x"})
     assert [p.name for p in paths] == ["pareto.json", "pareto.md", "pareto.png"]
-    assert len(json.loads(paths[0].read_text())["points"]) == 4
+    assert len(json.loads(paths[0].read_text())["points"]) == 5
     assert "| student | 2 | torch | 20 |" in paths[1].read_text()
     assert paths[2].stat().st_size > 1000
