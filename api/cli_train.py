@@ -72,6 +72,7 @@ from indexer.training_data import (
     mine_candidates,
     snapshot_sources,
 )
+from rerank.compress import layer_count
 from retrieval.encoders import Encoder, default_model_path, model_info, tokenizer_words
 from retrieval.model_registry import (
     KINDS,
@@ -572,15 +573,6 @@ def _budget_warnings(card: dict[str, Any]) -> None:
         console.print(f"[bold yellow]warning:[/] {warning}")
 
 
-def _layer_count(model_dir: Path) -> int | None:
-    """``num_hidden_layers`` of the model in ``model_dir`` (None when unreadable)."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-        return int(config["num_hidden_layers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _teacher_card(teacher: Any, path: Path) -> dict[str, str]:
     """What a student's model card says of its teacher (a ``rerank.Reranker``)."""
     return {
@@ -952,7 +944,7 @@ def train_reranker_command(
                 "max_length_measurement": result.length_stats,
                 "compression": {
                     "kept_layers": result.kept_layers,
-                    "of_base_layers": _layer_count(base),
+                    "of_base_layers": layer_count(base),
                 }
                 if result.kept_layers
                 else None,

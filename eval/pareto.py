@@ -14,6 +14,7 @@ Writes ``pareto.json``, ``pareto.md`` (the table, front marked) and ``pareto.png
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -75,22 +76,6 @@ def run_pareto(
         indexer.snapshot.SnapshotError: the snapshot of ``settings`` cannot be served.
     """
     points: list[ParetoPoint] = []
-    plain = SearchService(settings.model_copy(update={"reranker_dir": None}))
-    plain.load()
-    points.append(
-        _measure(
-            plain,
-            dataset,
-            Configuration("none", fusion=None),
-            "none",
-            None,
-            "-",
-            0,
-            settings,
-            progress,
-        )
-    )
-    plain.close()
     for choice in rerankers:
         for backend in backends:
             reranker = Reranker(
@@ -101,6 +86,11 @@ def run_pareto(
             )
             service = SearchService(settings, reranker=reranker)
             service.load()
+            if not points:  # the same answer without rerank, once, on the first service
+                plain = Configuration("none", fusion=None, rerank=False)
+                points.append(
+                    _measure(service, dataset, plain, "none", None, "-", 0, settings, progress)
+                )
             for depth in depths:
                 # The service's defaults (fusion, leg depth), reranked at ``depth``.
                 config = Configuration(
@@ -169,13 +159,12 @@ def _with_deltas_and_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
         if p.reranker == first.reranker and p.backend == first.backend
     }
     front = pareto_front([(p.ndcg10, p.p50_ms) for p in points])
-    out = []
-    for i, p in enumerate(points):
-        data = asdict(p)
-        data["delta_ndcg10"] = p.ndcg10 - reference.get(p.depth, p.ndcg10)
-        data["front"] = i in front
-        out.append(ParetoPoint(**data))
-    return out
+    return [
+        dataclasses.replace(
+            p, delta_ndcg10=p.ndcg10 - reference.get(p.depth, p.ndcg10), front=i in front
+        )
+        for i, p in enumerate(points)
+    ]
 
 
 def pareto_front(points: Sequence[tuple[float, float | None]]) -> set[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -15,19 +14,13 @@ from rich.console import Console
 
 from api.cli_train import models_dir_setting
 from api.settings import Settings
+from rerank.compress import layer_count
 from rerank.cross_encoder import RERANKER_BACKENDS
 from retrieval.model_registry import resolve_model
 
 __all__ = ["pareto_command"]
 
 console = Console(stderr=True)
-
-
-def _layers(path: Path) -> int | None:
-    try:
-        return int(json.loads((path / "config.json").read_text())["num_hidden_layers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _csv(option: str, value: str) -> list[str]:
@@ -87,7 +80,7 @@ def pareto_command(
             path = resolve_model(spec, models_dir)
         except ShopsearchError as exc:
             raise typer.BadParameter(f"--rerankers: {exc}") from exc
-        choices.append(RerankerChoice(name=path.name, path=path, layers=_layers(path)))
+        choices.append(RerankerChoice(name=path.name, path=path, layers=layer_count(path)))
     settings = Settings()
     updates: dict[str, object] = {"reload_interval_s": 0.0, "result_cache_size": 0}
     if index_dir is not None:

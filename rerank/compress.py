@@ -16,14 +16,16 @@ model with ``num_hidden_layers = k`` that any ``CrossEncoder`` loads as is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rerank.distill import PairScorer
 
-__all__ = ["distilled_labels", "kept_layers", "prune_layers"]
+__all__ = ["distilled_labels", "kept_layers", "layer_count", "prune_layers"]
 
 
 def kept_layers(total: int, keep: int) -> list[int]:
@@ -37,6 +39,14 @@ def kept_layers(total: int, keep: int) -> list[int]:
         raise ValueError(f"keep must be in 1..{total} (the model's layers), got {keep}")
     step = total / keep
     return [round(step * (i + 1)) - 1 for i in range(keep)]
+
+
+def layer_count(model_dir: Path) -> int | None:
+    """``num_hidden_layers`` of the model saved in ``model_dir`` (None when unreadable)."""
+    try:
+        return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _encoder_layers(model: Any) -> Any:
