@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -38,10 +38,10 @@ from rich.table import Table
 
 from api.cli_train import models_dir_setting, resolve_model_option
 from api.settings import DEMO_USER_KEY, Settings
-from indexer.catalog import CatalogError, ColumnMapping, load_catalog
+from indexer.catalog import CatalogError, CatalogReport, ColumnMapping, load_catalog
 from indexer.progress import Advance
 from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
-from retrieval.types import ShopsearchError
+from retrieval.types import Product, ShopsearchError
 
 app = typer.Typer(
     name="shopsearch",
@@ -251,14 +251,21 @@ def run_build(
     limit: int | None = None,
 ) -> dict[str, object]:
     """Load a catalog and build (and promote) a snapshot, with progress bars."""
-    from indexer.catalog import load_catalog
-    from indexer.snapshot import build_snapshot
-    from retrieval.encoders import Encoder
-
     products, report = load_catalog(catalog, mapping, skip_bad_rows=skip_bad_rows, limit=limit)
     log.info(
         "catalog %s: %d products (%d rows skipped)", catalog, report.products, len(report.skipped)
     )
+    return build_loaded(products, report, settings, options)
+
+
+def build_loaded(
+    products: Sequence[Product], report: CatalogReport, settings: Settings, options: BuildOptions
+) -> dict[str, object]:
+    """Build (and, per ``options``, promote) a snapshot of loaded products with progress
+    bars, encoding with ``settings``' towers (raises what ``build_snapshot`` raises)."""
+    from indexer.snapshot import build_snapshot
+    from retrieval.encoders import Encoder
+
     encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)
     bars = _RichProgress()
     es = settings.elasticsearch()

@@ -1,4 +1,4 @@
-"""``shopsearch eval`` and ``shopsearch bench``: registered into the CLI as a plugin."""
+"""``shopsearch eval``, ``shopsearch bench`` and ``shopsearch nightly``: registered into the CLI as a plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     """Add the evaluation commands to the ``shopsearch`` app."""
     from eval.commands import bench_command, eval_app
+    from eval.nightly_cli import nightly_command
     from eval.pareto_cli import pareto_command
     from eval.recommend.cli import recommend_command
 
@@ -17,3 +18,4 @@ def register(app: typer.Typer) -> None:
     eval_app.command("pareto")(pareto_command)
     app.add_typer(eval_app, name="eval")
     app.command("bench")(bench_command)
+    app.command("nightly")(nightly_command)

@@ -1,19 +1,12 @@
-"""Quality gate: fail a release when a metric drops below its baseline by more than a tolerance.
-
-Both sides are flat ``{metric: value}`` dicts, usually one configuration of a
-``metrics.json`` (``eval.report``; ``load_gate_metrics`` reads one). Higher is better for
-every gated metric. A metric missing on either side is a failure, never a pass.
-"""
+"""Release gate of ``shopsearch eval --gate``: the metrics of a ``metrics.json`` compared
+with :func:`indexer.quality_gate.check_gate` (the same gate the nightly job applies)."""
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.report import read_metrics_json
+from indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
 
 __all__ = [
     "DEFAULT_GATE_METRICS",
@@ -21,65 +14,6 @@ __all__ = [
     "check_gate",
     "load_gate_metrics",
 ]
-
-logger = logging.getLogger(__name__)
-
-DEFAULT_GATE_METRICS: tuple[str, ...] = ("ndcg@10", "recall@100")
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """Outcome of ``check_gate``: ``failures`` holds one message per failed metric."""
-
-    failures: list[str] = field(default_factory=list)
-    checked: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    tolerance: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        """True when no gated metric failed."""
-        return not self.failures
-
-
-def check_gate(
-    current: Mapping[str, float],
-    baseline: Mapping[str, float],
-    tolerance: float = 0.01,
-    metrics: Sequence[str] = DEFAULT_GATE_METRICS,
-) -> GateResult:
-    """Compare ``current`` to ``baseline`` on ``metrics``.
-
-    A metric fails when ``current < baseline - tolerance`` (absolute tolerance), or when
-    it is missing or not finite on either side. ``checked`` records ``(baseline,
-    current)`` for every gated metric.
-
-    Raises:
-        ValueError: ``tolerance`` is negative or not finite, or ``metrics`` is empty.
-
-    >>> check_gate({"ndcg@10": 0.37}, {"ndcg@10": 0.39}, metrics=["ndcg@10"]).failures
-    ['ndcg@10: current 0.3700 is below baseline 0.3900 by 0.0200 (tolerance 0.0100)']
-    """
-    if not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
-    if not metrics:
-        raise ValueError("metrics is empty; name at least one metric to gate on, e.g. ndcg@10")
-    failures: list[str] = []
-    checked: dict[str, tuple[float | None, float | None]] = {}
-    for name in metrics:
-        base, now = baseline.get(name), current.get(name)
-        checked[name] = (base, now)
-        if base is None or not math.isfinite(base):
-            failures.append(f"{name}: baseline value is {base!r}; re-create the baseline")
-        elif now is None or not math.isfinite(now):
-            failures.append(f"{name}: current value is {now!r} (baseline {base:.4f})")
-        elif now < base - tolerance:
-            failures.append(
-                f"{name}: current {now:.4f} is below baseline {base:.4f} by {base - now:.4f} "
-                f"(tolerance {tolerance:.4f})"
-            )
-    for message in failures:
-        logger.warning("quality gate: %s", message)
-    return GateResult(failures=failures, checked=checked, tolerance=tolerance)
 
 
 def load_gate_metrics(path: Path, configuration: str | None = None) -> dict[str, float]:

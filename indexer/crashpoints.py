@@ -31,6 +31,8 @@ CRASHPOINTS: dict[str, str] = {
     "rollback.before-history": "CURRENT names the rollback target, HISTORY not yet written",
     "update.before-commit": "an update's generation files are written, manifest not replaced",
     "update.after-commit": "an update committed, the old generation's files not yet deleted",
+    "nightly.built": "a nightly job built its snapshot (not promoted), not yet evaluated",
+    "nightly.evaluated": "a nightly job stored its snapshot's evaluation, gate not yet applied",
     "cache.before-commit": "the embedding cache's temp file is written, not yet renamed",
 }
 

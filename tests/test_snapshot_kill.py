@@ -3,7 +3,8 @@
 Each window -- a build about to rename its directory into place, a promotion between
 its snapshot and ``CURRENT`` and between ``CURRENT`` and ``HISTORY``, a prune between its
 tombstone and the delete, a rollback on both sides of its switch, an update on both
-sides of its commit, the embedding cache before its commit -- is held open by
+sides of its commit, the embedding cache before its commit, a nightly job after its
+build and after its evaluation -- is held open by
 :mod:`indexer.crashpoints` (``SHOPSEARCH_CRASHPOINT``), and the real ``shopsearch``
 process is killed with SIGKILL there. After each kill: every listed snapshot loads
 (``CURRENT`` included), the history never names a snapshot that did not serve, the next
@@ -65,6 +66,10 @@ def build_command(limit: int = BASE_PRODUCTS, keep: int = 3) -> list[str]:
 
 
 UPDATE = ["update", "--index-dir", "{index}", "--upserts", "{upserts}", "--device", "cpu"]
+NIGHTLY = [
+    "nightly", "--catalog", "{catalog}", "--index-dir", "{index}", "--queries", "{queries}",
+    "--qrels", "{qrels}", "--device", "cpu",
+]  # fmt: skip
 WINDOWS = [
     Window("build.written", build_command()),
     Window("promote.before-current", build_command()),
@@ -75,6 +80,8 @@ WINDOWS = [
     Window("update.before-commit", UPDATE),
     Window("update.after-commit", UPDATE),
     Window("cache.before-commit", build_command(limit=BASE_PRODUCTS + 20)),
+    Window("nightly.built", NIGHTLY),
+    Window("nightly.evaluated", NIGHTLY),
 ]
 
 
@@ -111,6 +118,18 @@ def retitled(products: list[Product], tag: str) -> list[Product]:
     return [dataclasses.replace(p, title=f"{p.title} ({tag})") for p in products]
 
 
+def nightly_files(directory: Path, products: list[Product]) -> dict[str, str]:
+    """A catalog the serving snapshot was not built from, and judged queries for it."""
+    catalog = directory / "nightly-catalog.jsonl"
+    with catalog.open("w") as fh:
+        for p in retitled(products, "v9"):
+            fh.write(json.dumps({"id": p.id, "title": p.title, "brand": p.brand}) + "\n")
+    queries, qrels = directory / "queries.tsv", directory / "qrels.txt"
+    queries.write_text("".join(f"q{i}\t{p.title}\n" for i, p in enumerate(products)))
+    qrels.write_text("".join(f"q{i} 0 {p.id} 3\n" for i, p in enumerate(products)))
+    return {"catalog": str(catalog), "queries": str(queries), "qrels": str(qrels)}
+
+
 def upserts_file(directory: Path, products: list[Product]) -> Path:
     path = directory / "upserts.jsonl"
     with path.open("w") as fh:
@@ -126,6 +145,7 @@ def killed(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ki
     products, _ = load_catalog(sample_catalog_path(), limit=BASE_PRODUCTS)
     root = tmp_path_factory.mktemp("kills")
     upserts = upserts_file(root, products)
+    nightly = nightly_files(root, products)
     pending = list(WINDOWS)
     running: dict[str, tuple[subprocess.Popen[bytes], Path, float, Killed]] = {}
     done: dict[str, Killed] = {}
@@ -139,7 +159,7 @@ def killed(base: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ki
             store = SnapshotStore(index)
             marker = work / "marker"
             log = work / "log.txt"
-            argv = [a.format(index=index, upserts=upserts) for a in window.command]
+            argv = [a.format(index=index, upserts=upserts, **nightly) for a in window.command]
             env = {
                 **os.environ,
                 "SHOPSEARCH_CRASHPOINT": window.point,
@@ -237,6 +257,13 @@ def _(k: Killed, store: SnapshotStore) -> None:
     (cache_dir,) = (store.root / "embedding-cache").iterdir()
     names = sorted(p.name for p in cache_dir.iterdir())
     assert CACHE_FILE in names and any(n.endswith(".tmp") for n in names), names
+
+
+@check("nightly.evaluated")
+def _(k: Killed, store: SnapshotStore) -> None:
+    (candidate,) = set(store.versions()) - set(k.versions_before)
+    assert "evaluation" in store.manifest(candidate)  # evaluated, never promoted
+    assert candidate not in store.history()
 
 
 @pytest.mark.parametrize("after", [w.point for w in WINDOWS], indirect=True)
