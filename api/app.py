@@ -6,6 +6,11 @@ promote, rollback, and incremental updates: ``POST /v1/admin/products`` with a J
 of products to upsert, ``DELETE /v1/admin/products/{id}``). A background thread watches
 ``CURRENT`` (and the serving snapshot's update generation) and swaps in a newly promoted
 or updated snapshot without dropping in-flight requests.
+
+``/metrics`` includes search quality: live recall of the vector index on sampled
+searches (api/quality_monitor.py), zero-result, rewrite and rerank-outcome counts, and
+click-through per snapshot version (api/click_through.py); the Grafana dashboard
+api/dashboards/shopsearch-grafana.json charts them.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types of the
@@ -41,8 +46,10 @@ from pydantic import (
 )
 
 from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
+from api.click_through import ClickThrough, ClickThroughCollector
 from api.events_routes import events_router
 from api.guard import RequestGuard, admin_denial
+from api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
 from api.recommend_routes import recommend_router
 from api.recommendations import Recommendations
 from api.schemas import (
@@ -60,6 +67,7 @@ from api.service import SearchService, ServiceError
 from api.settings import Settings
 from api.shoppers import ShopperSignals
 from indexer.events.store import EventStore
+from indexer.events.types import Event
 from indexer.snapshot import SnapshotError, SnapshotStore
 from indexer.updates import UpdateError, UpdateReport
 from retrieval.deadline import Deadline
@@ -211,6 +219,31 @@ class _Metrics:
             "Searches waiting for a worker.",
             registry=self.registry,
         )
+        # Search quality (rates in PromQL: each over shopsearch_searches_total).
+        self.searches = Counter(
+            "shopsearch_searches",
+            "Searches answered (status 200), result-cache hits included.",
+            registry=self.registry,
+        )
+        self.zero_results = Counter(
+            "shopsearch_zero_result_searches",
+            "Searches answered with no hit at all (total 0; a page past the end is not one).",
+            registry=self.registry,
+        )
+        self.rewritten = Counter(
+            "shopsearch_rewritten_searches",
+            "Searches whose query the rewriter changed (units, spelling) before retrieval.",
+            registry=self.registry,
+        )
+        self.rerank = Counter(
+            "shopsearch_rerank",
+            "Searches by rerank outcome: applied; skipped (wanted, not run: no model, the "
+            "deadline, too few candidates); degraded (the reranker failed); off (not wanted).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("applied", "skipped", "degraded", "off"):
+            self.rerank.labels(outcome)  # every outcome exported from the start, at 0
 
 
 class _CacheCollector(Collector):
@@ -280,7 +313,7 @@ def create_app(
     """Build the app. The service (models + snapshot) is opened at start-up unless given."""
     settings = settings or Settings()
     metrics = _Metrics()
-    state: dict[str, Any] = {"service": service, "events": None}
+    state: dict[str, Any] = {"service": service, "events": None, "live_recall": None}
     shoppers = ShopperSignals(settings, lambda: state["events"])
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     # Made here, not in the lifespan: it binds to no event loop until a search runs.
@@ -297,6 +330,12 @@ def create_app(
 
     metrics.breaker_open.set_function(breaker_open)
     metrics.registry.register(_CacheCollector(lambda: state["service"]))
+    metrics.registry.register(LiveRecallCollector(lambda: state["live_recall"]))
+    click_through = ClickThrough()
+    metrics.registry.register(ClickThroughCollector(lambda: click_through))
+
+    def count_clicks(events: Sequence[Event]) -> None:
+        click_through.clicked(e.query_id for e in events if e.kind == "click" and e.query_id)
 
     def known_product(product_id: str) -> bool:  # not counted before a snapshot is served
         svc: SearchService | None = state["service"]
@@ -322,6 +361,9 @@ def create_app(
                     settings.index_dir,
                 )
             state["service"] = svc
+        # Its worker thread lives as long as the app serves (off: no thread).
+        live_recall = LiveRecallMonitor(settings.live_recall_sample)
+        state["live_recall"] = app.state.live_recall = live_recall
         stop = threading.Event()
         watcher = None
         if settings.reload_interval_s > 0:
@@ -336,6 +378,7 @@ def create_app(
         stop.set()
         if watcher is not None:
             watcher.join(timeout=5)
+        live_recall.close()
         if service is None:  # the app opened it, so the app closes it
             state["service"].close()
         if state["events"] is not None:
@@ -451,7 +494,14 @@ def create_app(
             history: list[HistoryItem] = []
             if req.personalize and (req.user or req.session):
                 history = shoppers.history(shoppers.shopper(req.user, req.session))
-            answer = svc.search(req, deadline, history=history, rescorer=shoppers.rescorer)
+            monitor: LiveRecallMonitor | None = state["live_recall"]
+            answer = svc.search(
+                req,
+                deadline,
+                history=history,
+                rescorer=shoppers.rescorer,
+                on_dense=monitor.offer if monitor is not None else None,
+            )
             return answer, answer.model_dump_json(exclude_none=True).encode()
 
         try:
@@ -467,7 +517,17 @@ def create_app(
         for stage in response.cut:
             metrics.cut.labels(stage.split(" ")[0]).inc()
         metrics.requests.labels(endpoint, "200").inc()
+        count_answer(response)
         return Response(content=body, media_type="application/json")
+
+    def count_answer(response: SearchResponse) -> None:
+        metrics.searches.inc()
+        if response.total == 0:
+            metrics.zero_results.inc()
+        if response.rewrite is not None:  # set only when the rewriter changed the query
+            metrics.rewritten.inc()
+        metrics.rerank.labels(rerank_outcome(response.rerank)).inc()
+        click_through.searched(response.query_id, response.index_version)
 
     @app.get(
         "/v1/search",
@@ -649,7 +709,11 @@ def create_app(
     app.include_router(recommend_router(get_service, recommendations, shoppers))
     app.include_router(
         events_router(
-            lambda: state["events"], settings, admin, on_erase=lambda _: shoppers.forget()
+            lambda: state["events"],
+            settings,
+            admin,
+            on_erase=lambda _: shoppers.forget(),
+            on_stored=count_clicks,
         )
     )
     return app

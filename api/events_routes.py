@@ -20,7 +20,7 @@ SHOPSEARCH_USER_KEY; a server should refuse to start without one
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -31,7 +31,7 @@ from api.schemas import error_responses
 from api.settings import Settings
 from indexer.events.privacy import pseudonymise
 from indexer.events.store import EventStore
-from indexer.events.types import EventStoreError
+from indexer.events.types import Event, EventStoreError
 
 __all__ = ["events_router"]
 
@@ -44,6 +44,7 @@ def events_router(
     admin_dependency: Callable[..., Any],
     *,
     on_erase: Callable[[str], None] | None = None,
+    on_stored: Callable[[Sequence[Event]], None] | None = None,
 ) -> APIRouter:
     """The event endpoints over the store ``store_provider()`` returns (``None``: not
     open yet, answered 503).
@@ -51,6 +52,8 @@ def events_router(
     ``admin_dependency`` guards ``DELETE /v1/users/{user}`` (the app's bearer-token
     check). ``on_erase(user_hash)`` runs after an erasure is committed, so the app can
     drop what it derived from that shopper (caches of recent items, profiles).
+    ``on_stored(events)`` runs after a batch is committed, with every event of it
+    (duplicates included: it must be idempotent), e.g. to count click-through.
     """
     try:
         key: bytes | None = settings.require_user_key()
@@ -90,6 +93,8 @@ def events_router(
                 detail="the event store could not commit the batch; nothing of it was "
                 "stored; send it again (events already stored count as duplicates)",
             ) from exc
+        if on_stored is not None:
+            on_stored(events)
         return EventsAccepted(**report.to_dict())
 
     @router.delete(

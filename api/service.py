@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_FACETS",
     "DEFAULT_PRICE_RANGES",
     "DeadlineExceeded",
+    "DenseObserver",
     "Retrieval",
     "SearchService",
     "ServiceError",
@@ -92,6 +93,14 @@ log = logging.getLogger(__name__)
 REWRITER_KEY = "query_rewriter"
 #: Fewer candidates than this are not worth a rerank call when the deadline is short.
 _MIN_RERANK = 5
+
+#: Told of each computed search whose dense leg answered: (the snapshot searched, the
+#: query vector (1, d), the rows the leg returned best first, the k it was asked for).
+#: Runs on the request path, so it must return at once (api/quality_monitor.py only
+#: queues a sample); the arrays are the request's own and must not be written to.
+DenseObserver = Callable[
+    [LoadedSnapshot, npt.NDArray[np.float32], npt.NDArray[np.int64], int], object
+]
 
 
 class ServiceError(ShopsearchError):
@@ -443,7 +452,13 @@ class SearchService:
             return None
         return rewriter.rewrite(query, units=self.settings.units, spelling=self.settings.spelling)
 
-    def retrieve(self, request: SearchRequest, deadline: Deadline | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        request: SearchRequest,
+        deadline: Deadline | None = None,
+        *,
+        on_dense: DenseObserver | None = None,
+    ) -> Retrieval:
         """Run retrieval, fusion, filtering and rerank for ``request`` (no paging).
 
         ``deadline`` (default: none) is checked between stages: once it has passed, the
@@ -451,6 +466,9 @@ class SearchService:
         ran. A deadline already passed at the start still gets the cheapest leg (lexical
         in hybrid mode; dense is listed in ``cut``); :class:`DeadlineExceeded` when the
         request was cancelled (the client left) or no leg answered in time.
+
+        ``on_dense`` (see :data:`DenseObserver`) is called once, after retrieval, with
+        the dense leg's last answer (the widest, when filters widened the search).
         """
         deadline = deadline or Deadline.none()
         snap = self.snapshot
@@ -472,6 +490,7 @@ class SearchService:
         use_lexical = request.mode in ("hybrid", "lexical")
 
         qvec = None
+        dense_rows: npt.NDArray[np.int64] | None = None  # the dense leg's last answer
         if deadline.cancelled:  # the client is gone: no one to answer
             raise DeadlineExceeded(f"{deadline.reason} before the search started")
         if deadline.expired() and use_dense and use_lexical:
@@ -497,6 +516,7 @@ class SearchService:
                 try:
                     scores, rows = snap.vectors.search(qvec, depth)
                     keep = rows[0] >= 0
+                    dense_rows = rows[0][keep]
                     result.dense = list(
                         zip(rows[0][keep].tolist(), scores[0][keep].tolist(), strict=True)
                     )
@@ -557,6 +577,8 @@ class SearchService:
                 break
             depth = min(depth * 4, self.settings.max_depth)  # widen: filters ate the candidates
 
+        if on_dense is not None and use_dense and qvec is not None and dense_rows is not None:
+            on_dense(snap, qvec, dense_rows, result.depth)
         self._rerank(request, result, deadline)
         return result
 
@@ -689,9 +711,11 @@ class SearchService:
         *,
         history: Sequence[HistoryItem] = (),
         rescorer: Callable[[LoadedSnapshot], PersonalRescorer] | None = None,
+        on_dense: DenseObserver | None = None,
     ) -> SearchResponse:
         """Answer one search request within ``deadline`` (see :meth:`retrieve`); raises
         InvalidFilterError, ServiceError (DeadlineExceeded when nothing ran in time).
+        ``on_dense`` goes to :meth:`retrieve` (an answer from the result cache calls it not).
 
         ``history`` (the shopper's newest events, newest first) re-scores the head of the
         ranked list with ``rescorer(snapshot)`` (:mod:`rerank.personal`) when
@@ -706,7 +730,7 @@ class SearchService:
             hit = self.result_cache.get(key, self._snapshot, started=started)
             if hit is not None:
                 return hit
-        result = self.retrieve(request, deadline)
+        result = self.retrieve(request, deadline, on_dense=on_dense)
         table = result.snapshot.table
         personalized = "off"
         if request.personalize and (request.user or request.session):

@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     )
     nprobe: int | None = Field(None, ge=1, description="Override the snapshot's IVF nprobe.")
     refine_factor: int | None = Field(None, ge=1, description="Override the refine depth factor.")
+    live_recall_sample: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of live searches with a dense leg whose approximate answer "
+        "is compared, off the request path, with an exact search over the same snapshot "
+        "(recall@k in /metrics as shopsearch_live_recall; api/quality_monitor.py). "
+        "0 turns it off.",
+    )
     query_cache_size: int = Field(
         10_000, ge=0, description="Query embeddings kept in an LRU cache (0 disables)."
     )
