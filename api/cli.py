@@ -16,32 +16,48 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from api.cli_train import models_dir_setting, resolve_model_option
+from api.cli_common import (
+    BrandFieldOption,
+    CategoryFieldOption,
+    DescriptionFieldOption,
+    DeviceOption,
+    EncoderBackendOption,
+    EsApiKeyOption,
+    EsCaCertsOption,
+    EsPasswordOption,
+    EsPrefixOption,
+    EsTimeoutOption,
+    EsUrlOption,
+    EsUserOption,
+    IdFieldOption,
+    ImageUrlFieldOption,
+    IndexDirOption,
+    InStockFieldOption,
+    ModelOption,
+    PriceFieldOption,
+    TitleFieldOption,
+    build_loaded,
+    console,
+    es_overrides,
+    fail,
+    models_dir_setting,
+    settings_from_options,
+)
 from api.settings import DEMO_USER_KEY, Settings
-from indexer.catalog import CatalogError, CatalogReport, ColumnMapping, load_catalog
-from indexer.progress import Advance
+from indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
-from retrieval.types import Product, ShopsearchError
+from retrieval.types import ShopsearchError
 
 app = typer.Typer(
     name="shopsearch",
@@ -49,95 +65,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 log = logging.getLogger("shopsearch")
-
-DEFAULT_INDEX_DIR = Settings.model_fields["index_dir"].default
-IndexDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--index-dir",
-        help="Directory of snapshots and the CURRENT pointer. Default: $SHOPSEARCH_INDEX_DIR or var/index.",
-    ),
-]
-ModelOption = Annotated[
-    Path | None,
-    typer.Option("--model", help="Two-tower model directory. Default: bundled all-MiniLM-L6-v2."),
-]
-# Catalog column options, shared by every command that reads a catalog (build, update).
-IdFieldOption = Annotated[str, typer.Option("--id-field", help="Column with the product id.")]
-TitleFieldOption = Annotated[
-    str, typer.Option("--title-field", help="Column with the product title.")
-]
-DescriptionFieldOption = Annotated[
-    str, typer.Option("--description-field", help="Column with the description.")
-]
-BrandFieldOption = Annotated[str, typer.Option("--brand-field", help="Column with the brand.")]
-CategoryFieldOption = Annotated[
-    str, typer.Option("--category-field", help="Column with the category path ('A > B > C').")
-]
-PriceFieldOption = Annotated[str, typer.Option("--price-field", help="Column with the price.")]
-InStockFieldOption = Annotated[
-    str, typer.Option("--in-stock-field", help="Column with the stock flag.")
-]
-ImageUrlFieldOption = Annotated[
-    str, typer.Option("--image-url-field", help="Column with the image URL.")
-]
-
-DeviceOption = Annotated[
-    str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
-]
-EncoderBackendOption = Annotated[
-    str | None,
-    typer.Option(
-        "--backend",
-        help="Encoder backend: torch, onnx (fp32) or onnx-int8 (CPU; exported once and cached). "
-        "Serving must use the same one. Default: $SHOPSEARCH_ENCODER_BACKEND or torch.",
-    ),
-]
-EsUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--es-url",
-        help="Elasticsearch URL, e.g. http://127.0.0.1:9200. Default: $SHOPSEARCH_ES_URL.",
-    ),
-]
-EsPrefixOption = Annotated[
-    str | None,
-    typer.Option(
-        "--es-index-prefix",
-        help="Indices are <prefix>-<version>, the alias <prefix>; one prefix per index dir. "
-        "Default: $SHOPSEARCH_ES_INDEX_PREFIX or shopsearch.",
-    ),
-]
-EsApiKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--es-api-key",
-        help="API key (prefer $SHOPSEARCH_ES_API_KEY: command lines are visible to others).",
-    ),
-]
-EsUserOption = Annotated[
-    str | None, typer.Option("--es-username", help="Basic-auth user (with --es-password).")
-]
-EsPasswordOption = Annotated[
-    str | None,
-    typer.Option(
-        "--es-password",
-        help="Basic-auth password (prefer $SHOPSEARCH_ES_PASSWORD).",
-    ),
-]
-EsCaCertsOption = Annotated[
-    Path | None, typer.Option("--es-ca-certs", help="CA certificate bundle for https.")
-]
-EsTimeoutOption = Annotated[
-    float | None,
-    typer.Option(
-        "--es-timeout",
-        help="Seconds a lexical query may take before the answer degrades to the dense leg. "
-        "Default: $SHOPSEARCH_ES_TIMEOUT or 0.5.",
-    ),
-]
 
 
 def sample_catalog_path() -> Path:
@@ -166,79 +94,10 @@ def configure(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(exc: Exception, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(code)
-
-
 #: The registry as the environment named it when this module was imported. Commands
 #: resolve it at call time with :func:`api.cli_train.models_dir_setting` (what `train`
 #: registers into); this import-time value is kept for plugins that still read it.
 MODELS_DIR = models_dir_setting()
-
-
-def _settings(index_dir: Path | None, **overrides: object) -> Settings:
-    """``SHOPSEARCH_*`` settings with the options given on the command line (not None)
-    on top, validated (a bad combination exits with the reason)."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if index_dir is not None:
-        values["index_dir"] = index_dir
-    # --model / --reranker take a directory or a registry spec (towers/latest,
-    # reranker/<version>), looked up where `shopsearch train` registers models.
-    for key in ("model_dir", "reranker_dir"):
-        if key in values:
-            try:
-                values[key] = resolve_model_option(str(values[key]))
-            except ShopsearchError as exc:
-                raise _fail(exc, 2) from exc
-    try:
-        return Settings(**values)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        reasons = "; ".join(e["msg"] for e in exc.errors(include_url=False))
-        raise _fail(ValueError(reasons), 2) from exc
-
-
-def _es_overrides(
-    url: str | None,
-    prefix: str | None = None,
-    api_key: str | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    ca_certs: Path | None = None,
-    timeout: float | None = None,
-) -> dict[str, object]:
-    """The ``--es-*`` options as :class:`Settings` overrides (secrets as SecretStr)."""
-    return {
-        "es_url": url,
-        "es_index_prefix": prefix,
-        "es_api_key": SecretStr(api_key) if api_key is not None else None,
-        "es_username": username,
-        "es_password": SecretStr(password) if password is not None else None,
-        "es_ca_certs": ca_certs,
-        "es_timeout": timeout,
-    }
-
-
-class _RichProgress:
-    """A :data:`indexer.progress.ProgressFactory` drawing rich progress bars on stderr."""
-
-    def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-
-    @contextmanager
-    def __call__(self, description: str, total: int) -> Iterator[Advance]:
-        task = self.progress.add_task(description, total=total)
-        try:
-            yield lambda n: self.progress.advance(task, n)
-        finally:
-            self.progress.update(task, completed=total)
 
 
 def run_build(
@@ -256,27 +115,6 @@ def run_build(
         "catalog %s: %d products (%d rows skipped)", catalog, report.products, len(report.skipped)
     )
     return build_loaded(products, report, settings, options)
-
-
-def build_loaded(
-    products: Sequence[Product], report: CatalogReport, settings: Settings, options: BuildOptions
-) -> dict[str, object]:
-    """Build (and, per ``options``, promote) a snapshot of loaded products with progress
-    bars, encoding with ``settings``' towers (raises what ``build_snapshot`` raises)."""
-    from indexer.snapshot import build_snapshot
-    from retrieval.encoders import Encoder
-
-    encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)
-    bars = _RichProgress()
-    es = settings.elasticsearch()
-    try:
-        with bars.progress:
-            return build_snapshot(
-                products, report, settings.index_dir, encoder, options, progress=bars, es=es
-            )
-    finally:
-        if es is not None:
-            es.close()
 
 
 @app.command()
@@ -355,13 +193,13 @@ def build(
         id_field, title_field, description_field, brand_field,
         category_field, price_field, in_stock_field, image_url_field,
     )  # fmt: skip
-    settings = _settings(
+    settings = settings_from_options(
         index_dir,
         model_dir=model,
         device=device,
         encoder_backend=backend,
         lexical=lexical,
-        **_es_overrides(
+        **es_overrides(
             es_url, es_index_prefix, es_api_key, es_username, es_password, es_ca_certs, es_timeout
         ),
     )
@@ -381,14 +219,14 @@ def build(
             catalog, mapping, settings, options, skip_bad_rows=skip_bad_rows, limit=limit
         )
     except (CatalogError, ShopsearchError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
         return
     try:
         _print_build_summary(manifest, settings.index_dir, promoted=promote)
     except SnapshotError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
 
 def _manifest_object(manifest: Mapping[str, object], *keys: str) -> Mapping[str, Any]:
@@ -466,7 +304,7 @@ def serve(
 
     from api.app import create_app
 
-    settings = _settings(
+    settings = settings_from_options(
         index_dir,
         model_dir=model,
         reranker_dir=reranker,
@@ -474,14 +312,12 @@ def serve(
         reload_interval_s=reload_interval,
         host=host,
         port=port,
-        **_es_overrides(
-            es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
-        ),
+        **es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout),
     )
     try:
         settings.require_user_key()  # shopper ids are never stored or used raw
     except ValueError as exc:
-        raise _fail(
+        raise fail(
             ValueError(f"{exc}\n(`shopsearch demo` runs with a built-in, public demo key.)"), 2
         ) from exc
     # Small matrix products per request (shopper re-scoring, recommendations) lose more to
@@ -527,13 +363,11 @@ def search(
     from api.schemas import SearchRequest
     from api.service import SearchService
 
-    settings = _settings(
+    settings = settings_from_options(
         index_dir,
         model_dir=model,
         reranker_dir=reranker,
-        **_es_overrides(
-            es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout
-        ),
+        **es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout),
     )
     filters: dict[str, object] = {}
     if brand:
@@ -562,9 +396,9 @@ def search(
         finally:
             service.close()
     except ValidationError as exc:
-        raise _fail(ValueError(exc.errors(include_url=False)), 2) from exc
+        raise fail(ValueError(exc.errors(include_url=False)), 2) from exc
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         sys.stdout.write(response.model_dump_json(indent=2, exclude_none=True) + "\n")
         return
@@ -630,14 +464,14 @@ def rollback(
     with a warning. For Elasticsearch snapshots the alias moves back too (give the
     cluster's --es-url).
     """
-    settings = _settings(
-        index_dir, **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs)
+    settings = settings_from_options(
+        index_dir, **es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs)
     )
     es = settings.elasticsearch()
     try:
         result = SnapshotStore(settings.index_dir, es=es).rollback()
     except SnapshotError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         if es is not None:
             es.close()
@@ -705,13 +539,13 @@ def update(
     from retrieval.encoders import Encoder
 
     if upserts is None and deletes is None:
-        raise _fail(ValueError("nothing to do: give --upserts FILE and/or --deletes FILE"), 2)
-    settings = _settings(
+        raise fail(ValueError("nothing to do: give --upserts FILE and/or --deletes FILE"), 2)
+    settings = settings_from_options(
         index_dir,
         model_dir=model,
         device=device,
         es_refresh=es_refresh,
-        **_es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs),
+        **es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs),
     )
     mapping = ColumnMapping(
         id_field, title_field, description_field, brand_field,
@@ -736,7 +570,7 @@ def update(
             store.path(version), products, ids, encoder, es=es, batch_size=batch_size
         )
     except (CatalogError, UpdateError, ShopsearchError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         if es is not None:
             es.close()
@@ -780,12 +614,12 @@ def demo(
     os.environ.setdefault("SHOPSEARCH_USER_KEY", DEMO_USER_KEY)
     os.environ.setdefault("SHOPSEARCH_EVENTS_DB", "var/demo-events.db")
     os.environ.setdefault("SHOPSEARCH_MODELS_DIR", "var/demo-models")
-    settings = _settings(index_dir)
+    settings = settings_from_options(index_dir)
     try:
         run_build(sample_catalog_path(), ColumnMapping(), settings, BuildOptions())
         _demo_shoppers(settings)
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if serve_after:
         base = f"{host}:{port}"
         console.print(

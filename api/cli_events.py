@@ -18,16 +18,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from api.cli_common import Bars, console, fail
 from api.event_schemas import EventIn
 from api.settings import Settings
 from indexer.events.importer import (
@@ -48,7 +40,6 @@ events_app = typer.Typer(
     help="Behaviour events: import history files, apply retention, erase a shopper.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
 
 EventsDbOption = Annotated[
     Path | None,
@@ -62,33 +53,21 @@ Format = Literal["online-retail", "jsonl", "csv"]
 _SHOWN = 20
 
 
-def _fail(message: object, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
 def _setup(events_db: Path | None) -> tuple[Settings, bytes, Path]:
     settings = Settings()
     try:
         key = settings.require_user_key()
     except ValueError as exc:
-        raise _fail(exc, 2) from exc
+        raise fail(exc, 2) from exc
     return settings, key, events_db or settings.events_db
 
 
 @contextmanager
 def _bar(description: str, total: int) -> Iterator[Advance]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    with progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+    """One progress bar, drawn while the block runs."""
+    bars = Bars()
+    with bars.progress, bars(description, total) as advance:
+        yield advance
 
 
 def load_event_file(
@@ -147,10 +126,10 @@ def import_command(
     stores its events once."""
     settings, key, db = _setup(events_db)
     if not file.is_file():
-        raise _fail(f"{file}: no such file", 2)
+        raise fail(f"{file}: no such file", 2)
     chosen = fmt or _format_of(file)
     if chosen not in ("online-retail", "jsonl", "csv"):
-        raise _fail(f"--format must be online-retail, jsonl or csv, not {chosen!r}", 2)
+        raise fail(f"--format must be online-retail, jsonl or csv, not {chosen!r}", 2)
     started = time.perf_counter()
     report = ImportReport()
     try:
@@ -165,7 +144,7 @@ def import_command(
             if problems and not skip_bad_rows:
                 shown = "\n  ".join(problems[:_SHOWN])
                 count = f"{len(problems)}" if len(problems) < _SHOWN else f"{_SHOWN} or more"
-                raise _fail(
+                raise fail(
                     f"{file}: {count} problem(s); nothing imported (fix them, or "
                     f"--skip-bad-rows to import the rest):\n  {shown}",
                     2,
@@ -177,7 +156,7 @@ def import_command(
         with EventStore(db) as store, _bar(f"importing {file.name}", total) as advance:
             import_events(store, events, batch_size=batch_size, progress=advance, report=report)
     except EventStoreError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     seconds = time.perf_counter() - started
     console.print(
         f"{file}: {report.events:,} events in {seconds:.1f}s into {db}: {report.stored:,} "
@@ -209,7 +188,7 @@ def _format_of(file: Path) -> str:
     ext = suffixes[-1].lstrip(".") if suffixes else ""
     if ext in ("jsonl", "csv"):
         return ext
-    raise _fail(f"{file}: cannot tell the format from its name; give --format", 2)
+    raise fail(f"{file}: cannot tell the format from its name; give --format", 2)
 
 
 @events_app.command("prune")
@@ -235,7 +214,7 @@ def prune_command(
             deleted = store.apply_retention(days)
             left = store.count()
     except EventStoreError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(f"deleted {deleted:,} events older than {days} days; {left:,} left")
 
 
@@ -248,10 +227,10 @@ def erase_command(
     server's caches of that shopper are cleared by the endpoint, not by this command."""
     _, key, db = _setup(events_db)
     if not user:
-        raise _fail("give the shopper id to erase", 2)
+        raise fail("give the shopper id to erase", 2)
     try:
         with EventStore(db) as store:
             erased = store.erase_user(pseudonymise(user, key))
     except EventStoreError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     console.print(f"erased {erased:,} events")

@@ -29,8 +29,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,19 +37,18 @@ from typing import Annotated, Any
 import numpy as np
 import numpy.typing as npt
 import typer
-from pydantic_settings import BaseSettings
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from api.settings import Settings
+from api.cli_common import (
+    DEFAULT_MODELS_DIR,
+    Bars,
+    ModelsDirOption,
+    console,
+    fail,
+    models_dir_setting,
+    resolve_model_option,
+)
 from indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from indexer.judgments import (
     DatasetError,
@@ -58,7 +56,6 @@ from indexer.judgments import (
     load_generic,
     load_homedepot,
 )
-from indexer.progress import Advance
 from indexer.training_data import (
     CandidateSource,
     DevData,
@@ -100,16 +97,11 @@ __all__ = [
     "TrainingInputs",
     "load_training_inputs",
     "models_app",
-    "models_dir_setting",
-    "resolve_model_option",
     "train_app",
 ]
 
 log = logging.getLogger("shopsearch.train")
-console = Console(stderr=True)
 
-#: The registry when neither --models-dir nor $SHOPSEARCH_MODELS_DIR names one.
-DEFAULT_MODELS_DIR: Path = Settings.model_fields["models_dir"].default
 DEFAULT_HOMEDEPOT_DIR = Path("../shared/datasets/homedepot")
 #: Training-loop budget: with mining (about 5 minutes on a cold cache here) and the
 #: dev measurements, a default run on the Home Depot train split ends within 30 minutes.
@@ -120,38 +112,6 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 models_app = typer.Typer(help="List and inspect trained models.", no_args_is_help=True)
-
-
-class _RegistrySetting(BaseSettings):
-    """``models_dir`` alone, read by :class:`api.settings.Settings`'s own rules (prefix,
-    case, no .env): a training run needs the registry, not a valid serving configuration."""
-
-    model_config = Settings.model_config
-    models_dir: Path = DEFAULT_MODELS_DIR
-
-
-def models_dir_setting(option: Path | None = None) -> Path:
-    """The model registry a command uses: ``option`` (its ``--models-dir``) when given,
-    else the ``models_dir`` setting, ``$SHOPSEARCH_MODELS_DIR`` as the environment holds
-    it now (default ``var/models``), exactly what :class:`api.settings.Settings` reads.
-
-    ``train`` and ``models`` register and list here, and ``build``/``serve``/``search``/
-    ``update`` resolve ``--model``/``--reranker`` specs here, so what one trains the other
-    finds. Read at each call, not at import: a variable set later (``demo``) counts.
-    """
-    if option is not None:
-        return option
-    return _RegistrySetting().models_dir
-
-
-def resolve_model_option(spec: str | Path | None, models_dir: Path | None = None) -> Path | None:
-    """What ``build``/``serve`` do with ``--model``/``--reranker``: None stays None (the
-    default model); a spec (``towers/latest``, ``reranker/<version>``, a directory) becomes
-    a model directory, looked up in ``models_dir`` (default: :func:`models_dir_setting`).
-    Raises :class:`retrieval.model_registry.RegistryError`."""
-    if spec is None:
-        return None
-    return resolve_model(spec, models_dir_setting(models_dir))
 
 
 def _resolve_bf16(value: str, device: str) -> bool:
@@ -271,29 +231,12 @@ def load_training_inputs(
 # -- progress ------------------------------------------------------------------------
 
 
-class _Bars:
-    """Rich progress bars on stderr: a :data:`indexer.progress.ProgressFactory` and a
-    training-step callback."""
+class _Bars(Bars):
+    """:class:`api.cli_common.Bars` plus a training-step callback (loss on the bar)."""
 
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        super().__init__(info=True)
         self._tasks: dict[str, Any] = {}
-
-    @contextmanager
-    def __call__(self, description: str, total: int) -> Iterator[Advance]:
-        task = self.progress.add_task(description, total=total, info="")
-        try:
-            yield lambda n: self.progress.advance(task, n)
-        finally:
-            self.progress.update(task, completed=total)
 
     def on_step(self, p: TrainingProgress) -> None:
         task = self._tasks.get(p.phase)
@@ -417,13 +360,6 @@ MiningModelOption = Annotated[
     str | None,
     typer.Option(help="Towers for in-memory mining (spec or dir; default: base MiniLM)."),
 ]
-ModelsDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="Model registry directory. Default: $SHOPSEARCH_MODELS_DIR (the models_dir "
-        "setting serve reads) or var/models."
-    ),
-]
 MaxPairsOption = Annotated[
     int | None, typer.Option(help="Use at most this many training examples.")
 ]
@@ -466,11 +402,6 @@ RewriteOption = Annotated[
         "catalog), so the model learns from what it will be asked.",
     ),
 ]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}")
-    return typer.Exit(1)
 
 
 def _base_card(
@@ -779,9 +710,9 @@ def train_towers_command(
         )
         model = register(models_dir, "towers", version, card)
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except (DatasetError, CatalogError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps(model.card, indent=2) + "\n")
     else:
@@ -961,9 +892,9 @@ def train_reranker_command(
         )
         model = register(models_dir, "reranker", version, card)
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except (DatasetError, CatalogError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps(model.card, indent=2) + "\n")
     else:
@@ -981,7 +912,7 @@ def models_list(
     try:
         models = list_models(models_dir, kind)
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table(title=f"models in {models_dir}")
     for col in ("spec", "created", "base", "dev after", "steps", "train s"):
         table.add_column(col)
@@ -1012,5 +943,5 @@ def models_show(
     try:
         card = load_card(resolve_model(spec, models_dir))
     except ShopsearchError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     sys.stdout.write(json.dumps(card, indent=2) + "\n")

@@ -17,7 +17,8 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from api.cli_train import ModelsDirOption, _Bars, console, models_dir_setting, train_app
+from api.cli_common import ModelsDirOption, console, models_dir_setting
+from api.cli_train import _Bars, train_app
 
 __all__ = ["train_recommender_command"]
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.cli_train import models_dir_setting
+from api.cli_common import models_dir_setting
 from api.settings import Settings
 from retrieval.model_registry import resolve_model
 
@@ -665,9 +665,9 @@ def _bench_scale(
     )[:n]
     work_dir.mkdir(parents=True, exist_ok=True)
     encoder = Encoder(backend=backend)
-    from api.cli import _RichProgress
+    from api.cli_common import Bars
 
-    bars = _RichProgress()
+    bars = Bars()
     with bars.progress:
         points = run_scale_bench(
             base, sizes, work_dir, encoder, queries, id_field="product_uid", title_field="product_title",

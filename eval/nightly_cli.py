@@ -16,7 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from api.cli import (
+from api.cli_common import (
+    Bars,
     BrandFieldOption,
     CategoryFieldOption,
     DescriptionFieldOption,
@@ -36,12 +37,11 @@ from api.cli import (
     ModelOption,
     PriceFieldOption,
     TitleFieldOption,
-    _es_overrides,
-    _fail,
-    _RichProgress,
-    _settings,
     build_loaded,
     console,
+    es_overrides,
+    fail,
+    settings_from_options,
 )
 from eval.commands import _load_dataset
 
@@ -173,26 +173,26 @@ def nightly_command(
             homedepot_dir or Path("."), split, queries, qrels, limit, gain_offset
         )
     except DatasetError as exc:
-        raise _fail(exc, 2) from exc
+        raise fail(exc, 2) from exc
     mapping = ColumnMapping(
         id_field, title_field, description_field, brand_field,
         category_field, price_field, in_stock_field, image_url_field,
     )  # fmt: skip
-    settings = _settings(
+    settings = settings_from_options(
         index_dir,
         model_dir=model,
         reranker_dir=reranker,
         device=device,
         encoder_backend=backend,
         lexical=lexical,
-        **_es_overrides(
+        **es_overrides(
             es_url, es_index_prefix, es_api_key, es_username, es_password, es_ca_certs, es_timeout
         ),
     )
     options = BuildOptions(
         keep=keep, promote=False, lexical=settings.lexical, es_index_prefix=settings.es_index_prefix
     )
-    bars = _RichProgress()
+    bars = Bars()
     es = settings.elasticsearch()
     try:
         products, report = load_catalog(catalog, mapping, skip_bad_rows=skip_bad_rows)
@@ -206,11 +206,7 @@ def nightly_command(
         )
         from eval.nightly_eval import ServeDefaultsEvaluator
 
-        def progress(description: str, total: int) -> Any:
-            task = bars.progress.add_task(description, total=total)
-            return lambda n: bars.progress.advance(task, n)
-
-        evaluator = ServeDefaultsEvaluator(settings, dataset, progress=progress)
+        evaluator = ServeDefaultsEvaluator(settings, dataset, progress=bars.task)
         with bars.progress:
             outcome = run_nightly(
                 SnapshotStore(settings.index_dir, es=es),
@@ -220,7 +216,7 @@ def nightly_command(
                 NightlyPolicy(metrics=gated, tolerance=tolerance, keep=keep),
             )
     except (CatalogError, ShopsearchError, ValueError) as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         if es is not None:
             es.close()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from api.cli_train import models_dir_setting
+from api.cli_common import models_dir_setting
 from api.settings import Settings
 from rerank.compress import layer_count
 from rerank.cross_encoder import RERANKER_BACKENDS

@@ -632,7 +632,7 @@ def test_cli_max_steps_run_lands_where_serve_looks(
     """A tiny `train <kind> --max-steps 2` with $SHOPSEARCH_MODELS_DIR set and no
     --models-dir: the model is registered there (so `--model <kind>/latest` resolves it),
     it took exactly 2 steps, and the card and the output say it is a partial epoch."""
-    from api.cli_train import resolve_model_option
+    from api.cli_common import resolve_model_option
 
     files = _tiny_generic(tmp_path)
     registry = tmp_path / "registry"

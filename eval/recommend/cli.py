@@ -78,7 +78,7 @@ def recommend_command(
     metrics.json ({protocol: {strategy: {metric: value}}}), latency.json, report.md and
     report.html to --out.
     """
-    from api.cli_train import models_dir_setting
+    from api.cli_common import models_dir_setting
     from eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
     from eval.recommend.strategies import reference_strategies, trained_strategies
     from indexer.recommend_training import (

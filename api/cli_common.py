@@ -1,0 +1,288 @@
+"""What every ``shopsearch`` command shares: the console, errors, progress bars, the
+model registry setting, the common options, and settings built from options.
+
+The core CLI (:mod:`api.cli`, :mod:`api.cli_train`, :mod:`api.cli_events`) and the
+commands ``eval`` registers as a plugin (:mod:`eval.cli`) import from here, never from
+each other: ``api.cli`` mounts the plugins, so a plugin importing ``api.cli`` would close
+an import loop through the entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from api.settings import Settings
+from indexer.catalog import CatalogReport
+from indexer.progress import Advance
+from indexer.snapshot import BuildOptions
+from retrieval.model_registry import resolve_model
+from retrieval.types import Product, ShopsearchError
+
+__all__ = [
+    "DEFAULT_INDEX_DIR",
+    "DEFAULT_MODELS_DIR",
+    "Bars",
+    "build_loaded",
+    "console",
+    "es_overrides",
+    "fail",
+    "models_dir_setting",
+    "resolve_model_option",
+    "settings_from_options",
+]
+
+console = Console(stderr=True)
+
+#: The registry when neither --models-dir nor $SHOPSEARCH_MODELS_DIR names one.
+DEFAULT_MODELS_DIR: Path = Settings.model_fields["models_dir"].default
+
+DEFAULT_INDEX_DIR = Settings.model_fields["index_dir"].default
+IndexDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--index-dir",
+        help="Directory of snapshots and the CURRENT pointer. Default: $SHOPSEARCH_INDEX_DIR or var/index.",
+    ),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option("--model", help="Two-tower model directory. Default: bundled all-MiniLM-L6-v2."),
+]
+# Catalog column options, shared by every command that reads a catalog (build, update).
+IdFieldOption = Annotated[str, typer.Option("--id-field", help="Column with the product id.")]
+TitleFieldOption = Annotated[
+    str, typer.Option("--title-field", help="Column with the product title.")
+]
+DescriptionFieldOption = Annotated[
+    str, typer.Option("--description-field", help="Column with the description.")
+]
+BrandFieldOption = Annotated[str, typer.Option("--brand-field", help="Column with the brand.")]
+CategoryFieldOption = Annotated[
+    str, typer.Option("--category-field", help="Column with the category path ('A > B > C').")
+]
+PriceFieldOption = Annotated[str, typer.Option("--price-field", help="Column with the price.")]
+InStockFieldOption = Annotated[
+    str, typer.Option("--in-stock-field", help="Column with the stock flag.")
+]
+ImageUrlFieldOption = Annotated[
+    str, typer.Option("--image-url-field", help="Column with the image URL.")
+]
+
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="'auto' (GPU when present), 'cpu' or 'cuda'.")
+]
+EncoderBackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Encoder backend: torch, onnx (fp32) or onnx-int8 (CPU; exported once and cached). "
+        "Serving must use the same one. Default: $SHOPSEARCH_ENCODER_BACKEND or torch.",
+    ),
+]
+EsUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-url",
+        help="Elasticsearch URL, e.g. http://127.0.0.1:9200. Default: $SHOPSEARCH_ES_URL.",
+    ),
+]
+EsPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-index-prefix",
+        help="Indices are <prefix>-<version>, the alias <prefix>; one prefix per index dir. "
+        "Default: $SHOPSEARCH_ES_INDEX_PREFIX or shopsearch.",
+    ),
+]
+EsApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-api-key",
+        help="API key (prefer $SHOPSEARCH_ES_API_KEY: command lines are visible to others).",
+    ),
+]
+EsUserOption = Annotated[
+    str | None, typer.Option("--es-username", help="Basic-auth user (with --es-password).")
+]
+EsPasswordOption = Annotated[
+    str | None,
+    typer.Option(
+        "--es-password",
+        help="Basic-auth password (prefer $SHOPSEARCH_ES_PASSWORD).",
+    ),
+]
+EsCaCertsOption = Annotated[
+    Path | None, typer.Option("--es-ca-certs", help="CA certificate bundle for https.")
+]
+EsTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--es-timeout",
+        help="Seconds a lexical query may take before the answer degrades to the dense leg. "
+        "Default: $SHOPSEARCH_ES_TIMEOUT or 0.5.",
+    ),
+]
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Model registry directory. Default: $SHOPSEARCH_MODELS_DIR (the models_dir "
+        "setting serve reads) or var/models."
+    ),
+]
+
+
+class _RegistrySetting(BaseSettings):
+    """``models_dir`` alone, read by :class:`api.settings.Settings`'s own rules (prefix,
+    case, no .env): a training run needs the registry, not a valid serving configuration."""
+
+    model_config = Settings.model_config
+    models_dir: Path = DEFAULT_MODELS_DIR
+
+
+def models_dir_setting(option: Path | None = None) -> Path:
+    """The model registry a command uses: ``option`` (its ``--models-dir``) when given,
+    else the ``models_dir`` setting, ``$SHOPSEARCH_MODELS_DIR`` as the environment holds
+    it now (default ``var/models``), exactly what :class:`api.settings.Settings` reads.
+
+    ``train`` and ``models`` register and list here, and ``build``/``serve``/``search``/
+    ``update`` resolve ``--model``/``--reranker`` specs here, so what one trains the other
+    finds. Read at each call, not at import: a variable set later (``demo``) counts.
+    """
+    if option is not None:
+        return option
+    return _RegistrySetting().models_dir
+
+
+def resolve_model_option(spec: str | Path | None, models_dir: Path | None = None) -> Path | None:
+    """What ``build``/``serve`` do with ``--model``/``--reranker``: None stays None (the
+    default model); a spec (``towers/latest``, ``reranker/<version>``, a directory) becomes
+    a model directory, looked up in ``models_dir`` (default: :func:`models_dir_setting`).
+    Raises :class:`retrieval.model_registry.RegistryError`."""
+    if spec is None:
+        return None
+    return resolve_model(spec, models_dir_setting(models_dir))
+
+
+def fail(exc: object, code: int = 1) -> typer.Exit:
+    """Print ``exc`` as the command's error on stderr; raise the returned exit (status
+    ``code``: 1 failed, 2 bad options) ``from`` the exception."""
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code)
+
+
+class Bars:
+    """Rich progress bars on stderr: a :data:`indexer.progress.ProgressFactory`
+    (``with bars(description, total) as advance``) and, for callers that report
+    progress through a callback, :meth:`task`. Draws while ``with bars.progress:``."""
+
+    def __init__(self, *, info: bool = False) -> None:
+        # ``info``: a free-text column (``progress.update(task, info=...)``), e.g. the loss.
+        extra = [TextColumn("{task.fields[info]}")] if info else []
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            *extra,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._info = info
+
+    @contextmanager
+    def __call__(self, description: str, total: int) -> Iterator[Advance]:
+        task = self._add(description, total)
+        try:
+            yield lambda n: self.progress.advance(task, n)
+        finally:
+            self.progress.update(task, completed=total)
+
+    def _add(self, description: str, total: int) -> TaskID:
+        if self._info:
+            return self.progress.add_task(description, total=total, info="")
+        return self.progress.add_task(description, total=total)
+
+    def task(self, description: str, total: int) -> Advance:
+        """A new bar; returns the callable advancing it by ``n``."""
+        task = self._add(description, total)
+        return lambda n: self.progress.advance(task, n)
+
+
+def settings_from_options(index_dir: Path | None, **overrides: object) -> Settings:
+    """``SHOPSEARCH_*`` settings with the options given on the command line (not None)
+    on top, validated (a bad combination exits with the reason)."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if index_dir is not None:
+        values["index_dir"] = index_dir
+    # --model / --reranker take a directory or a registry spec (towers/latest,
+    # reranker/<version>), looked up where `shopsearch train` registers models.
+    for key in ("model_dir", "reranker_dir"):
+        if key in values:
+            try:
+                values[key] = resolve_model_option(str(values[key]))
+            except ShopsearchError as exc:
+                raise fail(exc, 2) from exc
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reasons = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+        raise fail(ValueError(reasons), 2) from exc
+
+
+def es_overrides(
+    url: str | None,
+    prefix: str | None = None,
+    api_key: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    ca_certs: Path | None = None,
+    timeout: float | None = None,
+) -> dict[str, object]:
+    """The ``--es-*`` options as :class:`Settings` overrides (secrets as SecretStr)."""
+    return {
+        "es_url": url,
+        "es_index_prefix": prefix,
+        "es_api_key": SecretStr(api_key) if api_key is not None else None,
+        "es_username": username,
+        "es_password": SecretStr(password) if password is not None else None,
+        "es_ca_certs": ca_certs,
+        "es_timeout": timeout,
+    }
+
+
+def build_loaded(
+    products: Sequence[Product], report: CatalogReport, settings: Settings, options: BuildOptions
+) -> dict[str, object]:
+    """Build (and, per ``options``, promote) a snapshot of loaded products with progress
+    bars, encoding with ``settings``' towers (raises what ``build_snapshot`` raises)."""
+    from indexer.snapshot import build_snapshot
+    from retrieval.encoders import Encoder
+
+    encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)
+    bars = Bars()
+    es = settings.elasticsearch()
+    try:
+        with bars.progress:
+            return build_snapshot(
+                products, report, settings.index_dir, encoder, options, progress=bars, es=es
+            )
+    finally:
+        if es is not None:
+            es.close()
