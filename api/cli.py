@@ -637,7 +637,7 @@ def _demo_shoppers(settings: Settings) -> None:
     """Store the synthetic demo shoppers' events and, once, train a recommender on them."""
     from indexer.events.demo import demo_events
     from indexer.events.store import EventStore
-    from indexer.recommend_training import train_recommender
+    from indexer.training.recommender import train_recommender
     from retrieval.encoders import Encoder
     from retrieval.model_registry import list_models
 

@@ -56,7 +56,8 @@ from indexer.judgments import (
     load_generic,
     load_homedepot,
 )
-from indexer.training_data import (
+from indexer.training.compress import layer_count
+from indexer.training.mined_data import (
     CandidateSource,
     DevData,
     MiningOptions,
@@ -69,7 +70,12 @@ from indexer.training_data import (
     mine_candidates,
     snapshot_sources,
 )
-from rerank.compress import layer_count
+from indexer.training.towers import (
+    DEFAULT_DISTILL_WEIGHT,
+    TOWER_LAYOUTS,
+    TrainingProgress,
+    TrainingRun,
+)
 from retrieval.encoders import Encoder, default_model_path, model_info, tokenizer_words
 from retrieval.model_registry import (
     KINDS,
@@ -83,12 +89,6 @@ from retrieval.model_registry import (
     staging_dir,
 )
 from retrieval.query_rewrite import QueryRewriter
-from retrieval.tower_training import (
-    DEFAULT_DISTILL_WEIGHT,
-    TOWER_LAYOUTS,
-    TrainingProgress,
-    TrainingRun,
-)
 from retrieval.types import Product, ShopsearchError
 
 __all__ = [
@@ -116,8 +116,8 @@ models_app = typer.Typer(help="List and inspect trained models.", no_args_is_hel
 
 def _resolve_bf16(value: str, device: str) -> bool:
     """``--bf16`` to a bool; ``auto`` asks the hardware (see ``bf16_supported``)."""
+    from indexer.training.towers import bf16_supported
     from retrieval.encoders import resolve_device
-    from retrieval.tower_training import bf16_supported
 
     if value not in ("auto", "on", "off"):
         raise typer.BadParameter(f"--bf16 must be auto, on or off, got {value!r}")
@@ -522,8 +522,8 @@ def _teacher_labels(
     bars: _Bars,
 ) -> tuple[list[tuple[str, str, float]], dict[str, Any]]:
     """Training pairs with the teacher's scores mixed into their labels, and what the
-    model card says of it (rerank/compress.py)."""
-    from rerank.compress import distilled_labels
+    model card says of it (indexer/training/compress.py)."""
+    from indexer.training.compress import distilled_labels
     from rerank.cross_encoder import Reranker
 
     teacher = Reranker(teacher_path, device=device, backend="auto")
@@ -542,8 +542,8 @@ def _teacher_margins(
     teacher_path: Path, triplets: Sequence[tuple[str, str, str]], device: str, bars: _Bars
 ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
     """The teacher's margin for every triplet, and what the model card says of it."""
+    from indexer.training.distill import teacher_margins
     from rerank.cross_encoder import Reranker
-    from rerank.distill import teacher_margins
 
     started = time.monotonic()
     # auto: onnx-int8 on a CPU, 2.9x faster than torch at the same nDCG (README).
@@ -629,7 +629,7 @@ def train_towers_command(
     """Fine-tune the query and item towers (MultipleNegativesRankingLoss, in-batch + mined
     hard negatives; with --distill-from also margin-MSE to a cross-encoder) and register
     them as ``towers/<version>``."""
-    from retrieval.tower_training import TowerTrainingConfig, train_towers
+    from indexer.training.towers import TowerTrainingConfig, train_towers
 
     started = time.monotonic()
     bars = _Bars()
@@ -773,7 +773,7 @@ def train_reranker_command(
         typer.Option(
             min=1,
             help="Compress: keep this many transformer layers of --base-model (evenly "
-            "spaced, the last always; rerank/compress.py). Start from a trained reranker "
+            "spaced, the last always; indexer/training/compress.py). Start from a trained reranker "
             "and give it as --teacher too.",
         ),
     ] = None,
@@ -795,7 +795,7 @@ def train_reranker_command(
     """Train the cross-encoder reranker (graded labels + mined and random negatives) and
     register it as ``reranker/<version>``; with --keep-layers and --teacher, a compressed
     reranker distilled from a trained one."""
-    from rerank.training import RerankDevSet, RerankerTrainingConfig, train_reranker
+    from indexer.training.reranker import RerankDevSet, RerankerTrainingConfig, train_reranker
 
     started = time.monotonic()
     bars = _Bars()

@@ -69,8 +69,8 @@ def train_recommender_command(
     validation period); register them as recommender/<version>."""
     from api.settings import Settings
     from indexer.events.store import EventStore
-    from indexer.recommend_training import retail_interactions, train_recommender
     from indexer.retail import item_descriptions, load_lines
+    from indexer.training.recommender import retail_interactions, train_recommender
     from retrieval.encoders import Encoder
     from retrieval.types import ShopsearchError
 
@@ -149,7 +149,7 @@ def _train_sequence(
 ) -> str | None:
     """Train and register the sequence model; a history too short for it is a warning
     (the recommender above stands on its own), not a failure."""
-    from indexer.sequence_training import train_sequence
+    from indexer.training.sequence import train_sequence
     from retrieval.encoders import Encoder
     from retrieval.model_registry import new_version, register, staging_dir
     from retrieval.types import ShopsearchError

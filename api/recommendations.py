@@ -32,8 +32,8 @@ import numpy as np
 
 from api.settings import Settings
 from indexer.events.store import EventStore
-from indexer.recommend_training import load_recommender
 from indexer.snapshot import LoadedSnapshot
+from indexer.training.recommender import load_recommender
 from retrieval.filters import Filters
 from retrieval.model_registry import RegistryError, resolve_model
 from retrieval.recommend.base import HistoryItem, Scored

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from api.cli_common import models_dir_setting
 from api.settings import Settings
-from rerank.compress import layer_count
+from indexer.training.compress import layer_count
 from rerank.cross_encoder import RERANKER_BACKENDS
 from retrieval.model_registry import resolve_model
 

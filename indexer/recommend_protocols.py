@@ -13,7 +13,7 @@ history) and by ``shopsearch eval recommend`` (which reports the test month).
 
 Inputs are purchase frames of the interactions-table shape
 (:data:`indexer.events.types.INTERACTION_COLUMNS`: ``user, item, ts, basket``; retail
-lines convert with :func:`indexer.recommend_training.retail_interactions`).
+lines convert with :func:`indexer.training.recommender.retail_interactions`).
 Metrics are ranx's (``recall@20, ndcg@20, hit_rate@10, recall@10``), reported under
 the names of :data:`METRICS` (``hit@10`` = ranx ``hit_rate@10``).
 """

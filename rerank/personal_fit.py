@@ -10,7 +10,7 @@ anything; the others are left out.
 The examples are split by shopper (a stable hash, 80/20) into fit and held-out parts;
 the model card reports MRR@10 on both (and of the base order), so an overfitted blend
 shows; the weights that ship are then refitted on all examples. :func:`train_rescorer` then ships the weights with the statistics of the whole
-history (:class:`indexer.personal_training.PreparedPersonal`, read by shape).
+history (:class:`indexer.training.personal.PreparedPersonal`, read by shape).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ HELD_OUT_SHARE = 0.2
 
 
 class Example(Protocol):
-    """One training query (:class:`indexer.personal_training.TrainingExample`)."""
+    """One training query (:class:`indexer.training.personal.TrainingExample`)."""
 
     @property
     def qid(self) -> str: ...
@@ -71,7 +71,7 @@ class Example(Protocol):
 
 
 class Stats(Protocol):
-    """The statistics a re-scorer is built from (:class:`indexer.personal_training.PersonalStats`)."""
+    """The statistics a re-scorer is built from (:class:`indexer.training.personal.PersonalStats`)."""
 
     @property
     def items(self) -> tuple[str, ...]: ...
@@ -84,7 +84,7 @@ class Stats(Protocol):
 
 
 class Prepared(Protocol):
-    """:class:`indexer.personal_training.PreparedPersonal`, read by shape."""
+    """:class:`indexer.training.personal.PreparedPersonal`, read by shape."""
 
     @property
     def train_stats(self) -> Stats: ...

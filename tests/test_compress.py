@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerank.compress import distilled_labels, kept_layers, prune_layers
+from indexer.training.compress import distilled_labels, kept_layers, prune_layers
 from rerank.cross_encoder import Reranker
 
 

@@ -185,7 +185,7 @@ def test_pareto_report_compares_a_pruned_reranker(
 
     from api.settings import Settings
     from eval.pareto import RerankerChoice, run_pareto, write_pareto
-    from rerank.compress import prune_layers
+    from indexer.training.compress import prune_layers
 
     index_dir, dataset = subset
     small = EvalDataset(dataset.name, dataset.queries[:15], dataset.gain_offset)

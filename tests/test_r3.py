@@ -1,4 +1,4 @@
-"""Protocol R3 (eval/recommend/r3.py, queries from indexer/personal_training.py): the
+"""Protocol R3 (eval/recommend/r3.py, queries from indexer/training/personal.py): the
 metrics and the query rules on hand-made examples; the whole protocol on the real dev
 split (slow)."""
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from eval.recommend.r3 import R3Data, evaluate_rankings, rank_candidates, reference_strategies
-from indexer.personal_training import ShopperTimelines, WordQuery, word_queries
+from indexer.training.personal import ShopperTimelines, WordQuery, word_queries
 from retrieval.encoders import Encoder
 from tests.conftest import DATASETS, require
 

@@ -18,7 +18,7 @@ from api.service import SearchService
 from api.settings import Settings
 from indexer.events.demo import demo_events
 from indexer.events.store import EventStore
-from indexer.recommend_training import train_recommender
+from indexer.training.recommender import train_recommender
 from retrieval.encoders import Encoder
 from retrieval.types import Product
 

@@ -13,10 +13,10 @@ import pytest
 
 from eval.recommend.runner import run_protocols
 from eval.recommend.strategies import reference_strategies, trained_strategies
-from indexer.recommend_ranker import fit_rankers
-from indexer.recommend_training import embed_items, interaction_arrays, retail_interactions
-from indexer.recommend_tuning import validation_set
 from indexer.retail import dev_split, item_descriptions, load_lines
+from indexer.training.recommender import embed_items, interaction_arrays, retail_interactions
+from indexer.training.recommender_ranker import fit_rankers
+from indexer.training.recommender_tuning import validation_set
 from retrieval.encoders import Encoder
 from retrieval.recommend.bundle import RecommenderConfig, fit_bundle
 from retrieval.recommend.interactions import ItemVocab

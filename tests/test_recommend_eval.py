@@ -199,7 +199,7 @@ def test_cli_eval_recommend_and_train_recommender(tmp_path: Path) -> None:
     card = json.loads(result.stdout[result.stdout.index("{") :])
     assert card["kind"] == "recommender" and card["trained_on"]["items"] == 3
     assert card["latency_ms"]["similar_p50_ms"] >= 0
-    from indexer.recommend_training import load_recommender
+    from indexer.training.recommender import load_recommender
     from retrieval.model_registry import resolve_model
 
     bundle = load_recommender(resolve_model("recommender/latest", models))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.recommend_training import interaction_arrays
+from indexer.training.recommender import interaction_arrays
 from retrieval.model_registry import list_models, new_version, register, staging_dir
 from retrieval.recommend.base import HistoryItem, Recommender
 from retrieval.recommend.blend import Chain

@@ -11,9 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.recommend_ranker import MIN_POSITIVES, fit_linear_ranker, fit_rankers, neutral_ranker
-from indexer.recommend_training import interaction_arrays
-from indexer.recommend_tuning import validation_set
+from indexer.training.recommender import interaction_arrays
+from indexer.training.recommender_ranker import (
+    MIN_POSITIVES,
+    fit_linear_ranker,
+    fit_rankers,
+    neutral_ranker,
+)
+from indexer.training.recommender_tuning import validation_set
 from retrieval.recommend.base import HistoryItem
 from retrieval.recommend.bundle import RecommenderConfig, fit_bundle, load_bundle, save_bundle
 from retrieval.recommend.interactions import ItemVocab

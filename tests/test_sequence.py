@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.sequence_training import (
+from indexer.training.sequence import (
     SequenceTrainingConfig,
     SequenceTrainingResult,
     train_sequence,
 )
+from indexer.training.towers import TrainingError
 from retrieval.encoders import Encoder
 from retrieval.recommend.base import HistoryItem, Recommender
 from retrieval.recommend.sequence import (
@@ -28,7 +29,6 @@ from retrieval.recommend.sequence import (
     SequenceModelError,
     SequenceRecommender,
 )
-from retrieval.tower_training import TrainingError
 
 #: A ring of products: whoever buys item i buys item i+1 in their next invoice.
 TEXTS = [

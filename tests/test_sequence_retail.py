@@ -12,7 +12,7 @@ import pytest
 from ranx import Qrels, Run, evaluate
 
 from indexer.retail import dev_split, item_descriptions, load_lines
-from indexer.sequence_training import SequenceTrainingConfig, train_sequence
+from indexer.training.sequence import SequenceTrainingConfig, train_sequence
 from retrieval.encoders import Encoder
 from retrieval.recommend.base import HistoryItem
 from retrieval.recommend.sequence import SequenceRecommender

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.judgments import EvalDataset, JudgedQuery, load_homedepot
-from indexer.training_data import (
+from indexer.training.distill import teacher_margins
+from indexer.training.mined_data import (
     MiningOptions,
     TrainingDataError,
     build_dev_data,
@@ -22,15 +23,23 @@ from indexer.training_data import (
     lexical_source,
     mine_candidates,
 )
-from rerank.cross_encoder import Reranker
-from rerank.distill import teacher_margins
-from rerank.training import (
+from indexer.training.reranker import (
     RerankDevSet,
     RerankerTrainingConfig,
     query_groups,
     rerank_metrics,
     train_reranker,
 )
+from indexer.training.towers import (
+    RetrievalDevSet,
+    TowerTrainingConfig,
+    TrainingError,
+    ndcg_at_k,
+    no_duplicate_batches,
+    retrieval_metrics,
+    train_towers,
+)
+from rerank.cross_encoder import Reranker
 from retrieval.encoders import Encoder, default_model_path, model_info
 from retrieval.model_registry import (
     RegistryError,
@@ -40,15 +49,6 @@ from retrieval.model_registry import (
     register,
     resolve_model,
     staging_dir,
-)
-from retrieval.tower_training import (
-    RetrievalDevSet,
-    TowerTrainingConfig,
-    TrainingError,
-    ndcg_at_k,
-    no_duplicate_batches,
-    retrieval_metrics,
-    train_towers,
 )
 from retrieval.types import Product
 from tests.conftest import require
@@ -326,7 +326,7 @@ def test_towers_max_steps_stops_there_and_warns_of_a_partial_epoch(
 ) -> None:
     triplets = tiny_data.tower_triplets() * 4
     config = TowerTrainingConfig(towers="shared", batch_size=2, max_steps=2, seed=7)
-    with caplog.at_level("WARNING", logger="retrieval.tower_training"):
+    with caplog.at_level("WARNING", logger="indexer.training.towers"):
         result = train_towers(triplets, BASE, tmp_path / "t", config)
     assert result.steps == 2 and len(result.losses) == 2 and result.stopped_by == "steps"
     budget = result.budget
@@ -339,7 +339,7 @@ def test_reranker_max_steps_stops_there_and_warns_of_a_partial_epoch(
     tmp_path: Path, tiny_data, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = RerankerTrainingConfig(loss="bce", batch_size=2, max_steps=3, seed=5)
-    with caplog.at_level("WARNING", logger="rerank.training"):
+    with caplog.at_level("WARNING", logger="indexer.training.reranker"):
         result = train_reranker(tiny_data.reranker_pairs(), BASE, tmp_path / "r", config)
     assert result.steps == 3 and result.stopped_by == "steps"
     assert result.budget["planned_steps"] == 3 and result.budget["stopped_by"] == "steps"

@@ -81,13 +81,13 @@ def recommend_command(
     from api.cli_common import models_dir_setting
     from eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
     from eval.recommend.strategies import reference_strategies, trained_strategies
-    from indexer.recommend_training import (
+    from indexer.retail import dev_split, item_descriptions, load_lines
+    from indexer.training.recommender import (
         fit_recommender,
         interaction_arrays,
         load_recommender,
         retail_interactions,
     )
-    from indexer.retail import dev_split, item_descriptions, load_lines
     from retrieval.encoders import Encoder
     from retrieval.model_registry import resolve_model
     from retrieval.types import ShopsearchError

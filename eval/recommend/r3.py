@@ -1,6 +1,6 @@
 """Protocol R3, shopper-aware search, exactly as ``shared/datasets/README.md`` defines it.
 
-The queries are built by :func:`indexer.personal_training.word_queries` (one code for the
+The queries are built by :func:`indexer.training.personal.word_queries` (one code for the
 protocol and for the re-scorer's training queries; its docstring states the rules). This
 module adds the strategies, the metrics and the run:
 
@@ -28,7 +28,8 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from indexer.personal_training import (
+from indexer.retail import item_descriptions
+from indexer.training.personal import (
     HISTORY_LIMIT,
     RECENT_DAYS,
     ShopperTimelines,
@@ -37,7 +38,6 @@ from indexer.personal_training import (
     prepare_personal_training,
     word_queries,
 )
-from indexer.retail import item_descriptions
 from rerank.personal import PersonalRescorer
 from rerank.personal import Strategy as PersonalStrategy
 from rerank.personal_fit import train_rescorer

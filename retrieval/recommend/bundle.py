@@ -206,7 +206,7 @@ def fit_bundle(
     """Fit every model of ``config`` on ``events``. ``embeddings`` are the vocabulary's
     unit-length description vectors (zero rows: no text). ``cache`` (optional) keeps
     similarity matrices between fits that share their settings (tuning). ``rankers``
-    (fitted by :mod:`indexer.recommend_ranker`) make ``for_you`` the learned ranker."""
+    (fitted by :mod:`indexer.training.recommender_ranker`) make ``for_you`` the learned ranker."""
     if embeddings.shape[0] != len(vocab):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(vocab)} items")
     memo = cache if cache is not None else {}

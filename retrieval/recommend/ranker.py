@@ -4,7 +4,7 @@ The hand-tuned blend (:class:`retrieval.recommend.blend.ForYou`) adds three norm
 signals with fixed weights. :class:`RankedForYou` instead gathers candidates (the
 shopper's own items, their co-purchase neighbours, the neighbours of their last items,
 trending items), describes each candidate by :data:`RANKER_FEATURES` and orders them by a
-logistic model fitted on a validation month (:mod:`indexer.recommend_ranker`): "will this
+logistic model fitted on a validation month (:mod:`indexer.training.recommender_ranker`): "will this
 shopper buy this item in the next weeks?". Two models are kept: one for the usual answer
 (replenishment and discovery mixed) and one for discovery (``exclude_bought=true``, when
 every history item the model knows is excluded), because what predicts a first purchase

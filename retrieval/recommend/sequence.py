@@ -11,7 +11,7 @@ path is learned, not merely present.
 
 The network reads the last :attr:`SequenceConfig.max_len` items of a history, oldest
 first, and the hidden state of the newest item scores every item of the vocabulary
-(``h . rep(item) + bias(item)``). It is trained (:mod:`indexer.sequence_training`) on
+(``h . rep(item) + bias(item)``). It is trained (:mod:`indexer.training.sequence`) on
 baskets: the items of a shopper's earlier invoices predict the items of the next one.
 
 A saved model is a directory::
@@ -285,7 +285,7 @@ class SequenceRecommender:
         except FileNotFoundError:
             raise SequenceModelError(
                 f"{card_path} is missing: {path} is not a sequence model directory "
-                "(train one with indexer.sequence_training.train_sequence)"
+                "(train one with indexer.training.sequence.train_sequence)"
             ) from None
         except (OSError, ValueError) as exc:
             raise SequenceModelError(f"{card_path} cannot be read: {exc}") from exc

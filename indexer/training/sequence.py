@@ -39,9 +39,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from indexer.progress import ProgressFactory, no_progress
+from indexer.training.towers import Deadline, TrainingError, seed_everything
 from retrieval.encoders import Encoder
 from retrieval.recommend.sequence import SequenceConfig, SequenceNet, save_model
-from retrieval.tower_training import Deadline, TrainingError, seed_everything
 
 __all__ = [
     "REQUIRED_COLUMNS",

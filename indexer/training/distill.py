@@ -3,7 +3,7 @@
 The towers learn from judged positives and mined negatives, a yes/no signal. The
 trained cross-encoder knows more: *how much* better a positive is than each negative.
 :func:`teacher_margins` writes that down for every training triplet, so
-``retrieval.tower_training`` can fit the towers' score margins to it (Hofstätter et
+``indexer.training.towers`` can fit the towers' score margins to it (Hofstätter et
 al., 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture
 Knowledge Distillation").
 """

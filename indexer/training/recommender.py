@@ -6,10 +6,10 @@ converted by :func:`retail_interactions`) and the catalog's item texts, then:
 1. embeds every item's text with the item tower (cached by text under
    ``<models-dir>/.cache/embeddings``), for cold-start neighbours;
 2. tunes :class:`retrieval.recommend.bundle.RecommenderConfig` on the last
-   ``validation_days`` of the history (:mod:`indexer.recommend_tuning`), within
+   ``validation_days`` of the history (:mod:`indexer.training.recommender_tuning`), within
    ``max_minutes`` (the best settings found so far are kept at the deadline);
 3. fits the learned for-you ranker on the same validation month
-   (:mod:`indexer.recommend_ranker`; the blend stays the answer when there is too
+   (:mod:`indexer.training.recommender_ranker`; the blend stays the answer when there is too
    little data to fit it);
 4. refits the chosen config on the whole history, measures scoring latency, and
    registers the bundle with its model card (date range, counts, chosen variant and
@@ -34,8 +34,13 @@ from indexer.embedding_cache import EmbeddingCache
 from indexer.events.types import INTERACTION_COLUMNS
 from indexer.progress import ProgressFactory, no_progress
 from indexer.recommend_protocols import DEPTH, customer_histories
-from indexer.recommend_ranker import RankerFit, fit_rankers
-from indexer.recommend_tuning import SEARCH_SPACE_TRIALS, TuningResult, tune, validation_set
+from indexer.training.recommender_ranker import RankerFit, fit_rankers
+from indexer.training.recommender_tuning import (
+    SEARCH_SPACE_TRIALS,
+    TuningResult,
+    tune,
+    validation_set,
+)
 from retrieval.encoders import Encoder
 from retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
 from retrieval.recommend.bundle import (

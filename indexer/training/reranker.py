@@ -3,7 +3,7 @@
 The model is the base encoder with a fresh one-logit head (sentence-transformers
 ``CrossEncoder`` with ``num_labels=1``, head initialised from the seed). It learns
 ``(query, item text, label)`` pairs: graded judgments mapped to [0, 1] plus mined and
-random negatives at 0 (prepared by ``indexer.training_data``; without the negatives the
+random negatives at 0 (prepared by ``indexer.training.mined_data``; without the negatives the
 model learns to ignore topicality). Two losses (``RerankerTrainingConfig.loss``):
 
 - ``bce``: pointwise binary cross-entropy on the soft labels, ``batch_size`` pairs a step.
@@ -16,7 +16,7 @@ model learns to ignore topicality). Two losses (``RerankerTrainingConfig.loss``)
 not given: the 99th percentile rounded up to a multiple of 8; a pair is rarely cut and
 no batch pays for padding it does not need.
 
-Budgets and determinism as in :mod:`retrieval.tower_training`: ``max_pairs``, ``epochs``,
+Budgets and determinism as in :mod:`indexer.training.towers`: ``max_pairs``, ``epochs``,
 ``max_steps`` (a fixed number of steps, whatever the machine's speed), ``max_minutes``
 (schedule shortened to what fits with a WARNING, clean stop at the deadline, always
 saved); the result's ``budget`` says what bounded the run and warns of a partial epoch.
@@ -36,8 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from retrieval.encoders import ModelError, resolve_device
-from retrieval.tower_training import (
+from indexer.training.towers import (
     Deadline,
     EpochLog,
     LinearWarmupSchedule,
@@ -53,6 +52,7 @@ from retrieval.tower_training import (
     save_loss_curve,
     seed_everything,
 )
+from retrieval.encoders import ModelError, resolve_device
 
 __all__ = [
     "RERANKER_LOSSES",
@@ -160,7 +160,7 @@ class RerankerTrainingConfig(TrainingBudget):
     loss: Literal["bce", "lambda"] = "lambda"  # measured better on Home Depot dev (README)
     learning_rate: float = 4e-5
     max_length: int | None = None  # None: measured on the training pairs
-    #: Keep this many transformer layers of the base model (rerank.compress); None: all.
+    #: Keep this many transformer layers of the base model (indexer.training.compress); None: all.
     keep_layers: int | None = None
 
     def __post_init__(self) -> None:
@@ -257,7 +257,7 @@ def train_reranker(
 
     config = config or RerankerTrainingConfig()
     if not pairs:
-        raise TrainingError("no training pairs; build them with indexer.training_data")
+        raise TrainingError("no training pairs; build them with indexer.training.mined_data")
     bad = [p for p in pairs if not 0.0 <= p[2] <= 1.0]
     if bad:
         raise TrainingError(
@@ -284,7 +284,7 @@ def train_reranker(
         raise ModelError(f"cannot load base model from {base_model}: {exc}") from exc
     kept: list[int] = []
     if config.keep_layers is not None:
-        from rerank.compress import prune_layers
+        from indexer.training.compress import prune_layers
 
         try:
             kept = prune_layers(model, config.keep_layers)

@@ -1,7 +1,7 @@
 """Fine-tuning of the two towers (query and item encoders) from the base MiniLM.
 
 Training takes prepared examples, ``(query, positive item text, hard negative item
-text)`` triplets (see ``indexer.training_data``), and optimises
+text)`` triplets (see ``indexer.training.mined_data``), and optimises
 MultipleNegativesRankingLoss: each query must score its positive above every other item
 text in the batch (in-batch negatives) and above its own hard negative. Batches never
 hold the same text twice, so an in-batch "negative" is never another copy of a positive.
@@ -9,7 +9,7 @@ hold the same text twice, so an in-batch "negative" is never another copy of a p
 larger than memory would hold; on a CPU with plenty of memory the plain loss is faster.
 
 Distillation (issue item 7): given a trained cross-encoder's margin for each triplet
-(``rerank.distill.teacher_margins``), the loss adds ``distill_weight`` x MarginMSELoss,
+(``indexer.training.distill.teacher_margins``), the loss adds ``distill_weight`` x MarginMSELoss,
 which fits ``cos(q, pos) - cos(q, neg)`` to the teacher's margin. The teacher says how
 much better the positive is, not only that it is.
 
@@ -816,7 +816,7 @@ def train_towers(
 
     ``triplets`` are ``(query, positive item text, negative item text)``. With
     ``teacher_margins`` (one per triplet: a cross-encoder's score of the positive minus
-    its score of the negative, see ``rerank.distill``), the loss adds
+    its score of the negative, see ``indexer.training.distill``), the loss adds
     ``config.distill_weight`` x margin-MSE between the towers' cosine margin and the
     teacher's (distillation). With ``dev``,
     nDCG@10 and recall@100 on it are measured before training, after each epoch and at
@@ -840,7 +840,7 @@ def train_towers(
         if len(teacher_margins) != len(triplets):
             raise TrainingError(
                 f"{len(teacher_margins)} teacher margins for {len(triplets)} triplets; "
-                "score every triplet (rerank.distill.teacher_margins)"
+                "score every triplet (indexer.training.distill.teacher_margins)"
             )
         if config.mini_batch_size:
             raise TrainingError(

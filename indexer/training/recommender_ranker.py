@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from indexer.recommend_protocols import DEPTH, ForYouQuery, evaluate_run
-from indexer.recommend_tuning import ValidationSet
+from indexer.training.recommender_tuning import ValidationSet
 from retrieval.recommend.bundle import RecommenderBundle
 from retrieval.recommend.ranker import RANKER_FEATURES, LinearRanker, RankedForYou
 

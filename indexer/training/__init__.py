@@ -1,0 +1,17 @@
+"""Training, the batch side's model work: everything that fits weights or mines data for
+it, in one place, out of the serving packages (``retrieval`` and ``rerank`` hold only what
+answers a query).
+
+- :mod:`~indexer.training.towers`: the two towers (contrastive fine-tuning, distillation
+  from the cross-encoder), the shared loop pieces (deadline, budget, seeding, dev set).
+- :mod:`~indexer.training.reranker`: the cross-encoder; :mod:`~indexer.training.distill`
+  (teacher margins) and :mod:`~indexer.training.compress` (layer pruning, distilled labels).
+- :mod:`~indexer.training.mined_data`: judged queries mined into training pairs and
+  triplets (BM25 and dense hard negatives).
+- :mod:`~indexer.training.sequence`, :mod:`~indexer.training.personal`,
+  :mod:`~indexer.training.recommender` (with its `_tuning` and `_ranker`): the
+  shopper models (sequence model, shopper-aware re-scorer, recommender bundle).
+
+Imports: this package uses ``retrieval`` and ``rerank`` (the models it trains);
+neither of them imports it.
+"""
