@@ -23,16 +23,12 @@ a tombstone before deleting it, so a kill midway never leaves a half-deleted sna
 that is listed or rolled back to. Crash windows have named pause points for kill tests
 (:mod:`indexer.crashpoints`).
 
-**Elasticsearch lexical leg** (``BuildOptions(lexical="elasticsearch")``): instead of
-``lexical/`` the build writes the index ``<prefix>-<version>`` (version lower-cased) on
-the cluster, and the manifest records its name, the alias ``<prefix>`` and the analyzer
-chosen. Promotion switches ``CURRENT`` *and* moves the alias in one ``_aliases`` request
-(remove + add, so external readers of the alias never see a missing or half-built
-index); rollback moves both back; pruning a snapshot deletes its index (never the
-aliased one nor the current one's). A failed or interrupted build drops its half-built
-index; one killed outright leaves an orphan that the next Elasticsearch build deletes
-(every ``<prefix>-<timestamp>-*`` index that no kept snapshot names and no alias points
-at): use one prefix per index directory.
+**The lexical leg** is built, opened, switched and dropped through its
+:class:`~indexer.lexical_lifecycle.LexicalLifecycle`, chosen from the build options or the
+manifest, so nothing here asks which backend it is: tantivy keeps it in ``lexical/``;
+with ``BuildOptions(lexical="elasticsearch")`` it is the index ``<prefix>-<version>``,
+whose alias ``<prefix>`` moves with ``CURRENT`` (see :mod:`indexer.lexical_lifecycle`
+for the alias, orphan and pruning guarantees; use one prefix per index directory).
 
 The *serving path searches the snapshot's own index by name, never the alias*: a
 snapshot's product table, vectors and lexical index must answer for the same products,
@@ -55,12 +51,11 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +68,7 @@ from indexer.catalog import CatalogReport
 from indexer.crashpoints import crashpoint
 from indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
 from indexer.embedding_cache import EmbeddingCache
+from indexer.errors import SnapshotError
 from indexer.generations import BASE_FILES, snapshot_files, sweep_generations
 from indexer.history import (
     now,
@@ -82,13 +78,22 @@ from indexer.history import (
     served_stack,
     write_history,
 )
+from indexer.lexical_lifecycle import (
+    DEFAULT_ES_PREFIX,
+    LEXICAL_BACKENDS,
+    LexicalLifecycle,
+    SwitchAction,
+    es_index_name,
+    lexical_lifecycle,
+    lifecycle_of,
+)
 from indexer.product_store import read_products, write_products
 from indexer.progress import ProgressFactory, no_progress
-from retrieval.elasticsearch_index import ElasticsearchConnection, ElasticsearchIndex
+from retrieval.elasticsearch_index import ElasticsearchConnection
 from retrieval.encoders import Encoder
 from retrieval.filters import ProductTable
 from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndex, LexicalIndexError, TantivyIndex
+from retrieval.lexical_index import LexicalIndex
 from retrieval.types import Product, ShopsearchError
 from retrieval.vector_index import (
     ExactIndex,
@@ -120,14 +125,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-#: Lexical backends a snapshot can be built with.
-LEXICAL_BACKENDS = ("tantivy", "elasticsearch")
 #: A snapshot being pruned is first renamed to ``.deleting-<version>`` (never listed).
 TOMBSTONE_PREFIX = ".deleting-"
-
-
-class SnapshotError(ShopsearchError):
-    """A snapshot is missing, damaged, mismatched with the models, or failed validation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +149,7 @@ class BuildOptions:
     #: ``"tantivy"`` (embedded, in the snapshot) or ``"elasticsearch"`` (needs ``es=``).
     lexical: str = "tantivy"
     #: Elasticsearch index names are ``<prefix>-<version>``; the alias is ``<prefix>``.
-    es_index_prefix: str = "shopsearch"
+    es_index_prefix: str = DEFAULT_ES_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,19 +210,6 @@ class LoadedSnapshot:
     @property
     def lexical_backend(self) -> str:
         return str(self.manifest.get("lexical_index", {}).get("backend", "tantivy"))
-
-
-def es_index_name(prefix: str, version: str) -> str:
-    """The Elasticsearch index of snapshot ``version``: ``<prefix>-<version lower-cased>``."""
-    return f"{prefix}-{version.lower()}"
-
-
-def _es_target(manifest: dict[str, Any]) -> tuple[str, str] | None:
-    """``(alias, index)`` of an Elasticsearch snapshot's manifest, None for tantivy."""
-    meta = manifest.get("lexical_index", {})
-    if meta.get("backend") != "elasticsearch":
-        return None
-    return str(meta["alias"]), str(meta["index"])
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -289,13 +275,10 @@ class SnapshotStore:
         """The committed update generation of ``version`` (0 until an update)."""
         return int(self.manifest(version).get("generation", 0))
 
-    def _require_es(self, version: str, doing: str) -> ElasticsearchConnection:
-        if self.es is None:
-            raise SnapshotError(
-                f"snapshot {version} keeps its lexical leg in Elasticsearch; {doing} it needs "
-                "the cluster: give --es-url (or set SHOPSEARCH_ES_URL)"
-            )
-        return self.es
+    def lexical(self, manifest: dict[str, Any]) -> LexicalLifecycle:
+        """The lifecycle of the lexical leg of the snapshot with ``manifest``, on this
+        store's cluster connection (raises :class:`SnapshotError` for an unknown backend)."""
+        return lifecycle_of(manifest, self.es)
 
     def versions(self) -> list[str]:
         """Promotable snapshots, oldest first (versions sort by creation time)."""
@@ -359,31 +342,16 @@ class SnapshotStore:
             self._switch(version, "promote", [*stack, {"version": version, "at": now()}])
         log.info("promoted snapshot %s", version)
 
-    def _switch(self, version: str, action: str, stack: list[dict[str, Any]]) -> None:
-        """Move the alias (Elasticsearch), ``CURRENT``, then ``HISTORY`` to ``stack``."""
+    def _switch(self, version: str, action: SwitchAction, stack: list[dict[str, Any]]) -> None:
+        """Switch the lexical leg (Elasticsearch: the alias), ``CURRENT``, then ``HISTORY``
+        to ``stack``; the leg's switch is undone when ``CURRENT`` cannot be written."""
         manifest = self.manifest(version)  # raises if it does not exist
-        target = _es_target(manifest)
-        previous: str | None = None
-        admin: ElasticsearchIndex | None = None
-        if target is not None:
-            alias, index = target
-            doing = "promoting" if action == "promote" else "rolling back to"
-            admin = self._require_es(version, doing).index(alias)
-            try:
-                previous = admin.current_index(alias)
-                admin.promote(alias, index)
-            except LexicalIndexError as exc:
-                raise SnapshotError(
-                    f"cannot {action} to {version}: moving alias {alias!r} to {index!r} "
-                    f"failed ({exc}); CURRENT still names {self.current()}"
-                ) from exc
+        undo = self.lexical(manifest).switch(version, manifest, action, self.current())
         try:
             crashpoint(f"{action}.before-current")
             write_atomic(self.current_file, lambda fh: fh.write(f"{version}\n".encode()))
         except BaseException:
-            if admin is not None and target is not None and previous not in (None, target[1]):
-                with suppress(LexicalIndexError):
-                    admin.promote(target[0], str(previous))
+            undo()
             raise
         # CURRENT is the truth; a HISTORY that lags it by this switch is reconciled on read.
         crashpoint(f"{action}.before-history")
@@ -412,13 +380,12 @@ class SnapshotStore:
                 if version not in on_disk:
                     continue  # pruned
                 try:
-                    manifest = self.manifest(version)
+                    lexical = self.lexical(self.manifest(version))
                 except SnapshotError as exc:
                     log.warning("not rolling back to %s: %s", version, exc)
                     skipped.append((version, str(exc)))
                     continue
-                if _es_target(manifest) is not None:  # missing config, not damage: stop
-                    self._require_es(version, "rolling back to")
+                lexical.check_switch(version, "rollback")  # missing config, not damage: stop
                 try:
                     if load is None:
                         load_snapshot(self.path(version), es=self.es)
@@ -470,16 +437,17 @@ class SnapshotStore:
             doomed = prune_plan(versions, self._served(), current, keep)
             for version in doomed:
                 try:
-                    target = _es_target(self.manifest(version))
-                except SnapshotError:  # unreadable: nothing to learn about an index
-                    target = None
+                    manifest = self.manifest(version)
+                    lexical: LexicalLifecycle | None = self.lexical(manifest)
+                except SnapshotError:  # unreadable: nothing to learn about its lexical leg
+                    lexical = None
                 tomb = self.snapshots_dir / f"{TOMBSTONE_PREFIX}{version}"
                 shutil.rmtree(tomb, ignore_errors=True)
                 os.replace(self.snapshots_dir / version, tomb)
                 fsync_dir(self.snapshots_dir)
                 crashpoint("prune.tombstoned")
-                if target is not None:
-                    self._drop_es_index(version, target[1])
+                if lexical is not None:
+                    lexical.drop(version, manifest)
                 shutil.rmtree(tomb, ignore_errors=True)
                 log.info("pruned snapshot %s", version)
         for version in self.versions():
@@ -499,54 +467,15 @@ class SnapshotStore:
                 swept.append(path.name)
         return swept
 
-    def _drop_es_index(self, version: str, index: str) -> None:
-        if self.es is None:
-            log.warning(
-                "pruned snapshot %s without a cluster connection: its Elasticsearch index %s "
-                "stays until the next Elasticsearch build deletes orphans",
-                version,
-                index,
-            )
-            return
-        try:
-            self.es.index(index).drop_index(index)
-        except LexicalIndexError as exc:
-            log.warning(
-                "could not delete Elasticsearch index %s of pruned snapshot %s (%s); the next "
-                "Elasticsearch build deletes it",
-                index,
-                version,
-                exc,
-            )
-
-    def es_indices(self) -> set[str]:
-        """Elasticsearch indices named by the snapshots kept on disk."""
-        names = set()
+    def lexical_names(self) -> set[str]:
+        """What the lexical legs of the snapshots kept on disk own outside their directories
+        (Elasticsearch indices); a build's orphan sweep keeps them. Raises
+        :class:`SnapshotError` when a manifest cannot be read (so the sweep deletes nothing)."""
+        names: set[str] = set()
         for version in self.versions():
-            target = _es_target(self.manifest(version))  # unreadable: raise, delete nothing
-            if target is not None:
-                names.add(target[1])
+            manifest = self.manifest(version)
+            names |= self.lexical(manifest).names(manifest)
         return names
-
-    def remove_orphan_indices(self, prefix: str) -> list[str]:
-        """Delete ``<prefix>-<timestamp>-*`` indices that no kept snapshot names and no
-        alias points at (left by builds that were killed, or prunes that could not reach
-        the cluster). Returns the deleted names. Needs ``es``."""
-        if self.es is None:
-            raise SnapshotError("removing orphan Elasticsearch indices needs the cluster (es=)")
-        admin = self.es.index(prefix)
-        pattern = re.compile(rf"^{re.escape(prefix)}-\d{{8}}t\d{{6}}z-")
-        kept = self.es_indices()
-        aliased = admin.aliased_indices(prefix)
-        doomed = [
-            name
-            for name in admin.versions(prefix)
-            if pattern.match(name) and name not in kept and name not in aliased
-        ]
-        for name in doomed:
-            admin.drop_index(name)
-            log.info("deleted orphan Elasticsearch index %s (no kept snapshot names it)", name)
-        return doomed
 
     def clean_partial(self) -> None:
         """Remove directories of builds that never finished and of interrupted prunes
@@ -647,26 +576,6 @@ def make_table(products: Sequence[Product], tombstones: npt.NDArray[np.int64]) -
     return table
 
 
-def _open_lexical(
-    path: Path,
-    manifest: dict[str, Any],
-    files: dict[str, str | None],
-    es: ElasticsearchConnection | None,
-) -> LexicalIndex:
-    target = _es_target(manifest)
-    if target is None:
-        return TantivyIndex.load(path / str(files["lexical"]))
-    index = target[1]
-    if es is None:
-        cluster = manifest["lexical_index"].get("cluster", "its cluster")
-        raise SnapshotError(
-            f"{path}: snapshot {manifest['version']} keeps its lexical leg in Elasticsearch "
-            f"index {index!r} (built on {cluster}); give the connection with --es-url "
-            "(or SHOPSEARCH_ES_URL, and credentials if the cluster needs them)"
-        )
-    return es.index(index)
-
-
 def load_snapshot(
     path: Path,
     *,
@@ -699,7 +608,7 @@ def load_snapshot(
             if files["tombstones"]
             else np.zeros(0, np.int64)
         )
-        lexical = _open_lexical(path, manifest, files, es)
+        lexical = lifecycle_of(manifest, es).open(path, manifest, files["lexical"])
     except (OSError, ValueError, ShopsearchError) as exc:
         if isinstance(exc, SnapshotError):
             raise
@@ -778,21 +687,18 @@ def build_snapshot(
     snapshot are untouched and the half-built directory and index are removed.
     """
     options = options or BuildOptions()
-    if options.lexical not in LEXICAL_BACKENDS:
-        raise SnapshotError(
-            f"lexical backend {options.lexical!r} is not one of {', '.join(LEXICAL_BACKENDS)}"
-        )
-    use_es = options.lexical == "elasticsearch"
-    if use_es and es is None:
-        raise SnapshotError(
-            "--lexical elasticsearch needs the cluster: give --es-url (or SHOPSEARCH_ES_URL)"
-        )
+    lexical = lexical_lifecycle(
+        options.lexical,
+        es=es,
+        es_prefix=options.es_index_prefix,
+        field="lexical backend (BuildOptions.lexical)",
+    )
+    lexical.check_build()
     store = SnapshotStore(index_dir, es=es)
     timings: dict[str, float] = {}
     with store.build_lock():
         store.clean_partial()
-        if use_es:
-            store.remove_orphan_indices(options.es_index_prefix)
+        lexical.prepare_build(store.lexical_names)
         version = store.new_version(report.sha256)
         work = store.snapshots_dir / f".building-{version}"
         final = store.snapshots_dir / version
@@ -800,7 +706,16 @@ def build_snapshot(
         log.info("building snapshot %s from %d products in %s", version, len(products), work)
         try:
             manifest = _build_into(
-                work, version, products, report, encoder, options, progress, timings, es
+                work,
+                version,
+                products,
+                report,
+                encoder,
+                options,
+                progress,
+                timings,
+                es=es,
+                lexical=lexical,
             )
             crashpoint("build.written")
             os.replace(work, final)
@@ -812,25 +727,11 @@ def build_snapshot(
             shutil.rmtree(work, ignore_errors=True)
             if store.current() != version:
                 shutil.rmtree(final, ignore_errors=True)
-                if use_es and es is not None:
-                    _drop_quietly(es, es_index_name(options.es_index_prefix, version))
+                lexical.discard(version)
             raise
         if options.promote:
             store.prune(options.keep)
     return manifest
-
-
-def _drop_quietly(es: ElasticsearchConnection, index: str) -> None:
-    """Delete a failed build's index; if the cluster cannot, the next build's orphan
-    sweep will (the build's own error is the one worth raising)."""
-    try:
-        es.index(index).drop_index(index)
-    except LexicalIndexError as exc:
-        log.warning(
-            "could not delete the failed build's index %s (%s); the next build deletes it",
-            index,
-            exc,
-        )
 
 
 def _build_into(
@@ -842,8 +743,13 @@ def _build_into(
     options: BuildOptions,
     progress: ProgressFactory,
     timings: dict[str, float],
-    es: ElasticsearchConnection | None = None,
+    *,
+    es: ElasticsearchConnection | None,
+    lexical: LexicalLifecycle,
 ) -> dict[str, Any]:
+    """Write snapshot ``version`` into ``work`` (its lexical leg through ``lexical``), load
+    it back (through ``es`` when the leg is on a cluster) and validate it; returns the
+    manifest."""
     started = time.perf_counter()
 
     t = time.perf_counter()
@@ -890,19 +796,8 @@ def _build_into(
         )
 
     t = time.perf_counter()
-    files = dict(BASE_FILES)
-    if options.lexical == "elasticsearch" and es is not None:
-        prefix = options.es_index_prefix
-        remote = es.index(prefix).create_versioned_index(prefix, version.lower())
-        with progress(f"indexing into {remote.index}", len(products)) as advance:
-            remote.build(products, progress=advance)
-        lexical_meta = {**remote.describe(), "alias": prefix, "cluster": es.where}
-        files["lexical"] = None
-    else:
-        embedded = TantivyIndex(work / "lexical")
-        with progress("building lexical index", len(products)) as advance:
-            embedded.build(products, progress=advance)
-        lexical_meta = embedded.describe()
+    built = lexical.build(work, version, products, progress)
+    files = {**BASE_FILES, "lexical": built.file}
     timings["lexical_index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -918,7 +813,7 @@ def _build_into(
         "counts": {"products": len(products), "skipped_rows": len(report.skipped)},
         "models": {"item_tower": encoder.info.to_dict(), "query_tower": encoder.info.to_dict()},
         "vector_index": {**index.describe(), "exact_below": params.nlist == 0},
-        "lexical_index": lexical_meta,
+        "lexical_index": built.meta,
         "files": files,
         "generation": 0,
         "approx_vs_exact": {
