@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ES_URL
 from typer.testing import CliRunner
 
 from api.cli import app, mount_plugins, sample_catalog_path
@@ -211,3 +213,41 @@ def test_inputs_of_a_plain_build_never_match_a_reranker() -> None:
     assert NightlyInputs.of_manifest(manifest) == NightlyInputs("c", "t", None, "tantivy")
     assert NightlyInputs.of_manifest(manifest) != NightlyInputs("c", "t", "r", "tantivy")
     assert NightlyInputs.of_manifest({"catalog": {}}) is None
+
+
+@pytest.mark.elasticsearch
+def test_with_elasticsearch_the_alias_moves_only_on_promotion(
+    data: dict[str, Path], tmp_path: Path, es_client: Any
+) -> None:
+    """The lexical leg in Elasticsearch: a promotion moves the alias with ``CURRENT``; a
+    refusal leaves the alias on the serving index and keeps the refused index."""
+    prefix = f"test-nightly-{uuid.uuid4().hex[:8]}"
+    index = tmp_path / "index"
+    es = ["--lexical", "elasticsearch", "--es-url", ES_URL, "--es-index-prefix", prefix]
+    try:
+
+        def run(catalog: str) -> tuple[int, dict[str, Any]]:
+            result = runner.invoke(
+                app, [*argv(data, index, catalog), "--device", "cpu", "--json", *es]
+            )
+            assert result.exit_code in (0, 3), result.output[-3000:]
+            return result.exit_code, json.loads(result.stdout[result.stdout.index("{\n") :])
+
+        def aliased() -> list[str]:
+            return sorted(es_client.indices.get_alias(name=prefix).body)
+
+        code, first = run("good")
+        assert (code, first["status"]) == (0, "first")
+        serving_index = f"{prefix}-{first['candidate'].lower()}"
+        assert aliased() == [serving_index]
+
+        code, bad = run("bad")
+        assert (code, bad["status"]) == (3, "refused")
+        assert aliased() == [serving_index]  # the alias did not move
+        refused_index = f"{prefix}-{bad['candidate'].lower()}"
+        assert es_client.indices.exists(index=refused_index)  # kept for inspection
+        assert SnapshotStore(index).current() == first["candidate"]
+    finally:
+        existing = es_client.indices.get(index=f"{prefix}*", allow_no_indices=True)
+        if existing.body:
+            es_client.indices.delete(index=",".join(existing.body))
