@@ -192,7 +192,7 @@ def evaluate(
     from eval.gate import check_gate, load_gate_metrics
     from eval.report import write_report
     from eval.runner import default_configurations, evaluate_configurations
-    from eval.runs import write_run
+    from indexer.judgments import write_run
     from retrieval.types import ShopsearchError
 
     settings = Settings()

@@ -31,8 +31,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from eval.runs import Run, ranked_ids
-from indexer.judgments import EvalDataset, JudgedQuery
+from indexer.judgments import EvalDataset, JudgedQuery, Run, ranked_ids
 
 __all__ = [
     "DEFAULT_THRESHOLD",

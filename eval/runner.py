@@ -30,8 +30,7 @@ from eval.metrics import (
     stage_recall,
 )
 from eval.report import ConfigResult
-from eval.runs import Run
-from indexer.judgments import EvalDataset, JudgedQuery
+from indexer.judgments import EvalDataset, JudgedQuery, Run
 from retrieval.item_text import item_text
 from retrieval.vector_index import ExactIndex, FaissIndex
 

@@ -13,8 +13,15 @@ from eval.metrics import (
     rerank_run,
     stage_recall,
 )
-from eval.runs import RunFileError, ranked_ids, read_run, run_from_rankings, write_run
-from indexer.judgments import EvalDataset, JudgedQuery
+from indexer.judgments import (
+    EvalDataset,
+    JudgedQuery,
+    RunFileError,
+    ranked_ids,
+    read_run,
+    run_from_rankings,
+    write_run,
+)
 
 # Home Depot-like grades (1..3), gain = grade - 1, relevant = grade >= 2.5.
 #   q1: d1 3.0 (gain 2, relevant), d2 2.5 (gain 1.5, relevant), d3 2.0 (gain 1), d4 1.0 (gain 0)

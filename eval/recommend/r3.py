@@ -5,7 +5,7 @@ protocol and for the re-scorer's training queries; its docstring states the rule
 module adds the strategies, the metrics and the run:
 
 - metrics: MRR@10 and nDCG@10 on binary relevance, with ranx; a ranking is the candidates
-  by score descending, ties by item id ascending (as :func:`eval.runs.ranked_ids`);
+  by score descending, ties by item id ascending (as :func:`indexer.judgments.ranked_ids`);
 - a shopper's history at a query is their lines strictly before the query's invoice
   (history lines and the test month's earlier invoices), newest first, the newest
   ``history_limit`` of them: what :meth:`EventStore.recent_items` returns at that moment.

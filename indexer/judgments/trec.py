@@ -1,10 +1,13 @@
-"""Runs (ranked results per query) and their files.
+"""TREC files: runs (ranked results per query) and qrels (graded judgments), read and
+written in one place for training and evaluation.
 
 A *run* is ``{qid: {doc_id: score}}``; a higher score ranks higher and ties are broken
 by ``doc_id`` ascending, everywhere in ``eval`` (``ranked_ids``), so a run file, the
 metrics and a report always agree on the order.
 
-File formats are selected by ``RunFormat``; TREC is ``qid Q0 docid rank score tag``.
+Run file formats are selected by ``RunFormat``; TREC is ``qid Q0 docid rank score tag``.
+Qrels are ``qid 0 docid grade`` (the second field is ignored, the grade may be
+fractional).
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from pathlib import Path
 from typing import TextIO
 
 __all__ = [
+    "DatasetError",
     "Run",
     "RunFileError",
     "RunFormat",
+    "parse_grade",
     "ranked_ids",
+    "read_qrels",
     "read_run",
     "run_from_rankings",
+    "write_qrels",
     "write_run",
 ]
 
@@ -35,6 +42,10 @@ class RunFormat(StrEnum):
     """Run file formats."""
 
     TREC = "trec"
+
+
+class DatasetError(Exception):
+    """A dataset file is missing or malformed; the message names the file, line and fix."""
 
 
 class RunFileError(Exception):
@@ -147,3 +158,62 @@ def read_run(path: Path, *, fmt: RunFormat = RunFormat.TREC) -> Run:
     if not path.is_file():
         raise RunFileError(f"{path}: run file not found")
     return _READERS[RunFormat(fmt)](path)
+
+
+def parse_grade(raw: str, where: str, fix: str) -> float:
+    """``raw`` as a finite float; :class:`DatasetError` naming ``where`` and ``fix`` if not."""
+    try:
+        grade = float(raw)
+    except ValueError:
+        raise DatasetError(f"{where}: grade {raw!r} is not a number; {fix}") from None
+    if not math.isfinite(grade):
+        raise DatasetError(f"{where}: grade {raw!r} is not finite; {fix}")
+    return grade
+
+
+def read_qrels(
+    path: Path, *, known: Mapping[str, object] | None = None, known_in: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """``{qid: {docid: grade}}`` of a qrels file; with ``known``, every query of it starts
+    with no judgments and a qrels line naming another query is an error (the queries
+    file ``known_in`` is named in the message).
+
+    Raises:
+        DatasetError: the file is missing, a line does not have 4 fields, a grade is not
+            a finite number, a pair is judged twice, or a query is unknown.
+    """
+    if not path.is_file():
+        raise DatasetError(f"{path}: qrels file not found; expected lines 'qid 0 docid grade'")
+    judgments: dict[str, dict[str, float]] = {qid: {} for qid in known or {}}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path}:{number}"
+            if len(fields) != 4:
+                raise DatasetError(
+                    f"{where}: expected 4 fields 'qid 0 docid grade', got {len(fields)} in "
+                    f"{line.strip()[:80]!r}; ids must not contain spaces"
+                )
+            qid, _, docid, raw_grade = fields
+            grade = parse_grade(raw_grade, where, "the 4th field is the grade, e.g. 2 or 2.33")
+            if known is not None and qid not in judgments:
+                raise DatasetError(
+                    f"{where}: query {qid!r} is not in {known_in}; add it there or drop the line"
+                )
+            if docid in judgments.setdefault(qid, {}):
+                raise DatasetError(
+                    f"{where}: {qid} {docid} is judged twice; keep one line per pair"
+                )
+            judgments[qid][docid] = grade
+    return judgments
+
+
+def write_qrels(judgments: Mapping[str, Mapping[str, float]], path: Path) -> None:
+    """Write ``qid 0 docid grade`` lines (grades with ``repr``, read back exactly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="\n") as out:
+        for qid, grades in judgments.items():
+            for docid, grade in grades.items():
+                out.write(f"{qid} 0 {docid} {grade!r}\n")

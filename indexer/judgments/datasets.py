@@ -19,14 +19,14 @@ import csv
 import dataclasses
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.judgments.trec import DatasetError, parse_grade, read_qrels, write_qrels
+
 __all__ = [
     "HOMEDEPOT_GAIN_OFFSET",
-    "DatasetError",
     "EvalDataset",
     "JudgedQuery",
     "convert_homedepot",
@@ -41,10 +41,6 @@ logger = logging.getLogger(__name__)
 HOMEDEPOT_GAIN_OFFSET = 1.0
 _HD_COLUMNS = ("id", "product_uid", "product_title", "search_term", "relevance")
 _HD_MIN_GRADE, _HD_MAX_GRADE = 1.0, 3.0
-
-
-class DatasetError(Exception):
-    """A dataset file is missing or malformed; the message names the file, line and fix."""
 
 
 @dataclass(frozen=True)
@@ -115,16 +111,6 @@ def homedepot_qid(search_term: str) -> str:
     return "hd-" + hashlib.sha1(search_term.encode("utf-8")).hexdigest()[:12]
 
 
-def _parse_grade(raw: str, where: str, fix: str) -> float:
-    try:
-        grade = float(raw)
-    except ValueError:
-        raise DatasetError(f"{where}: grade {raw!r} is not a number; {fix}") from None
-    if not math.isfinite(grade):
-        raise DatasetError(f"{where}: grade {raw!r} is not finite; {fix}")
-    return grade
-
-
 def _read_catalog_ids(products_csv: Path, id_field: str = "product_uid") -> frozenset[str]:
     if not products_csv.is_file():
         raise DatasetError(
@@ -176,7 +162,7 @@ def _read_homedepot_pairs(split_csv: Path) -> list[tuple[str, str, float, int]]:
             pid = row["product_uid"].strip()
             if not term.strip() or not pid:
                 raise DatasetError(f"{where}: empty search_term or product_uid; fill or drop it")
-            grade = _parse_grade(
+            grade = parse_grade(
                 row["relevance"], where, "relevance must be a mean rating between 1 and 3"
             )
             if not _HD_MIN_GRADE <= grade <= _HD_MAX_GRADE:
@@ -290,33 +276,7 @@ def load_generic(
             the queries file lacks, or a pair is judged twice.
     """
     texts = _read_queries_tsv(queries_tsv)
-    if not qrels_path.is_file():
-        raise DatasetError(
-            f"{qrels_path}: qrels file not found; expected lines 'qid 0 docid grade'"
-        )
-    judgments: dict[str, dict[str, float]] = {qid: {} for qid in texts}
-    with qrels_path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{qrels_path}:{number}"
-            if len(fields) != 4:
-                raise DatasetError(
-                    f"{where}: expected 4 fields 'qid 0 docid grade', got {len(fields)} in "
-                    f"{line.strip()[:80]!r}; ids must not contain spaces"
-                )
-            qid, _, docid, raw_grade = fields
-            grade = _parse_grade(raw_grade, where, "the 4th field is the grade, e.g. 2 or 2.33")
-            if qid not in judgments:
-                raise DatasetError(
-                    f"{where}: query {qid!r} is not in {queries_tsv}; add it there or drop the line"
-                )
-            if docid in judgments[qid]:
-                raise DatasetError(
-                    f"{where}: {qid} {docid} is judged twice; keep one line per pair"
-                )
-            judgments[qid][docid] = grade
+    judgments = read_qrels(qrels_path, known=texts, known_in=queries_tsv)
     queries = tuple(JudgedQuery(qid, text, judgments[qid]) for qid, text in texts.items())
     unjudged = sum(1 for q in queries if not q.judgments)
     if unjudged:
@@ -351,9 +311,6 @@ def convert_homedepot(split_csv: Path, out_dir: Path) -> tuple[Path, Path]:
                     "the TSV queries format cannot hold; clean the term"
                 )
             queries_out.write(f"{query.qid}\t{query.text}\n")
-    with qrels_path.open("w", encoding="utf-8", newline="\n") as qrels_out:
-        for query in dataset.queries:
-            for pid, grade in query.judgments.items():
-                qrels_out.write(f"{query.qid} 0 {pid} {grade!r}\n")
+    write_qrels({q.qid: q.judgments for q in dataset.queries}, qrels_path)
     logger.info("wrote %s and %s", queries_path, qrels_path)
     return queries_path, qrels_path
