@@ -9,7 +9,10 @@ One run of :func:`run_nightly`, under the index directory's nightly lock:
    same catalog and models gives one promotion.
 2. **Build** a new snapshot without promoting it (the caller's ``build`` callback, which
    reuses cached embeddings and validates the snapshot: it loads, answers probe queries,
-   records approximate-vs-exact recall). A failed build raises and touches nothing.
+   records approximate-vs-exact recall). A failed build raises and touches nothing. When
+   a kept snapshot that never served was built from the same inputs and evaluated on the
+   same queries (a refused night run again), that one is judged again instead of a
+   rebuild: rerun with a larger ``--tolerance`` to accept it on purpose.
 3. **Evaluate** the new version on the judged queries (:class:`SnapshotEvaluator`: the
    engine lives above this package, so the caller provides it) and store the result in
    its manifest (``evaluation``).
@@ -238,20 +241,29 @@ def run_nightly(
             log.info("%s", outcome.reason)
             return outcome
 
-        manifest = build()
-        candidate = str(manifest["version"])
-        outcome.candidate = candidate
-        outcome.build = {
-            "timings_s": manifest.get("build", {}).get("timings_s", {}),
-            "embedding_cache_hits": manifest.get("build", {}).get("embedding_cache_hits"),
-            "approx_vs_exact": manifest.get("approx_vs_exact", {}),
-            "products": manifest.get("counts", {}).get("products"),
-        }
-        crashpoint("nightly.built")
-        log.info("evaluating snapshot %s on %s", candidate, evaluator.dataset_key)
-        outcome.candidate_metrics = evaluator.evaluate(candidate)
-        _store_evaluation(store, candidate, evaluator.dataset_key, outcome.candidate_metrics)
-        crashpoint("nightly.evaluated")
+        kept = _evaluated_candidate(store, inputs, serving, evaluator.dataset_key)
+        if kept is not None:
+            # Tonight's inputs were built and evaluated before (a refused night run again):
+            # the same snapshot would come out, so it is judged again, not rebuilt.
+            candidate, outcome.candidate_metrics = kept
+            outcome.candidate = candidate
+            outcome.build = {"reused": candidate}
+            log.info("snapshot %s was built from these inputs and evaluated; reusing it", candidate)
+        else:
+            manifest = build()
+            candidate = str(manifest["version"])
+            outcome.candidate = candidate
+            outcome.build = {
+                "timings_s": manifest.get("build", {}).get("timings_s", {}),
+                "embedding_cache_hits": manifest.get("build", {}).get("embedding_cache_hits"),
+                "approx_vs_exact": manifest.get("approx_vs_exact", {}),
+                "products": manifest.get("counts", {}).get("products"),
+            }
+            crashpoint("nightly.built")
+            log.info("evaluating snapshot %s on %s", candidate, evaluator.dataset_key)
+            outcome.candidate_metrics = evaluator.evaluate(candidate)
+            _store_evaluation(store, candidate, evaluator.dataset_key, outcome.candidate_metrics)
+            crashpoint("nightly.evaluated")
 
         if serving is None:
             outcome.status = "first"
@@ -286,6 +298,27 @@ def _stored_evaluation(manifest: Mapping[str, Any], dataset_key: str) -> dict[st
     if not isinstance(metrics, dict):
         return None
     return {str(k): float(v) for k, v in metrics.items()}
+
+
+def _evaluated_candidate(
+    store: SnapshotStore, inputs: NightlyInputs, serving: str | None, dataset_key: str
+) -> tuple[str, dict[str, float]] | None:
+    """The newest kept snapshot that never served, was built from ``inputs`` and holds an
+    evaluation on ``dataset_key``: its version and metrics (None when there is none)."""
+    served = set(store.history()) | ({serving} if serving else set())
+    for version in reversed(store.versions()):
+        if version in served:
+            continue
+        try:
+            manifest = store.manifest(version)
+        except SnapshotError:
+            continue  # being pruned, or damaged: build anew
+        if NightlyInputs.of_manifest(manifest) != inputs:
+            continue
+        metrics = _stored_evaluation(manifest, dataset_key)
+        if metrics is not None:
+            return version, metrics
+    return None
 
 
 def _baseline(
