@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from api.cli_train import TrainingInputs, rewrite_splits
 from api.schemas import SearchRequest
 from api.service import SearchService
 from api.settings import Settings
 from indexer.catalog import CatalogReport
 from indexer.judgments import EvalDataset, JudgedQuery
 from indexer.snapshot import BuildOptions, build_snapshot
+from indexer.training.inputs import TrainingInputs, rewrite_splits
 from retrieval.encoders import Encoder, default_model_path
 from retrieval.query_rewrite import QueryRewriter, UnitNormalizer
 from retrieval.spelling import SpellCorrector

@@ -12,6 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from indexer.judgments import EvalDataset, JudgedQuery, load_homedepot
+from indexer.training.dev_metrics import (
+    RerankDevSet,
+    RetrievalDevSet,
+    ndcg_at_k,
+    rerank_metrics,
+    retrieval_metrics,
+)
 from indexer.training.distill import teacher_margins
 from indexer.training.mined_data import (
     MiningOptions,
@@ -23,20 +30,11 @@ from indexer.training.mined_data import (
     lexical_source,
     mine_candidates,
 )
-from indexer.training.reranker import (
-    RerankDevSet,
-    RerankerTrainingConfig,
-    query_groups,
-    rerank_metrics,
-    train_reranker,
-)
+from indexer.training.reranker import RerankerTrainingConfig, query_groups, train_reranker
 from indexer.training.towers import (
-    RetrievalDevSet,
     TowerTrainingConfig,
     TrainingError,
-    ndcg_at_k,
     no_duplicate_batches,
-    retrieval_metrics,
     train_towers,
 )
 from rerank.cross_encoder import Reranker

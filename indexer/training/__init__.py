@@ -2,8 +2,16 @@
 it, in one place, out of the serving packages (``retrieval`` and ``rerank`` hold only what
 answers a query).
 
+- :mod:`~indexer.training.pipeline`: a towers or reranker job from files to a registered
+  model (``shopsearch train towers|reranker`` without the command line): load
+  (:mod:`~indexer.training.inputs`), mine, prepare, train, card
+  (:mod:`~indexer.training.cards`), register.
+- :mod:`~indexer.training.loop`: the training loop both trainers run (steps, progress,
+  per-epoch dev measurement), under :mod:`~indexer.training.budget` (deadline, planned
+  steps, the "partial epoch" report); :mod:`~indexer.training.dev_metrics`: what they
+  measure on dev.
 - :mod:`~indexer.training.towers`: the two towers (contrastive fine-tuning, distillation
-  from the cross-encoder), the shared loop pieces (deadline, budget, seeding, dev set).
+  from the cross-encoder).
 - :mod:`~indexer.training.reranker`: the cross-encoder; :mod:`~indexer.training.distill`
   (teacher margins) and :mod:`~indexer.training.compress` (layer pruning, distilled labels).
 - :mod:`~indexer.training.mined_data`: judged queries mined into training pairs and

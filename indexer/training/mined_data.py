@@ -35,7 +35,7 @@ from indexer.embedding_cache import EmbeddingCache
 from indexer.judgments import EvalDataset, JudgedQuery
 from indexer.progress import ProgressFactory, no_progress
 from indexer.snapshot import LoadedSnapshot
-from indexer.training.towers import RetrievalDevSet
+from indexer.training.dev_metrics import RetrievalDevSet
 from retrieval.encoders import Encoder
 from retrieval.item_text import item_text
 from retrieval.lexical_index import LexicalIndex

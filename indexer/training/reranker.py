@@ -16,11 +16,13 @@ model learns to ignore topicality). Two losses (``RerankerTrainingConfig.loss``)
 not given: the 99th percentile rounded up to a multiple of 8; a pair is rarely cut and
 no batch pays for padding it does not need.
 
-Budgets and determinism as in :mod:`indexer.training.towers`: ``max_pairs``, ``epochs``,
-``max_steps`` (a fixed number of steps, whatever the machine's speed), ``max_minutes``
-(schedule shortened to what fits with a WARNING, clean stop at the deadline, always
-saved); the result's ``budget`` says what bounded the run and warns of a partial epoch.
-Per-epoch dev metrics over candidate lists: nDCG@10 of the full list (judged products
+Budgets and determinism as in every trainer (:mod:`indexer.training.budget`):
+``max_pairs``, ``epochs``, ``max_steps`` (a fixed number of steps, whatever the machine's
+speed), ``max_minutes`` (schedule shortened to what fits with a WARNING, clean stop at the
+deadline, always saved); the result's ``budget`` says what bounded the run and warns of a
+partial epoch. The loop is :func:`indexer.training.loop.run_loop`; this module supplies
+the batches (packed queries or pairs), the loss and the dev measurement.
+Per-epoch dev metrics over candidate lists (:mod:`indexer.training.dev_metrics`): nDCG@10 of the full list (judged products
 plus mined candidates, unjudged at gain 0, like protocol A restricted to the
 candidates), MRR@10, and protocol B's nDCG@10 over the judged products only.
 """
@@ -28,7 +30,6 @@ candidates), MRR@10, and protocol B's nDCG@10 over the judged products only.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,32 +37,25 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexer.training.towers import (
-    Deadline,
-    EpochLog,
-    LinearWarmupSchedule,
-    StepBudget,
+from indexer.training.budget import Deadline, TrainingBudget, TrainingError
+from indexer.training.dev_metrics import RerankDevSet, rerank_metrics
+from indexer.training.loop import (
+    Optimisation,
     StepCallback,
-    TrainingBudget,
-    TrainingError,
-    TrainingProgress,
     TrainingRun,
-    autocast,
-    make_adamw,
-    ndcg_at_k,
+    run_loop,
     save_loss_curve,
     seed_everything,
+    start_budget,
 )
 from retrieval.encoders import ModelError, resolve_device
 
 __all__ = [
     "RERANKER_LOSSES",
-    "RerankDevSet",
     "RerankerTrainingConfig",
     "RerankerTrainingResult",
     "choose_max_length",
     "query_groups",
-    "rerank_metrics",
     "train_reranker",
 ]
 
@@ -72,46 +66,6 @@ RERANKER_LOSSES: tuple[str, ...] = ("bce", "lambda")
 
 #: A query's pairs as one list: ``(query, item texts, labels)``.
 QueryGroup = tuple[str, list[str], list[float]]
-
-
-@dataclass(frozen=True)
-class RerankDevSet:
-    """Candidate lists to rerank: per query its item texts, their gains and whether each
-    was judged (protocol B ranks only the judged ones)."""
-
-    queries: list[str]
-    texts: list[list[str]]
-    gains: list[list[float]]
-    judged: list[list[bool]]
-
-    def __post_init__(self) -> None:
-        if not (len(self.queries) == len(self.texts) == len(self.gains) == len(self.judged)):
-            raise TrainingError(
-                "rerank dev set: queries, texts, gains and judged must have one entry per query"
-            )
-
-
-def rerank_metrics(
-    scores: Sequence[Sequence[float]], dev: RerankDevSet, *, k: int = 10
-) -> dict[str, float]:
-    """Mean over queries with a positive gain: nDCG@k of each full candidate list (unjudged
-    candidates have gain 0), MRR@k (any positive gain counts as relevant) and
-    ``b.ndcg@k``, nDCG@k of the judged candidates only (protocol B)."""
-    ndcgs, mrrs, b_ndcgs = [], [], []
-    for s, gains, judged in zip(scores, dev.gains, dev.judged, strict=True):
-        order = np.argsort(-np.asarray(s, dtype=float), kind="stable")
-        ranked = [gains[i] for i in order]
-        if any(g > 0 for g in gains):
-            ndcgs.append(ndcg_at_k(ranked, gains, k))
-            first = next((r for r, g in enumerate(ranked[:k], start=1) if g > 0), None)
-            mrrs.append(1.0 / first if first else 0.0)
-            judged_ranked = [gains[i] for i in order if judged[i]]
-            b_ndcgs.append(ndcg_at_k(judged_ranked, gains, k))
-    return {
-        f"ndcg@{k}": float(np.mean(ndcgs)) if ndcgs else 0.0,
-        f"mrr@{k}": float(np.mean(mrrs)) if mrrs else 0.0,
-        f"b.ndcg@{k}": float(np.mean(b_ndcgs)) if b_ndcgs else 0.0,
-    }
 
 
 def choose_max_length(
@@ -331,118 +285,63 @@ def train_reranker(
         order = np.random.default_rng([config.seed, epoch]).permutation(len(sizes))
         return _pack(order.tolist(), sizes, config.batch_size)
 
-    optimizer = make_adamw(model, config.learning_rate, config.weight_decay)
     # Packing whole queries makes epochs differ a little in length: count each.
-    planned = sum(len(epoch_steps(e)) for e in range(config.epochs))
-
-    dev_before: dict[str, float] = {}
-    eval_s = 0.0
-    if dev is not None:
-        t = time.monotonic()
-        dev_before = _evaluate(model, dev)
-        eval_s = time.monotonic() - t
-        log.info("dev before training: %s (%.1f s)", dev_before, eval_s)
-    # The dev measurement after each epoch must fit too: 1.5x its time in reserve.
-    budget = StepBudget(
+    epoch_plans = [epoch_steps(e) for e in range(config.epochs)]
+    budget, dev_before = start_budget(
         config,
-        len(epoch_steps(0)),
+        epoch_plans,
         deadline,
-        data_steps=planned,
-        reserve_s=eval_s * 1.5,
+        evaluate=None if dev is None else lambda: _evaluate(model, dev),
         logger=log,
     )
-    schedule = LinearWarmupSchedule(budget.planned, config.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-    losses: list[float] = []
-    epochs: list[EpochLog] = []
-    pairs_seen = steps = 0
-    for epoch in range(config.epochs):
-        epoch_losses: list[float] = []
-        go_on = True
-        for units in epoch_steps(epoch):
-            go_on = budget.before_step()
-            if not go_on:
-                break
-            model.train()
-            with autocast(device, config.bf16):
-                loss = step_loss(units)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            pairs_seen += sum(sizes[i] for i in units)
-            value = float(loss.detach().cpu())
-            losses.append(value)
-            epoch_losses.append(value)
-            if on_step:
-                on_step(TrainingProgress("train", steps, budget.planned, value))
-            go_on = budget.after_step(steps)
-            # The learning rate reaches 0 at the last step the budget allows.
-            schedule.shorten(budget.planned)
-            if not go_on:
-                break
-        metrics = _evaluate(model, dev)
-        epochs.append(
-            EpochLog(
-                epoch=epoch + 1,
-                steps=steps,
-                pairs_seen=pairs_seen,
-                mean_loss=float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
-                dev=metrics,
-                elapsed_s=round(deadline.elapsed(), 1),
-            )
-        )
-        log.info(
-            "epoch %d: %d steps, mean loss %.4f, dev %s",
-            epoch + 1,
-            steps,
-            epochs[-1].mean_loss,
-            metrics,
-        )
-        if not go_on:
-            break
-    if not losses:
-        raise TrainingError("the time budget ended before the first step; raise --max-minutes")
-    budget_card = budget.report(steps)
+    optimisation = Optimisation(model, config, budget.planned, device)
+    loop = run_loop(
+        epoch_plans,
+        lambda units: optimisation.step(lambda: step_loss(units)),
+        budget=budget,
+        schedule=optimisation.schedule,
+        deadline=deadline,
+        evaluate=lambda: _evaluate(model, dev),
+        size=lambda units: sum(sizes[i] for i in units),
+        on_step=on_step,
+        logger=log,
+    )
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(output_dir))
     curve = save_loss_curve(
-        losses,
+        loop.losses,
         output_dir / "loss_curve.png",
         title=(
             f"reranker - {'LambdaLoss over query lists' if config.loss == 'lambda' else 'BCE'}"
             f" on graded labels + mined negatives (max_length {max_length})"
         ),
-        epoch_ends=[e.steps for e in epochs[:-1]],
+        epoch_ends=[e.steps for e in loop.epochs[:-1]],
     )
     result = RerankerTrainingResult(
         output_dir=output_dir,
         max_length=max_length,
         length_stats=length_stats,
-        losses=losses,
-        epochs=epochs,
+        losses=loop.losses,
+        epochs=loop.epochs,
         dev_before=dev_before,
-        dev_after=epochs[-1].dev,
-        steps=steps,
-        planned_steps=planned,
-        pairs_seen=pairs_seen,
+        dev_after=loop.dev_after,
+        steps=loop.steps,
+        planned_steps=budget.plan.data_steps,
+        pairs_seen=loop.pairs_seen,
         train_pairs=len(pool),
         label_stats=label_stats,
         kept_layers=kept,
-        stopped_by=budget.stopped_by,
+        stopped_by=loop.stopped_by,
         wall_s=deadline.elapsed(),
         device=device,
-        budget=budget_card,
+        budget=loop.budget,
         loss_curve=curve,
     )
     log.info(
         "reranker trained: %d steps, %s, %.0f s, dev %s -> %s",
-        steps,
+        result.steps,
         result.stopped_by,
         result.wall_s,
         dev_before,

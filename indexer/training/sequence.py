@@ -39,7 +39,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from indexer.progress import ProgressFactory, no_progress
-from indexer.training.towers import Deadline, TrainingError, seed_everything
+from indexer.training.budget import Deadline, TrainingError
+from indexer.training.loop import seed_everything
 from retrieval.encoders import Encoder
 from retrieval.recommend.sequence import SequenceConfig, SequenceNet, save_model
 
