@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
@@ -96,27 +96,31 @@ def _write_trec(run: Mapping[str, Mapping[str, float]], out: TextIO, tag: str, d
             out.write(f"{qid} Q0 {doc_id} {rank} {score!r} {tag}\n")
 
 
-def _read_trec(path: Path) -> Run:
-    run: Run = {}
+def _fields(path: Path) -> Iterator[tuple[str, str, list[str]]]:
+    """``(path:line, line, whitespace-split fields)`` of each non-blank line."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{number}"
-            if len(fields) != 6:
-                raise RunFileError(
-                    f"{where}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}"
-                )
-            qid, _, doc_id, _, raw_score, _ = fields
-            try:
-                score = float(raw_score)
-            except ValueError:
-                raise RunFileError(f"{where}: score {raw_score!r} is not a number") from None
-            scores = run.setdefault(qid, {})
-            if doc_id in scores:
-                raise RunFileError(f"{where}: doc {doc_id!r} appears twice for query {qid!r}")
-            scores[doc_id] = score
+            if fields:
+                yield f"{path}:{number}", line, fields
+
+
+def _read_trec(path: Path) -> Run:
+    run: Run = {}
+    for where, _, fields in _fields(path):
+        if len(fields) != 6:
+            raise RunFileError(
+                f"{where}: expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}"
+            )
+        qid, _, doc_id, _, raw_score, _ = fields
+        try:
+            score = float(raw_score)
+        except ValueError:
+            raise RunFileError(f"{where}: score {raw_score!r} is not a number") from None
+        scores = run.setdefault(qid, {})
+        if doc_id in scores:
+            raise RunFileError(f"{where}: doc {doc_id!r} appears twice for query {qid!r}")
+        scores[doc_id] = score
     return run
 
 
@@ -185,28 +189,21 @@ def read_qrels(
     if not path.is_file():
         raise DatasetError(f"{path}: qrels file not found; expected lines 'qid 0 docid grade'")
     judgments: dict[str, dict[str, float]] = {qid: {} for qid in known or {}}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{number}"
-            if len(fields) != 4:
-                raise DatasetError(
-                    f"{where}: expected 4 fields 'qid 0 docid grade', got {len(fields)} in "
-                    f"{line.strip()[:80]!r}; ids must not contain spaces"
-                )
-            qid, _, docid, raw_grade = fields
-            grade = parse_grade(raw_grade, where, "the 4th field is the grade, e.g. 2 or 2.33")
-            if known is not None and qid not in judgments:
-                raise DatasetError(
-                    f"{where}: query {qid!r} is not in {known_in}; add it there or drop the line"
-                )
-            if docid in judgments.setdefault(qid, {}):
-                raise DatasetError(
-                    f"{where}: {qid} {docid} is judged twice; keep one line per pair"
-                )
-            judgments[qid][docid] = grade
+    for where, line, fields in _fields(path):
+        if len(fields) != 4:
+            raise DatasetError(
+                f"{where}: expected 4 fields 'qid 0 docid grade', got {len(fields)} in "
+                f"{line.strip()[:80]!r}; ids must not contain spaces"
+            )
+        qid, _, docid, raw_grade = fields
+        grade = parse_grade(raw_grade, where, "the 4th field is the grade, e.g. 2 or 2.33")
+        if known is not None and qid not in judgments:
+            raise DatasetError(
+                f"{where}: query {qid!r} is not in {known_in}; add it there or drop the line"
+            )
+        if docid in judgments.setdefault(qid, {}):
+            raise DatasetError(f"{where}: {qid} {docid} is judged twice; keep one line per pair")
+        judgments[qid][docid] = grade
     return judgments
 
 
