@@ -74,6 +74,7 @@ from retrieval.deadline import Deadline
 from retrieval.filters import InvalidFilterError
 from retrieval.lexical_index import LexicalIndexError
 from retrieval.recommend.base import HistoryItem
+from retrieval.search_params import ModeName
 from retrieval.types import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
@@ -551,7 +552,7 @@ def create_app(
             int,
             Query(ge=1, le=MAX_RESULT_WINDOW, description="page * size may not pass the window."),
         ] = 1,
-        mode: Annotated[str, Query(pattern="^(hybrid|dense|lexical)$")] = "hybrid",
+        mode: Annotated[ModeName, Query(description="Which legs answer.")] = "hybrid",
         deadline_ms: Annotated[int | None, Query(ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS)] = None,
         user: Annotated[
             str | None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from retrieval.fusion import FusionName
+from retrieval.search_params import MAX_NPROBE, FusionName, MergeName, ModeName, SearchParams
 from retrieval.types import RewriteReason
 
 __all__ = [
@@ -80,8 +80,6 @@ JSON_NUMBER = (Strict(False), BeforeValidator(_json_number))
 JsonInt = Annotated[int, Strict(False), BeforeValidator(_json_number)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-Mode = Literal["hybrid", "dense", "lexical"]
 
 
 class PriceRange(BaseModel):
@@ -190,7 +188,7 @@ class SearchRequest(BaseModel):
         description=f"1-based page number; page * size may not exceed {MAX_RESULT_WINDOW}.",
     )
     size: JsonInt = Field(10, ge=1, le=MAX_SIZE, description="Hits per page.")
-    mode: Mode = "hybrid"
+    mode: ModeName = "hybrid"
     filters: FilterSpec | None = None
     facets: list[FilterValue] | None = Field(
         None,
@@ -213,7 +211,7 @@ class SearchRequest(BaseModel):
         description="Weight of the reranker against the first stage "
         "(1: reranker only); None: the server's setting.",
     )
-    rerank_merge: Literal["scores", "ranks"] | None = Field(
+    rerank_merge: MergeName | None = Field(
         None,
         description="'scores' or 'ranks' (rerank/merge.py); None: the server's setting.",
     )
@@ -230,6 +228,12 @@ class SearchRequest(BaseModel):
     lexical_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
     depth: Annotated[int, Field(ge=1, le=10_000), *JSON_NUMBER] | None = Field(
         None, description="Candidates asked of each leg."
+    )
+    nprobe: Annotated[int, Field(ge=1, le=MAX_NPROBE), *JSON_NUMBER] | None = Field(
+        None,
+        description="IVF lists of the vector index probed for this request (more: better "
+        "recall, slower; capped at the index's list count; an exact index ignores it). "
+        "None: the server's setting.",
     )
     deadline_ms: (
         Annotated[int, Field(ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS), *JSON_NUMBER] | None
@@ -327,7 +331,7 @@ class FacetBucket(BaseModel):
 class SearchResponse(BaseModel):
     query_id: str
     q: str
-    mode: Mode
+    mode: ModeName
     hits: list[Hit]
     total: int = Field(description="Products in the candidate set that pass the filters.")
     page: int
@@ -356,6 +360,11 @@ class SearchResponse(BaseModel):
         default_factory=list,
         description="Work left out to meet the request's deadline, e.g. 'rerank' or "
         "'rerank depth 50 -> 20'; empty when the answer is complete.",
+    )
+    params: SearchParams | None = Field(
+        None,
+        description="With explain: every parameter the ranking ran with, the server's "
+        "defaults resolved (nprobe/refine_factor absent: the index's own).",
     )
     cached: bool = Field(
         False,

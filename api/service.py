@@ -7,6 +7,13 @@ Rewriting (``retrieval/query_rewrite.py``) writes units the catalog's way and co
 unknown words to catalog words; every later stage searches the rewritten text, and the
 response says what changed and why.
 
+Every knob of a ranking (mode, fusion and weights, leg depths, nprobe, rerank depth,
+weight and merge) travels as one frozen :class:`~retrieval.search_params.SearchParams`,
+resolved from the settings and the request by :meth:`SearchService.search_params`;
+:meth:`SearchService.retrieve` also takes one given (and a reranker to use instead of
+the service's), which is how evaluation runs its configurations without changing the
+service.
+
 Used by the HTTP API and, in-process, by evaluation and benchmarks. Every stage is
 timed; a stage that fails is listed in ``degraded`` and the answer is served from the
 stages that worked (only when both retrieval legs fail is it an error).
@@ -33,15 +40,17 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from api.facets import DEFAULT_FACETS, DEFAULT_PRICE_RANGES, compute_facets, render_hit
+from api.request_params import resolve_params
 from api.result_cache import ResultCache, result_key
 from api.schemas import (
     MAX_RESULT_WINDOW,
@@ -71,8 +80,8 @@ from retrieval.model_registry import towers_fine_tuned
 from retrieval.query_rewrite import QueryRewriter, product_words
 from retrieval.recommend.base import HistoryItem
 from retrieval.scoped_cache import CacheStats
+from retrieval.search_params import SearchParams
 from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
-from retrieval.vector_index import FaissIndex
 
 __all__ = [
     "DEFAULT_FACETS",
@@ -80,6 +89,7 @@ __all__ = [
     "DeadlineExceeded",
     "DenseObserver",
     "Retrieval",
+    "Scorer",
     "SearchService",
     "ServiceError",
     "normalize_query",
@@ -101,6 +111,14 @@ _MIN_RERANK = 5
 DenseObserver = Callable[
     [LoadedSnapshot, npt.NDArray[np.float32], npt.NDArray[np.int64], int], object
 ]
+
+
+class Scorer(Protocol):
+    """What the rerank stage needs of a cross-encoder: one score per ``(query, text)``
+    pair, higher is more relevant. :class:`rerank.cross_encoder.Reranker` is one;
+    evaluation passes a memo over one (``eval/runner.py``)."""
+
+    def score(self, query: str, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
 
 class ServiceError(ShopsearchError):
@@ -173,6 +191,8 @@ class Retrieval:
     cut: list[str] = field(default_factory=list)
     #: The fusion that combined the legs ("rrf", "weighted (bm25 0.8)"); "" for one leg.
     fusion: str = ""
+    #: What the request was answered with (None only before retrieve() fills it).
+    params: SearchParams | None = None
 
     @property
     def search_text(self) -> str:
@@ -323,10 +343,12 @@ class SearchService:
         self._check_models(snap)
         if (self.settings.spelling or self.settings.units) and REWRITER_KEY not in snap.extra:
             snap.extra[REWRITER_KEY] = self._build_rewriter(snap)
-        if isinstance(snap.vectors, FaissIndex):
-            snap.vectors.set_search_params(
-                nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
-            )
+        # Requests pass the server's nprobe and refine factor with every search
+        # (SearchParams); set as the index's own too, before it is shared, for the readers
+        # that search it without a SearchParams (recommendations' text neighbours).
+        snap.vectors.set_search_params(
+            nprobe=self.settings.nprobe, refine_factor=self.settings.refine_factor
+        )
         # Warm up on the new snapshot before it takes traffic: the first query through
         # torch and FAISS pays one-off allocation costs (~250 ms here).
         snap.vectors.search(self.query_encoder.encode_query(["warm up"]), 10)
@@ -452,14 +474,40 @@ class SearchService:
             return None
         return rewriter.rewrite(query, units=self.settings.units, spelling=self.settings.spelling)
 
+    def search_params(
+        self, request: SearchRequest, overrides: Mapping[str, object] | None = None
+    ) -> SearchParams:
+        """What ``request`` is answered with: this server's defaults, then the request's
+        fields that are set, then ``overrides`` (:class:`SearchParams` field names;
+        evaluation's configurations); see :func:`api.request_params.resolve_params`.
+
+        Raises:
+            ValueError: an unknown name or a value out of range in ``overrides``.
+        """
+        return resolve_params(
+            self.settings,
+            self.default_fusion,
+            request,
+            overrides,
+            reranker=self.reranker is not None,
+        )
+
     def retrieve(
         self,
         request: SearchRequest,
         deadline: Deadline | None = None,
         *,
+        params: SearchParams | None = None,
+        scorer: Scorer | None = None,
         on_dense: DenseObserver | None = None,
     ) -> Retrieval:
         """Run retrieval, fusion, filtering and rerank for ``request`` (no paging).
+
+        ``params`` (default: :meth:`search_params` of ``request``) decides every stage;
+        ``request`` gives the query, filters and page. ``scorer`` reranks instead of the
+        service's reranker, without the service's score cache (its caller caches, or
+        counts every pair); the service itself is not changed, so concurrent calls may
+        pass different ones.
 
         ``deadline`` (default: none) is checked between stages: once it has passed, the
         stages not yet run are cut (``Retrieval.cut``) and the answer comes from what
@@ -471,23 +519,24 @@ class SearchService:
         the dense leg's last answer (the widest, when filters widened the search).
         """
         deadline = deadline or Deadline.none()
+        params = params or self.search_params(request)
         snap = self.snapshot
         table = snap.table
         filters = to_filters(request.filters)
         table.check(filters)  # unknown attribute -> InvalidFilterError before any work
         query = normalize_query(request.q)
-        result = Retrieval(snapshot=snap, query=query)
+        result = Retrieval(snapshot=snap, query=query, params=params)
         timings = result.timings_ms
-        if request.rewrite is not False:
+        if params.rewrite:
             t = time.perf_counter()
             result.rewrite = self.rewrite_query(query, snap)
             if result.rewrite is not None:
                 timings["rewrite"] = _ms(t)
                 query = result.search_text
         need = min(request.page * request.size, MAX_RESULT_WINDOW)
-        depth = request.depth or max(self.settings.leg_depth, need)
-        use_dense = request.mode in ("hybrid", "dense")
-        use_lexical = request.mode in ("hybrid", "lexical")
+        depth = params.leg_depth
+        use_dense = params.mode in ("hybrid", "dense")
+        use_lexical = params.mode in ("hybrid", "lexical")
 
         qvec = None
         dense_rows: npt.NDArray[np.int64] | None = None  # the dense leg's last answer
@@ -514,7 +563,13 @@ class SearchService:
             if use_dense and qvec is not None:
                 t = time.perf_counter()
                 try:
-                    scores, rows = snap.vectors.search(qvec, depth)
+                    scores, rows = snap.vectors.search(
+                        qvec,
+                        depth,
+                        nprobe=params.nprobe,
+                        refine_factor=params.refine_factor,
+                        exact=params.exact_dense,
+                    )
                     keep = rows[0] >= 0
                     dense_rows = rows[0][keep]
                     result.dense = list(
@@ -560,7 +615,7 @@ class SearchService:
                 raise ServiceError(f"every retrieval leg failed ({', '.join(result.degraded)})")
 
             t = time.perf_counter()
-            result.fused, result.fusion = self._fuse(result.dense, result.lexical, request)
+            result.fused, result.fusion = self._fuse(result.dense, result.lexical, params)
             timings["fuse"] = timings.get("fuse", 0.0) + _ms(t)
 
             t = time.perf_counter()
@@ -570,34 +625,27 @@ class SearchService:
             more_exists = dense_full or lexical_full
             if filters.is_empty() or len(result.filtered) >= need or not more_exists:
                 break
-            if depth >= self.settings.max_depth:
+            if depth >= params.max_depth:
                 break
             if deadline.expired():
                 result.cut.append("widen")
                 break
-            depth = min(depth * 4, self.settings.max_depth)  # widen: filters ate the candidates
+            depth = min(depth * 4, params.max_depth)  # widen: filters ate the candidates
 
         if on_dense is not None and use_dense and qvec is not None and dense_rows is not None:
             on_dense(snap, qvec, dense_rows, result.depth)
-        self._rerank(request, result, deadline)
+        self._rerank(params, result, deadline, scorer)
         return result
 
     def _fuse(
         self,
         dense: Sequence[tuple[int, float]],
         lexical: Sequence[tuple[int, float]],
-        request: SearchRequest,
+        params: SearchParams,
     ) -> tuple[list[Candidate], str]:
         """The fused candidates, best first, and the fusion that ranked them in words."""
-        default = self.default_fusion
-        method = FusionMethod(request.fusion) if request.fusion else default.method
-        weight = request.lexical_weight
-        if weight is None:
-            # The default's weight goes with the default's method; a request that names
-            # a weighted method without a weight gets the configured one.
-            weight = (
-                default.lexical_weight if request.fusion is None else self.settings.lexical_weight
-            )
+        method = FusionMethod(params.fusion)
+        weight = params.lexical_weight
         fused = fuse(method, dense, lexical, lexical_weight=weight)
         described = describe(method, weight)
         if not (dense and lexical):
@@ -620,15 +668,16 @@ class SearchService:
         )
         return ranked, described
 
-    def _rerank(self, request: SearchRequest, result: Retrieval, deadline: Deadline) -> None:
-        wanted = request.rerank if request.rerank is not None else self.reranker is not None
-        if not wanted:
+    def _rerank(
+        self, params: SearchParams, result: Retrieval, deadline: Deadline, scorer: Scorer | None
+    ) -> None:
+        if not params.rerank:
             result.rerank_status = "off"
             return
-        if self.reranker is None:
+        if scorer is None and self.reranker is None:
             result.rerank_status = "skipped (no model)"
             return
-        depth = min(request.rerank_depth or self.settings.rerank_depth, len(result.filtered))
+        depth = min(params.rerank_depth, len(result.filtered))
         fits = self._rerank_fits(depth, deadline)
         if fits < _MIN_RERANK:
             result.cut.append("rerank")
@@ -640,7 +689,7 @@ class SearchService:
         head = result.filtered[:depth]
         t = time.perf_counter()
         try:
-            scores, scored = self._score_pairs(self.reranker, result, head)
+            scores, scored = self._score_pairs(scorer, result, head)
         except Exception:
             log.exception("rerank failed; serving the fused order")
             result.degraded.append("rerank")
@@ -648,16 +697,13 @@ class SearchService:
             return
         finally:
             result.timings_ms["rerank"] = _ms(t)
-        if scored:  # the cost per candidate scored, for deciding what fits the next deadline
+        # The cost per candidate scored, for deciding what fits the next deadline: of the
+        # service's own reranker only (a caller's scorer, e.g. eval's memo, costs its own).
+        if scored and scorer is None:
             per = result.timings_ms["rerank"] / scored
             self._rerank_ms = per if self._rerank_ms is None else 0.8 * self._rerank_ms + 0.2 * per
-        weight = (
-            request.rerank_weight
-            if request.rerank_weight is not None
-            else self.settings.rerank_weight
-        )
-        method = request.rerank_merge or self.settings.rerank_merge
-        if method == "scores":
+        weight = params.rerank_weight
+        if params.rerank_merge == "scores":
             merged = merge_scores(
                 scores.tolist(),
                 [c.lexical_score for c in head],
@@ -675,12 +721,18 @@ class SearchService:
         result.rerank_status = f"applied ({len(head)} candidates)"
 
     def _score_pairs(
-        self, reranker: Reranker, result: Retrieval, head: Sequence[Candidate]
+        self, scorer: Scorer | None, result: Retrieval, head: Sequence[Candidate]
     ) -> tuple[npt.NDArray[np.float32], int]:
-        """The reranker's scores of ``head`` for the text searched, and how many pairs it
-        computed: the others came from the score cache, with the same scores."""
+        """The scores of ``head`` for the text searched, by ``scorer`` (uncached) or else
+        the service's reranker, and how many pairs were computed: the others came from
+        the score cache, with the same scores."""
         products = result.snapshot.table.products
         texts = [item_text(products[c.row]) for c in head]
+        if scorer is not None:
+            return scorer.score(result.search_text, texts), len(texts)
+        reranker = self.reranker
+        if reranker is None:  # _rerank checked; kept for the type checker
+            raise ServiceError("no reranker is configured")
         if self.score_cache is None:
             return reranker.score(result.search_text, texts), len(texts)
         cached = self.score_cache.score(
@@ -763,7 +815,7 @@ class SearchService:
         response = SearchResponse(
             query_id=uuid.uuid4().hex,
             q=result.query,
-            mode=request.mode,
+            mode=result.params.mode if result.params is not None else request.mode,
             hits=hits,
             total=len(result.filtered),
             page=request.page,
@@ -776,6 +828,7 @@ class SearchService:
             fusion=result.fusion,
             degraded=result.degraded,
             cut=result.cut,
+            params=result.params if request.explain else None,
             personalized=personalized,
             rewrite=(
                 RewriteOut(
@@ -823,7 +876,7 @@ def _ms(start: float) -> float:
 
 
 def _reranker_key(reranker: Reranker) -> str:
-    # getattr: eval wraps the reranker in a memo that passes attributes through.
+    # getattr: a test's stand-in for the reranker may have no length bound.
     return model_key(reranker.info, getattr(reranker, "max_length", None))
 
 

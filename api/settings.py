@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.events.privacy import check_key
 from rerank.cross_encoder import RerankerBackend
-from rerank.merge import DEFAULT_RERANK_WEIGHT, MergeMethod
+from rerank.merge import DEFAULT_RERANK_WEIGHT
 from retrieval.encoders import EncoderBackend
 from retrieval.fusion import BASE_TOWERS_LEXICAL_WEIGHT
+from retrieval.search_params import FUSION_NAMES, MAX_NPROBE, FusionName, MergeName
 
 if TYPE_CHECKING:
     from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
         le=100_000,
         description="Widening limit of leg depth when filters leave too few.",
     )
-    fusion: Literal["auto", "rrf", "weighted", "weighted-rrf"] = Field(
+    fusion: Literal["auto"] | FusionName = Field(
         "auto",
         description="Default fusion method. 'auto': RRF with towers fine-tuned by "
         "`shopsearch train towers` (their model card says so), a BM25-led weighted RRF "
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
         description="Weight of the reranker in the merge with the first stage (0: first "
         "stage only, 1: reranker only); chosen on the Home Depot dev split.",
     )
-    rerank_merge: MergeMethod = Field(
+    rerank_merge: MergeName = Field(
         "scores",
         description="How reranker scores merge with the first stage: 'scores' (weighted sum "
         "of standardized reranker, BM25 and cosine scores) or 'ranks' (weighted RRF of the "
@@ -128,8 +129,18 @@ class Settings(BaseSettings):
         description="Correct unknown query words to catalog words before retrieval "
         "(retrieval/spelling.py). A request turns both rewrites off with rewrite=false.",
     )
-    nprobe: int | None = Field(None, ge=1, description="Override the snapshot's IVF nprobe.")
-    refine_factor: int | None = Field(None, ge=1, description="Override the refine depth factor.")
+    nprobe: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_NPROBE,
+        description="IVF lists probed per query, instead of the snapshot's own; a request's "
+        "nprobe overrides it for that request.",
+    )
+    refine_factor: int | None = Field(
+        None,
+        ge=1,
+        description="PQ candidates re-scored exactly per result, instead of the snapshot's own.",
+    )
     live_recall_sample: float = Field(
         0.01,
         ge=0.0,
@@ -308,6 +319,16 @@ class Settings(BaseSettings):
         description="Refresh policy of incremental updates: wait_for (visible on return), "
         "true (force a refresh), false (visible within the refresh interval).",
     )
+
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _fusion_choice(cls, value: object) -> object:
+        # One error naming every choice, instead of one per member of the union.
+        if value != "auto" and value not in FUSION_NAMES:
+            raise ValueError(
+                f"fusion must be one of auto, {', '.join(FUSION_NAMES)}; got {value!r}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> Settings:

@@ -25,6 +25,7 @@ from rich.table import Table
 from api.cli_common import models_dir_setting
 from api.settings import Settings
 from retrieval.model_registry import resolve_model
+from retrieval.search_params import MODE_NAMES, PARAM_NAMES
 
 __all__ = ["bench_command", "eval_app"]
 
@@ -180,6 +181,16 @@ def evaluate(
             "manifest): its configurations join the same table as '<name>@<model id>'."
         ),
     ] = None,
+    param_sweeps: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sweep",
+            help="NAME=V1,V2,...: adds a copy of each chosen configuration per value of the "
+            "search parameter NAME, named '<config>-<NAME>-<V>' (e.g. --configs default --sweep "
+            "nprobe=1,4,16 gives default-nprobe-1, -4, -16). NAME is any field of "
+            f"SearchParams: {', '.join(PARAM_NAMES)}. Repeat to sweep a grid.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the serving snapshot on judged queries (protocol A and B).
 
@@ -191,7 +202,12 @@ def evaluate(
     from api.service import SearchService
     from eval.gate import check_gate, load_gate_metrics
     from eval.report import write_report
-    from eval.runner import default_configurations, evaluate_configurations
+    from eval.runner import (
+        default_configurations,
+        evaluate_configurations,
+        parse_sweep,
+        sweep_configurations,
+    )
     from indexer.judgments import write_run
     from retrieval.types import ShopsearchError
 
@@ -205,6 +221,10 @@ def evaluate(
         updates["reranker_dir"] = resolve_model(str(reranker), models_dir_setting())
     # Without --model, SearchService serves with the towers that built the snapshot.
     settings = settings.model_copy(update=updates)
+    try:
+        sweeps = [parse_sweep(text) for text in param_sweeps or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sweep") from exc
     dataset = _load_dataset(homedepot_dir, split, queries, qrels, limit, gain_offset)
     try:
         service = SearchService(settings)
@@ -244,6 +264,7 @@ def evaluate(
         chosen = [by_name[w] for w in wanted]
     else:
         chosen = available
+    chosen = sweep_configurations(chosen, sweeps)
     out = out or Path("var/eval") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -253,9 +274,12 @@ def evaluate(
             task = bars.add_task(name, total=total)
             return lambda n: bars.advance(task, n)
 
-        outcomes = evaluate_configurations(
-            service, dataset, chosen, depth=depth, rerank_depth=rerank_depth, progress=progress
-        )
+        try:
+            outcomes = evaluate_configurations(
+                service, dataset, chosen, depth=depth, rerank_depth=rerank_depth, progress=progress
+            )
+        except ValueError as exc:  # a configuration out of range, checked before any query
+            raise typer.BadParameter(str(exc)) from exc
         if compare_index_dir is not None:
             outcomes += _compare_outcomes(
                 settings, compare_index_dir, dataset, chosen, depth, rerank_depth, progress
@@ -405,7 +429,7 @@ def bench_command(
     ] = None,
     n: Annotated[int, typer.Option(help="Queries measured (after --warmup).")] = 500,
     warmup: Annotated[int, typer.Option(help="Queries run first and not measured.")] = 50,
-    mode: Annotated[str, typer.Option(help="hybrid, dense or lexical.")] = "hybrid",
+    mode: Annotated[str, typer.Option(help=f"One of {', '.join(MODE_NAMES)}.")] = "hybrid",
     rerank: Annotated[bool, typer.Option(help="Rerank (needs --reranker).")] = False,
     reranker: Annotated[Path | None, typer.Option(help="Cross-encoder dir.")] = None,
     rerank_depth: Annotated[int, typer.Option(help="Candidates the reranker scores.")] = 50,

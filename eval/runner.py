@@ -1,26 +1,29 @@
 """Run configurations of the engine over a judged dataset, in-process.
 
-Each :class:`Configuration` is a way of answering (mode, fusion, rerank, exact or
-approximate dense index). :func:`evaluate_configurations` runs every query of the
-dataset through :meth:`api.service.SearchService.retrieve` for each configuration,
-keeps the top ``depth`` products as a run, the candidates after each stage (for stage
-recall) and the per-query latency, and scores them with protocol A (and B where a
-scorer exists).
+Each :class:`Configuration` is a way of answering: overrides of the service's
+:class:`~retrieval.search_params.SearchParams` (mode, fusion, rerank, exact or
+approximate dense index, nprobe, ...). :func:`evaluate_configurations` runs every query
+of the dataset through :meth:`api.service.SearchService.retrieve` with each
+configuration's parameters, keeps the top ``depth`` products as a run, the candidates
+after each stage (for stage recall) and the per-query latency, and scores them with
+protocol A (and B where a scorer exists). The service is only searched, never changed:
+the reranker memo is passed per call, the exact dense leg is a parameter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from api.schemas import SearchRequest
-from api.service import SearchService, normalize_query
+from api.service import Scorer, SearchService, normalize_query
 from eval.loadtest import summarize_latencies
 from eval.metrics import (
     MetricsResult,
@@ -32,13 +35,22 @@ from eval.metrics import (
 from eval.report import ConfigResult
 from indexer.judgments import EvalDataset, JudgedQuery, Run
 from retrieval.item_text import item_text
-from retrieval.vector_index import ExactIndex, FaissIndex
+from retrieval.search_params import (
+    PARAM_NAMES,
+    FusionName,
+    MergeName,
+    ModeName,
+    SearchParams,
+    parse_param,
+)
 
 __all__ = [
     "Configuration",
     "EvalOutcome",
     "default_configurations",
     "evaluate_configurations",
+    "parse_sweep",
+    "sweep_configurations",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,27 +63,69 @@ STAGE_RECALL_K = 100
 
 @dataclass(frozen=True, slots=True)
 class Configuration:
-    """One way of answering, evaluated as a whole."""
+    """One way of answering, evaluated as a whole: :class:`SearchParams` overrides.
+
+    The named fields are the overrides every evaluation sets (each is the
+    :class:`SearchParams` field of the same name; None: the service's); ``overrides``
+    sets any other field (``{"nprobe": 4}``: what ``--sweep`` adds) and wins over them.
+    Unless ``serve_defaults``, the legs are asked for the run's depth and the reranker
+    scores the evaluation's rerank depth.
+    """
 
     name: str
-    mode: str = "hybrid"
+    mode: ModeName = "hybrid"
     #: None: the service's default fusion (``SearchService.default_fusion``).
-    fusion: str | None = "rrf"
+    fusion: FusionName | None = "rrf"
     lexical_weight: float | None = None
     rerank: bool = False
     #: Weight of the reranker in ``rerank.merge``; None: the service's setting.
     rerank_weight: float | None = None
-    #: ``rerank.merge`` method ("scores" or "ranks"); None: the service's setting.
-    rerank_merge: str | None = None
+    #: ``rerank.merge`` method; None: the service's setting.
+    rerank_merge: MergeName | None = None
     exact_dense: bool = False
     #: Query rewriting (units, spelling); None: the service's settings (on by default).
     rewrite: bool | None = None
     #: Ask exactly as ``serve`` answers a request that sets nothing: the service's leg
     #: depth, fusion, rerank depth and merge (the run's depth is ignored).
     serve_defaults: bool = False
+    #: Any :class:`SearchParams` field by name (checked at construction).
+    overrides: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.overrides) - set(PARAM_NAMES))
+        if unknown:
+            raise ValueError(
+                f"configuration {self.name}: unknown search parameter(s) {unknown}; choose "
+                f"from {', '.join(PARAM_NAMES)}"
+            )
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name" and v is not None}
+        """What this configuration sets, as reported in metrics.json (``overrides``
+        flattened in, so a swept ``nprobe`` reads as one)."""
+        fields = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("name", "overrides") and v is not None
+        }
+        return {**fields, **self.overrides}
+
+    def search_overrides(self, depth: int, rerank_depth: int) -> dict[str, object]:
+        """The :class:`SearchParams` overrides of this configuration in a run of
+        ``depth`` whose reranker scores ``rerank_depth`` candidates."""
+        named: dict[str, object] = {
+            "mode": self.mode,
+            "fusion": self.fusion,
+            "lexical_weight": self.lexical_weight,
+            "rerank": self.rerank,
+            "rerank_weight": self.rerank_weight,
+            "rerank_merge": self.rerank_merge,
+            "exact_dense": self.exact_dense or None,
+            "rewrite": self.rewrite,
+        }
+        if self.serve_defaults:
+            return dict(self.overrides)  # as serve answers a request that sets nothing
+        named.update(leg_depth=depth, rerank_depth=rerank_depth if self.rerank else None)
+        return {**{k: v for k, v in named.items() if v is not None}, **self.overrides}
 
 
 def default_configurations(
@@ -123,21 +177,66 @@ def default_configurations(
     return configs
 
 
+def parse_sweep(text: str) -> tuple[str, tuple[object, ...]]:
+    """``"nprobe=1,4,16"`` as ``("nprobe", (1, 4, 16))``: a :class:`SearchParams` field
+    and values of its type (ranges are checked when the configurations are evaluated).
+
+    Raises:
+        ValueError: not ``NAME=V1,V2,...``, an unknown field, or a value of another type.
+    """
+    name, sep, values = text.partition("=")
+    parts = [v for v in values.split(",") if v.strip()]
+    if not sep or not name.strip() or not parts:
+        raise ValueError(
+            f"sweep {text!r} is not NAME=V1,V2,...; e.g. nprobe=1,4,16 "
+            f"(NAME: one of {', '.join(PARAM_NAMES)})"
+        )
+    return name.strip(), tuple(parse_param(name.strip(), v) for v in parts)
+
+
+def sweep_configurations(
+    configs: Sequence[Configuration], sweeps: Sequence[tuple[str, Sequence[object]]]
+) -> list[Configuration]:
+    """Each configuration followed by one copy per combination of the swept values (the
+    product over ``sweeps``), named ``<name>-<field>-<value>`` per swept field, e.g.
+    ``default-nprobe-4``; a swept value overrides the configuration's own."""
+    choices = [[(name, value) for value in values] for name, values in sweeps]
+    out: list[Configuration] = []
+    for config in configs:
+        out.append(config)
+        if not choices:
+            continue
+        for combo in itertools.product(*choices):
+            suffix = "".join(f"-{name}-{_label(value)}" for name, value in combo)
+            out.append(
+                dataclasses.replace(
+                    config, name=config.name + suffix, overrides={**config.overrides, **dict(combo)}
+                )
+            )
+    return out
+
+
+def _label(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 class _RerankMemo:
-    """The service's reranker with its scores remembered per ``(query, text)``.
+    """A reranker with its scores remembered per ``(query, text)``: the scorer eval
+    passes to each search (:class:`api.service.Scorer`).
 
     Configurations that rerank the same candidates (a sweep of the merge weight, or of
     fusion methods that share a head) score each pair once. ``hits`` counts the pairs
     served from memory, so a configuration whose latency they would flatter can say so.
     """
 
-    def __init__(self, reranker: Any) -> None:
+    def __init__(self, reranker: Scorer) -> None:
         self.reranker = reranker
         self.memo: dict[tuple[str, str], float] = {}
         self.hits = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.reranker, name)
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
         distinct = list(dict.fromkeys(texts))  # identical titles are scored once per call
@@ -181,12 +280,16 @@ class EvalOutcome:
         )
 
 
-def _serve_request(service: SearchService, text: str) -> SearchRequest:
-    """The request ``serve`` gets for ``text`` when the client sets nothing but a page
-    size of up to 100 (so recall@100 is measurable): every stage runs as configured.
-    The service's leg depth is at least 100 by default, so the ranked list is the one
-    every page of the default answer is cut from."""
-    return SearchRequest(q=text, size=min(100, service.settings.leg_depth))
+def _request(service: SearchService, config: Configuration, text: str, depth: int) -> SearchRequest:
+    """The request of ``config`` for ``text``: one page of up to 100 hits (so recall@100
+    is measurable); the configuration's parameters go beside it (``search_overrides``).
+
+    A ``serve_defaults`` configuration asks what ``serve`` gets when the client sets
+    nothing but that page size: every stage runs as configured. The service's leg depth
+    is at least 100 by default, so the ranked list is the one every page of the default
+    answer is cut from."""
+    size = service.settings.leg_depth if config.serve_defaults else depth
+    return SearchRequest(q=text, size=min(100, size))
 
 
 def _searched(service: SearchService, text: str) -> str:
@@ -199,28 +302,26 @@ def _searched(service: SearchService, text: str) -> str:
 def _dense_scorer(
     service: SearchService,
 ) -> Callable[[JudgedQuery, Sequence[str]], Sequence[float]]:
-    """Protocol B with the two towers: cosine of the query and each judged product."""
+    """Protocol B with the two towers: cosine of the query and each judged product
+    (its stored vector, not the index's quantized copy)."""
     snap = service.snapshot
-    vectors = snap.vectors.vectors if isinstance(snap.vectors, (ExactIndex, FaissIndex)) else None
 
     def score(query: JudgedQuery, ids: Sequence[str]) -> Sequence[float]:
         qvec = service.encoder.encode_query([_searched(service, query.text)])[0]
         rows = [snap.table.row_of.get(pid) for pid in ids]
-        if vectors is None:
-            return [0.0] * len(ids)
-        return [float(vectors[r] @ qvec) if r is not None else -1.0 for r in rows]
+        found = np.asarray([r for r in rows if r is not None], dtype=np.int64)
+        stored = iter(snap.vectors.vectors_of(found))
+        # One product at a time, as ever: a matrix product may round differently.
+        return [float(next(stored) @ qvec) if r is not None else -1.0 for r in rows]
 
     return score
 
 
 def _rerank_scorer(
-    service: SearchService,
+    service: SearchService, reranker: Scorer
 ) -> Callable[[JudgedQuery, Sequence[str]], Sequence[float]]:
     """Protocol B with the cross-encoder over each judged product's item text."""
-    reranker = service.reranker
     table = service.snapshot.table
-    if reranker is None:
-        raise ValueError("no reranker is configured")
 
     def score(query: JudgedQuery, ids: Sequence[str]) -> Sequence[float]:
         texts = [
@@ -254,35 +355,51 @@ def evaluate_configurations(
 ) -> list[EvalOutcome]:
     """Evaluate each configuration on every judged query of ``dataset``.
 
-    The service must have its snapshot loaded; for ``exact_dense`` configurations the
-    vector index is swapped for the exact oracle over the same stored vectors, and put
-    back afterwards.
+    The service must have its snapshot loaded; it is only searched (each configuration's
+    parameters and the reranker memo go with every call), so it serves as before after.
+
+    Raises:
+        ValueError: a configuration reranks and the service has no reranker, or sets a
+            search parameter out of range.
     """
     outcomes: list[EvalOutcome] = []
     queries = [q for q in dataset.queries if q.judgments]
-    real_reranker = service.reranker
-    memo = _RerankMemo(real_reranker) if real_reranker is not None else None
-    service.reranker = memo  # type: ignore[assignment]
-    # The memo must see every pair (its hits mark latencies it flatters): the service's
-    # own score cache would answer repeats before it.
-    score_cache, service.score_cache = service.score_cache, None
-    try:
-        _run_configurations(
-            service,
-            dataset,
-            queries,
-            configs,
-            depth,
-            rerank_depth,
-            protocol_b,
-            progress,
-            outcomes,
-            memo,
-        )
-    finally:
-        service.reranker = real_reranker
-        service.score_cache = score_cache
+    # Passed as the scorer of each search, so the service's own score cache is bypassed:
+    # the memo must see every pair (its hits mark latencies it flatters).
+    memo = _RerankMemo(service.reranker) if service.reranker is not None else None
+    _run_configurations(
+        service,
+        dataset,
+        queries,
+        configs,
+        depth,
+        rerank_depth,
+        protocol_b,
+        progress,
+        outcomes,
+        memo,
+    )
     return outcomes
+
+
+def _params(
+    service: SearchService,
+    config: Configuration,
+    depth: int,
+    rerank_depth: int,
+    memo: _RerankMemo | None,
+) -> SearchParams:
+    """What ``config`` searches with (the same for every query: only the text differs),
+    resolved before any query runs so a bad configuration fails at once."""
+    try:
+        params = service.search_params(
+            _request(service, config, "probe", depth), config.search_overrides(depth, rerank_depth)
+        )
+    except ValueError as exc:
+        raise ValueError(f"configuration {config.name}: {exc}") from exc
+    if (config.rerank or params.rerank) and memo is None:
+        raise ValueError(f"configuration {config.name} needs a reranker; pass --reranker")
+    return params
 
 
 def _run_configurations(
@@ -297,24 +414,11 @@ def _run_configurations(
     outcomes: list[EvalOutcome],
     memo: _RerankMemo | None,
 ) -> None:
-    original = service.snapshot
-    exact_snapshot = None
+    ids = service.snapshot.table.products
     b_cache: dict[str, MetricsResult] = {}
-    for config in configs:
+    resolved = [_params(service, config, depth, rerank_depth, memo) for config in configs]
+    for config, params in zip(configs, resolved, strict=True):
         hits_before = memo.hits if memo is not None else 0
-        if config.rerank and service.reranker is None:
-            raise ValueError(f"configuration {config.name} needs a reranker; pass --reranker")
-        if config.exact_dense:
-            if exact_snapshot is None:
-                vectors = getattr(original.vectors, "vectors", None)
-                if vectors is None:
-                    raise ValueError(
-                        "the snapshot's vector index keeps no stored vectors for an exact oracle"
-                    )
-                exact = ExactIndex(vectors)
-                exact.alive = original.vectors.alive.copy()  # type: ignore[attr-defined]
-                exact_snapshot = dataclasses.replace(original, vectors=exact)
-            service.use_snapshot(exact_snapshot)
         run: Run = {}
         stages: dict[str, dict[str, list[str]]] = {
             "dense": {},
@@ -323,51 +427,33 @@ def _run_configurations(
             "final": {},
         }
         latencies: list[float] = []
-        ids = original.table.products
         advance = progress(config.name, len(queries)) if progress is not None else None
-        try:
-            for query in queries:
-                request = (
-                    _serve_request(service, query.text)
-                    if config.serve_defaults
-                    else SearchRequest(
-                        q=query.text,
-                        size=min(100, depth),
-                        mode=config.mode,  # type: ignore[arg-type]
-                        fusion=config.fusion,  # type: ignore[arg-type]
-                        lexical_weight=config.lexical_weight,
-                        rerank=config.rerank,
-                        rerank_depth=rerank_depth if config.rerank else None,
-                        rerank_weight=config.rerank_weight,
-                        rerank_merge=config.rerank_merge,  # type: ignore[arg-type]
-                        rewrite=config.rewrite,
-                        depth=depth,
-                    )
-                )
-                started = time.perf_counter()
-                result = service.retrieve(request)
-                latencies.append((time.perf_counter() - started) * 1000.0)
-                final = result.filtered[:depth]
-                # Rank-based scores: exact ties in fused scores must not reorder the run.
-                run[query.qid] = {ids[c.row].id: float(depth - i) for i, c in enumerate(final)}
-                stages["dense"][query.qid] = [ids[r].id for r, _ in result.dense]
-                stages["lexical"][query.qid] = [ids[r].id for r, _ in result.lexical]
-                stages["fused"][query.qid] = [ids[c.row].id for c in result.fused]
-                stages["final"][query.qid] = [ids[c.row].id for c in final]
-                if advance is not None:
-                    advance(1)
-        finally:
-            service.use_snapshot(original)
+        for query in queries:
+            request = _request(service, config, query.text, depth)
+            started = time.perf_counter()
+            result = service.retrieve(request, params=params, scorer=memo)
+            latencies.append((time.perf_counter() - started) * 1000.0)
+            final = result.filtered[:depth]
+            # Rank-based scores: exact ties in fused scores must not reorder the run.
+            run[query.qid] = {ids[c.row].id: float(depth - i) for i, c in enumerate(final)}
+            stages["dense"][query.qid] = [ids[r].id for r, _ in result.dense]
+            stages["lexical"][query.qid] = [ids[r].id for r, _ in result.lexical]
+            stages["fused"][query.qid] = [ids[c.row].id for c in result.fused]
+            stages["final"][query.qid] = [ids[c.row].id for c in final]
+            if advance is not None:
+                advance(1)
         reused = memo is not None and memo.hits > hits_before  # before protocol B scores more
         a = evaluate_protocol_a(dataset, run)
         # Protocol B orders each query's judged products by one scorer: the two towers'
         # cosine for dense configurations, the cross-encoder for reranked ones.
         b = None
-        scorer_kind = "rerank" if config.rerank else ("dense" if config.mode == "dense" else None)
+        scorer_kind = "rerank" if params.rerank else ("dense" if params.mode == "dense" else None)
         if protocol_b and scorer_kind is not None:
             if scorer_kind not in b_cache:
                 scorer = (
-                    _rerank_scorer(service) if scorer_kind == "rerank" else _dense_scorer(service)
+                    _rerank_scorer(service, memo)
+                    if scorer_kind == "rerank" and memo is not None
+                    else _dense_scorer(service)
                 )
                 b_cache[scorer_kind] = evaluate_protocol_b(dataset, rerank_run(dataset, scorer))
             b = b_cache[scorer_kind]
@@ -377,7 +463,7 @@ def _run_configurations(
             b = evaluate_protocol_b(dataset, rerank_run(dataset, _run_scorer(run)))
         used = {k: v for k, v in stages.items() if any(v.values())}
         recall = stage_recall(dataset, used, k=STAGE_RECALL_K)
-        if config.rerank and reused:
+        if params.rerank and reused:
             # Scores came from an earlier configuration: its latency would flatter this one.
             log.info("%s: rerank scores reused from memory; latency not reported", config.name)
             latencies = []

@@ -21,12 +21,12 @@ Two merges:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from retrieval.fusion import RRF_K
+from retrieval.search_params import MERGE_NAMES, MergeName
 
 __all__ = [
     "DEFAULT_RERANK_WEIGHT",
@@ -44,8 +44,9 @@ DEFAULT_RERANK_WEIGHT = 0.5
 #: Share of BM25 (against the dense cosine) in the first-stage evidence of the score merge.
 LEXICAL_SHARE = 0.6
 
-MergeMethod = Literal["scores", "ranks"]
-MERGE_METHODS: tuple[str, ...] = get_args(MergeMethod)
+# Defined once, with the other choices of a search, in retrieval/search_params.py.
+MergeMethod = MergeName
+MERGE_METHODS = MERGE_NAMES
 
 
 def _check_weight(weight: float) -> None:

@@ -35,9 +35,9 @@ RRF_K = 60
 WEIGHTED_RRF_K = 10
 
 #: The fusion names a request or a setting may use (one list for the API, the settings
-#: and eval).
+#: and eval; :class:`FusionMethod` has the same values, checked by tests/test_search_params.py).
 FusionName = Literal["rrf", "weighted", "weighted-rrf"]
-FUSION_NAMES: tuple[str, ...] = get_args(FusionName)
+FUSION_NAMES: tuple[FusionName, ...] = get_args(FusionName)
 
 
 class FusionMethod(StrEnum):

@@ -28,7 +28,19 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.types import ShopsearchError
+from retrieval.stored_vectors import (
+    ExactIndex,
+    FloatArray,
+    RowArray,
+    StoredRows,
+    VectorIndexError,
+    check_2d,
+    check_new_rows,
+    check_search_params,
+    exact_scan,
+    grow,
+    topk,
+)
 
 __all__ = [
     "IVF_MIN_SIZE",
@@ -44,16 +56,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
-RowArray = npt.NDArray[np.int64]
-
 #: Below this many vectors the index is exact: IVF's k-means would have too few points
 #: per list, and an exact scan of 20k x 384 floats takes about 1 ms anyway.
 IVF_MIN_SIZE = 20_000
-
-
-class VectorIndexError(ShopsearchError):
-    """Wrong shapes, unknown rows, or an index file that does not match its metadata."""
 
 
 class VectorIndex(Protocol):
@@ -67,10 +72,38 @@ class VectorIndex(Protocol):
         ...
 
     def search(
-        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
+        self,
+        queries: FloatArray,
+        k: int,
+        *,
+        id_filter: npt.NDArray[np.bool_] | None = None,
+        nprobe: int | None = None,
+        refine_factor: int | None = None,
+        exact: bool = False,
     ) -> tuple[FloatArray, RowArray]:
         """Top ``k`` rows per query. ``id_filter`` is a boolean mask over rows; only
-        rows where it is True may be returned."""
+        rows where it is True may be returned.
+
+        ``nprobe`` and ``refine_factor`` apply to this call only (None: the index's own,
+        see :meth:`set_search_params`); the index is not changed, so concurrent searches
+        may ask for different values. ``exact`` scans every stored vector instead (the
+        oracle approximate answers are measured against). An index without such a
+        parameter (exact, Flat) ignores it.
+
+        Raises :class:`VectorIndexError` for ``nprobe`` or ``refine_factor`` below 1."""
+        ...
+
+    def set_search_params(
+        self, *, nprobe: int | None = None, refine_factor: int | None = None
+    ) -> None:
+        """Set the index's own search-time parameters (what :meth:`search` uses when a
+        call names none); call before the index is shared (at load), never while it
+        serves. An exact index has none and ignores them."""
+        ...
+
+    def vectors_of(self, rows: RowArray) -> FloatArray:
+        """The stored float32 vectors of ``rows`` (not a quantized copy), shape
+        ``(len(rows), d)``; removed rows still have theirs."""
         ...
 
     def add(self, vectors: FloatArray, rows: RowArray) -> None:
@@ -91,129 +124,6 @@ class VectorIndex(Protocol):
     def describe(self) -> dict[str, Any]:
         """Parameters for the snapshot manifest."""
         ...
-
-
-def _check_2d(name: str, array: npt.NDArray[Any], dim: int | None = None) -> FloatArray:
-    if array.ndim != 2:
-        raise VectorIndexError(f"{name} must be 2-D (n, d), got shape {array.shape}")
-    if dim is not None and array.shape[1] != dim:
-        raise VectorIndexError(f"{name} has dimension {array.shape[1]}, the index has {dim}")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _topk(scores: FloatArray, k: int) -> tuple[FloatArray, RowArray]:
-    """Best ``k`` columns of each row of ``scores`` (nq, n), padded with -inf / -1."""
-    nq, n = scores.shape
-    out_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    out_r = np.full((nq, k), -1, dtype=np.int64)
-    if n == 0 or k == 0:
-        return out_s, out_r
-    kk = min(k, n)
-    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    out_r[:, :kk] = np.take_along_axis(part, order, axis=1)
-    out_s[:, :kk] = np.take_along_axis(part_scores, order, axis=1)
-    invalid = ~np.isfinite(out_s)
-    out_r[invalid] = -1
-    return out_s, out_r
-
-
-def _check_new_rows(
-    vectors: FloatArray, rows: RowArray, shape: tuple[int, ...]
-) -> tuple[FloatArray, RowArray]:
-    vectors = _check_2d("vectors", vectors, shape[1])
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.shape != (len(vectors),):
-        raise VectorIndexError(f"{len(vectors)} vectors but rows of shape {rows.shape}")
-    if len(rows) and (rows.min() < shape[0] or len(np.unique(rows)) != len(rows)):
-        raise VectorIndexError(
-            f"rows must be new and distinct (>= {shape[0]}); to update a vector, remove its "
-            "row and add it under a new one"
-        )
-    return vectors, rows
-
-
-def _grow(
-    matrix: FloatArray, alive: npt.NDArray[np.bool_], rows: RowArray, vectors: FloatArray
-) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """``matrix``/``alive`` extended to hold ``rows``; gaps are zero vectors, not alive."""
-    top = int(rows.max(initial=-1)) + 1
-    if top > len(matrix):
-        grow = top - len(matrix)
-        matrix = np.vstack([matrix, np.zeros((grow, matrix.shape[1]), np.float32)])
-        alive = np.concatenate([alive, np.zeros(grow, dtype=bool)])
-    matrix[rows] = vectors
-    alive[rows] = True
-    return matrix, alive
-
-
-class _StoredRows:
-    """The float32 ``(n, d)`` matrix both indexes keep (row ``i`` is id ``i``) and its
-    ``alive`` mask: ``size``/``dim`` and removal by tombstone are the same for both."""
-
-    vectors: FloatArray
-    alive: npt.NDArray[np.bool_]
-
-    @property
-    def size(self) -> int:
-        return int(self.alive.sum())
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def remove(self, rows: RowArray) -> None:
-        # A tombstone: the row stays stored (and, in FAISS, in the coarse index) and is
-        # dropped at search time. FAISS's fast-scan lists re-pack codes on remove_ids, and
-        # a later re-add of an id was measured to rank far worse than the original; the
-        # nightly rebuild compacts.
-        rows = np.asarray(rows, dtype=np.int64)
-        rows = rows[(rows >= 0) & (rows < len(self.alive))]
-        self.alive[rows] = False
-
-
-class ExactIndex(_StoredRows):
-    """Brute-force inner-product search over a dense ``(n, d)`` matrix; row ``i`` is id ``i``.
-
-    Removed rows stay in the matrix but are masked out.
-    """
-
-    kind = "exact"
-
-    def __init__(self, vectors: FloatArray) -> None:
-        self.vectors = _check_2d("vectors", vectors)
-        self.alive = np.ones(len(self.vectors), dtype=bool)
-
-    def search(
-        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
-    ) -> tuple[FloatArray, RowArray]:
-        queries = _check_2d("queries", queries, self.dim)
-        allowed = self.alive if id_filter is None else self.alive & id_filter[: len(self.alive)]
-        scores = queries @ self.vectors.T
-        if not allowed.all():  # masking costs a full pass; skip it when nothing is excluded
-            scores[:, ~allowed] = -np.inf
-        return _topk(scores, k)
-
-    def add(self, vectors: FloatArray, rows: RowArray) -> None:
-        vectors, rows = _check_new_rows(vectors, rows, self.vectors.shape)
-        self.vectors, self.alive = _grow(self.vectors, self.alive, rows, vectors)
-
-    def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "vectors.npy", self.vectors)
-        np.save(directory / "alive.npy", self.alive)
-        (directory / "vector_index.json").write_text(json.dumps(self.describe(), indent=2))
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "dim": self.dim}
-
-    @classmethod
-    def load(cls, directory: Path) -> ExactIndex:
-        index = cls(np.load(directory / "vectors.npy", mmap_mode="r"))
-        index.vectors = np.array(index.vectors)  # writable copy, so add() works
-        index.alive = np.load(directory / "alive.npy")
-        return index
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +185,7 @@ def faiss_gpu_available() -> bool:
     return bool(get_num_gpus is not None and get_num_gpus() > 0)
 
 
-class FaissIndex(_StoredRows):
+class FaissIndex(StoredRows):
     """FAISS IVF-PQ (or Flat) candidate search plus an exact refine over stored vectors.
 
     Row ``i`` of ``vectors`` is id ``i``. The coarse stage runs on the GPU when
@@ -297,7 +207,7 @@ class FaissIndex(_StoredRows):
     ) -> None:
         import faiss
 
-        self.vectors = _check_2d("vectors", vectors)
+        self.vectors = check_2d("vectors", vectors)
         self.params = params
         self.alive = np.ones(len(self.vectors), dtype=bool) if alive is None else alive
         self.on_gpu = faiss_gpu_available() if use_gpu is None else use_gpu
@@ -344,9 +254,12 @@ class FaissIndex(_StoredRows):
     def set_search_params(
         self, *, nprobe: int | None = None, refine_factor: int | None = None
     ) -> None:
-        """Change search-time parameters (no rebuild needed)."""
+        """Change the index's own search-time parameters (no rebuild needed). Not
+        thread-safe: call before the index serves; a single search passes its own to
+        :meth:`search` instead."""
         import faiss
 
+        check_search_params(nprobe, refine_factor)
         params = self.params
         if nprobe is not None and params.nlist:
             params = FaissParams(
@@ -354,33 +267,50 @@ class FaissIndex(_StoredRows):
             )
             faiss.extract_index_ivf(self.coarse).nprobe = params.nprobe
         if refine_factor is not None:
-            if refine_factor < 1:
-                raise VectorIndexError(f"refine_factor must be >= 1, got {refine_factor}")
             params = FaissParams(params.nlist, params.pq_m, params.nprobe, refine_factor)
         self.params = params
 
     def search(
-        self, queries: FloatArray, k: int, *, id_filter: npt.NDArray[np.bool_] | None = None
+        self,
+        queries: FloatArray,
+        k: int,
+        *,
+        id_filter: npt.NDArray[np.bool_] | None = None,
+        nprobe: int | None = None,
+        refine_factor: int | None = None,
+        exact: bool = False,
     ) -> tuple[FloatArray, RowArray]:
-        queries = _check_2d("queries", queries, self.dim)
+        import faiss
+
+        check_search_params(nprobe, refine_factor)
+        queries = check_2d("queries", queries, self.dim)
         if k <= 0:
-            return _topk(np.zeros((len(queries), 0), np.float32), 0)
+            return topk(np.zeros((len(queries), 0), np.float32), 0)
+        allowed = self._allowed(id_filter)
+        if exact:
+            return exact_scan(self.vectors, allowed, queries, k)
         if self.params.nlist == 0:
             # Flat: the coarse stage is already exact. Removed/filtered rows are masked by
             # over-fetching and dropping, falling back to a full scan when too few survive.
-            allowed = self.alive if id_filter is None else self.alive & id_filter
             fetch = min(len(self.vectors), k if allowed.all() else k * 4)
             scores, rows = self.coarse.search(queries, fetch)
             return self._keep_allowed(queries, scores, rows, allowed, k)
-        allowed = self.alive if id_filter is None else self.alive & id_filter
-        fetch = min(len(self.vectors), k * self.params.refine_factor)
-        _, cand = self.coarse.search(queries, fetch)
+        factor = self.params.refine_factor if refine_factor is None else refine_factor
+        fetch = min(len(self.vectors), k * factor)
+        if nprobe is None:
+            _, cand = self.coarse.search(queries, fetch)
+        else:
+            # Per call, through FAISS's search parameters: setting the index's nprobe
+            # would change it under concurrent searches.
+            probe = faiss.SearchParametersIVF()
+            probe.nprobe = min(nprobe, self.params.nlist)
+            _, cand = self.coarse.search(queries, fetch, params=probe)
         # Refine: exact inner products against the stored vectors of the candidates.
         safe = np.where(cand >= 0, cand, 0)
-        exact = np.einsum("qd,qkd->qk", queries, self.vectors[safe])
+        rescored = np.einsum("qd,qkd->qk", queries, self.vectors[safe])
         ok = (cand >= 0) & allowed[safe]
-        exact = np.where(ok, exact, -np.inf).astype(np.float32)
-        return self._keep_allowed(queries, exact, cand, allowed, k)
+        rescored = np.where(ok, rescored, -np.inf).astype(np.float32)
+        return self._keep_allowed(queries, rescored, cand, allowed, k)
 
     def _keep_allowed(
         self,
@@ -392,7 +322,7 @@ class FaissIndex(_StoredRows):
     ) -> tuple[FloatArray, RowArray]:
         safe = np.where(rows >= 0, rows, 0)
         scores = np.where((rows >= 0) & allowed[safe], scores, -np.inf).astype(np.float32)
-        top_s, pos = _topk(scores, k)
+        top_s, pos = topk(scores, k)
         top_r = np.where(pos >= 0, np.take_along_axis(rows, np.where(pos >= 0, pos, 0), 1), -1)
         # A selective filter can leave fewer than k candidates although more allowed rows
         # exist: answer those queries with an exact scan of the allowed rows.
@@ -400,12 +330,12 @@ class FaissIndex(_StoredRows):
         if short.any():
             exact_s = queries[short] @ self.vectors.T
             exact_s[:, ~allowed] = -np.inf
-            top_s[short], top_r[short] = _topk(exact_s, k)
+            top_s[short], top_r[short] = topk(exact_s, k)
         return top_s, top_r
 
     def add(self, vectors: FloatArray, rows: RowArray) -> None:
-        vectors, rows = _check_new_rows(vectors, rows, self.vectors.shape)
-        self.vectors, self.alive = _grow(self.vectors, self.alive, rows, vectors)
+        vectors, rows = check_new_rows(vectors, rows, self.vectors.shape)
+        self.vectors, self.alive = grow(self.vectors, self.alive, rows, vectors)
         if self.params.nlist:
             self.coarse.add_with_ids(vectors, rows)
         else:

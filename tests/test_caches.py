@@ -214,6 +214,7 @@ def test_every_field_that_changes_the_answer_is_in_the_key() -> None:
         "fusion": {"fusion": "rrf"},
         "lexical_weight": {"lexical_weight": 0.2},
         "depth": {"depth": 50},
+        "nprobe": {"nprobe": 4},
         "explain": {"explain": True},
     }
     keys = {name: result_key(_req(**fields), "drill") for name, fields in variants.items()}
