@@ -34,8 +34,8 @@ from typing import TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from retrieval.deadline import Deadline
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.deadline import Deadline
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "AdmissionController",

@@ -45,14 +45,19 @@ from pydantic import (
     field_validator,
 )
 
-from api.admission import AdmissionController, AdmissionGate, Overloaded, default_inflight
-from api.click_through import ClickThrough, ClickThroughCollector
-from api.events_routes import events_router
-from api.guard import RequestGuard, admin_denial
-from api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
-from api.recommend_routes import recommend_router
-from api.recommendations import Recommendations
-from api.schemas import (
+from shopsearch.api.admission import (
+    AdmissionController,
+    AdmissionGate,
+    Overloaded,
+    default_inflight,
+)
+from shopsearch.api.click_through import ClickThrough, ClickThroughCollector
+from shopsearch.api.events_routes import events_router
+from shopsearch.api.guard import RequestGuard, admin_denial
+from shopsearch.api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
+from shopsearch.api.recommend_routes import recommend_router
+from shopsearch.api.recommendations import Recommendations
+from shopsearch.api.schemas import (
     MAX_DEADLINE_MS,
     MAX_QUERY_CHARS,
     MAX_RESULT_WINDOW,
@@ -63,19 +68,19 @@ from api.schemas import (
     SearchResponse,
     error_responses,
 )
-from api.service import SearchService, ServiceError
-from api.settings import Settings
-from api.shoppers import ShopperSignals
-from indexer.events.store import EventStore
-from indexer.events.types import Event
-from indexer.snapshot import SnapshotError, SnapshotStore
-from indexer.updates import UpdateError, UpdateReport
-from retrieval.deadline import Deadline
-from retrieval.filters import InvalidFilterError
-from retrieval.lexical_index import LexicalIndexError
-from retrieval.recommend.base import HistoryItem
-from retrieval.search_params import ModeName
-from retrieval.types import (
+from shopsearch.api.service import SearchService, ServiceError
+from shopsearch.api.settings import Settings
+from shopsearch.api.shoppers import ShopperSignals
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.events.types import Event
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.updates import UpdateError, UpdateReport
+from shopsearch.retrieval.deadline import Deadline
+from shopsearch.retrieval.filters import InvalidFilterError
+from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.search_params import ModeName
+from shopsearch.retrieval.types import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_BRAND_CHARS,

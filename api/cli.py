@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from api.cli_common import (
+from shopsearch.api.cli_common import (
     BrandFieldOption,
     CategoryFieldOption,
     DescriptionFieldOption,
@@ -54,10 +54,10 @@ from api.cli_common import (
     models_dir_setting,
     settings_from_options,
 )
-from api.settings import DEMO_USER_KEY, Settings
-from indexer.catalog import CatalogError, ColumnMapping, load_catalog
-from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
-from retrieval.types import ShopsearchError
+from shopsearch.api.settings import DEMO_USER_KEY, Settings
+from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
+from shopsearch.indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
+from shopsearch.retrieval.types import ShopsearchError
 
 app = typer.Typer(
     name="shopsearch",
@@ -70,7 +70,7 @@ log = logging.getLogger("shopsearch")
 
 def sample_catalog_path() -> Path:
     """The built-in sample catalog shipped with the package."""
-    return Path(str(files("indexer") / "sample_data" / "sample_catalog.jsonl"))
+    return Path(str(files("shopsearch.indexer") / "sample_data" / "sample_catalog.jsonl"))
 
 
 @app.callback()
@@ -302,7 +302,7 @@ def serve(
     """
     import uvicorn
 
-    from api.app import create_app
+    from shopsearch.api.app import create_app
 
     settings = settings_from_options(
         index_dir,
@@ -360,8 +360,8 @@ def search(
     es_timeout: EsTimeoutOption = None,
 ) -> None:
     """Search the serving snapshot in-process and print the hits."""
-    from api.schemas import SearchRequest
-    from api.service import SearchService
+    from shopsearch.api.schemas import SearchRequest
+    from shopsearch.api.service import SearchService
 
     settings = settings_from_options(
         index_dir,
@@ -533,10 +533,10 @@ def update(
     logged in its manifest) and a running server picks it up at its next reload check.
     Rejected products are listed by id (exit code 1); the others are applied.
     """
-    from api.service import with_snapshot_towers
-    from indexer.catalog import load_catalog
-    from indexer.updates import UpdateError, apply_updates, read_delete_ids
-    from retrieval.encoders import Encoder
+    from shopsearch.api.service import with_snapshot_towers
+    from shopsearch.indexer.catalog import load_catalog
+    from shopsearch.indexer.updates import UpdateError, apply_updates, read_delete_ids
+    from shopsearch.retrieval.encoders import Encoder
 
     if upserts is None and deletes is None:
         raise fail(ValueError("nothing to do: give --upserts FILE and/or --deletes FILE"), 2)
@@ -635,11 +635,11 @@ def demo(
 
 def _demo_shoppers(settings: Settings) -> None:
     """Store the synthetic demo shoppers' events and, once, train a recommender on them."""
-    from indexer.events.demo import demo_events
-    from indexer.events.store import EventStore
-    from indexer.training.recommender import train_recommender
-    from retrieval.encoders import Encoder
-    from retrieval.model_registry import list_models
+    from shopsearch.indexer.events.demo import demo_events
+    from shopsearch.indexer.events.store import EventStore
+    from shopsearch.indexer.training.recommender import train_recommender
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.model_registry import list_models
 
     products, _ = load_catalog(sample_catalog_path())
     with EventStore(settings.events_db) as store:
@@ -673,9 +673,11 @@ def mount_plugins(target: typer.Typer) -> None:
 
 
 def _mount_training() -> None:
-    from api.cli_events import events_app
-    from api.cli_train import models_app, train_app
-    from api.cli_train_recommender import train_recommender_command  # registers on train_app
+    from shopsearch.api.cli_events import events_app
+    from shopsearch.api.cli_train import models_app, train_app
+    from shopsearch.api.cli_train_recommender import (
+        train_recommender_command,  # registers on train_app
+    )
 
     del train_recommender_command
 

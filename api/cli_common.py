@@ -28,12 +28,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.progress import Advance
-from indexer.snapshot import BuildOptions
-from retrieval.model_registry import resolve_model
-from retrieval.types import Product, ShopsearchError
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.progress import Advance
+from shopsearch.indexer.snapshot import BuildOptions
+from shopsearch.retrieval.model_registry import resolve_model
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "DEFAULT_INDEX_DIR",
@@ -272,8 +272,8 @@ def build_loaded(
 ) -> dict[str, object]:
     """Build (and, per ``options``, promote) a snapshot of loaded products with progress
     bars, encoding with ``settings``' towers (raises what ``build_snapshot`` raises)."""
-    from indexer.snapshot import build_snapshot
-    from retrieval.encoders import Encoder
+    from shopsearch.indexer.snapshot import build_snapshot
+    from shopsearch.retrieval.encoders import Encoder
 
     encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)
     bars = Bars()

@@ -19,20 +19,20 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import ValidationError
 
-from api.cli_common import Bars, console, fail
-from api.event_schemas import EventIn
-from api.settings import Settings
-from indexer.events.importer import (
+from shopsearch.api.cli_common import Bars, console, fail
+from shopsearch.api.event_schemas import EventIn
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events.importer import (
     ImportReport,
     import_events,
     read_event_records,
     read_online_retail,
     retail_events,
 )
-from indexer.events.privacy import pseudonymise
-from indexer.events.store import EventStore
-from indexer.events.types import Event, EventStoreError
-from indexer.progress import Advance
+from shopsearch.indexer.events.privacy import pseudonymise
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.events.types import Event, EventStoreError
+from shopsearch.indexer.progress import Advance
 
 __all__ = ["events_app", "load_event_file"]
 

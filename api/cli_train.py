@@ -31,7 +31,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from api.cli_common import (
+from shopsearch.api.cli_common import (
     Bars,
     ModelsDirOption,
     console,
@@ -39,23 +39,27 @@ from api.cli_common import (
     models_dir_setting,
     resolve_model_option,
 )
-from indexer.catalog import CatalogError
-from indexer.judgments import DatasetError
-from indexer.training.cards import summary_rows
-from indexer.training.inputs import DEFAULT_HOMEDEPOT_DIR, InputFiles
-from indexer.training.loop import TrainingProgress
-from indexer.training.mined_data import MiningOptions
-from indexer.training.pipeline import (
+from shopsearch.indexer.catalog import CatalogError
+from shopsearch.indexer.judgments import DatasetError
+from shopsearch.indexer.training.cards import summary_rows
+from shopsearch.indexer.training.inputs import DEFAULT_HOMEDEPOT_DIR, InputFiles
+from shopsearch.indexer.training.loop import TrainingProgress
+from shopsearch.indexer.training.mined_data import MiningOptions
+from shopsearch.indexer.training.pipeline import (
     JobOptions,
     RerankerJob,
     TowersJob,
     run_reranker_job,
     run_towers_job,
 )
-from indexer.training.reranker import RerankerTrainingConfig
-from indexer.training.towers import DEFAULT_DISTILL_WEIGHT, TOWER_LAYOUTS, TowerTrainingConfig
-from retrieval.encoders import default_model_path
-from retrieval.model_registry import (
+from shopsearch.indexer.training.reranker import RerankerTrainingConfig
+from shopsearch.indexer.training.towers import (
+    DEFAULT_DISTILL_WEIGHT,
+    TOWER_LAYOUTS,
+    TowerTrainingConfig,
+)
+from shopsearch.retrieval.encoders import default_model_path
+from shopsearch.retrieval.model_registry import (
     KINDS,
     LATEST,
     RegisteredModel,
@@ -63,7 +67,7 @@ from retrieval.model_registry import (
     load_card,
     resolve_model,
 )
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = ["models_app", "train_app"]
 
@@ -80,8 +84,8 @@ models_app = typer.Typer(help="List and inspect trained models.", no_args_is_hel
 
 def _resolve_bf16(value: str, device: str) -> bool:
     """``--bf16`` to a bool; ``auto`` asks the hardware (see ``bf16_supported``)."""
-    from indexer.training.loop import bf16_supported
-    from retrieval.encoders import resolve_device
+    from shopsearch.indexer.training.loop import bf16_supported
+    from shopsearch.retrieval.encoders import resolve_device
 
     if value not in ("auto", "on", "off"):
         raise typer.BadParameter(f"--bf16 must be auto, on or off, got {value!r}")

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from api.cli_common import ModelsDirOption, console, models_dir_setting
-from api.cli_train import _Bars, train_app
+from shopsearch.api.cli_common import ModelsDirOption, console, models_dir_setting
+from shopsearch.api.cli_train import _Bars, train_app
 
 __all__ = ["train_recommender_command"]
 
@@ -67,12 +67,12 @@ def train_recommender_command(
     """Train popularity, repurchase, item-to-item (variant chosen on validation), text
     cold start, the for-you blend and the learned for-you ranker (fitted on the
     validation period); register them as recommender/<version>."""
-    from api.settings import Settings
-    from indexer.events.store import EventStore
-    from indexer.retail import item_descriptions, load_lines
-    from indexer.training.recommender import retail_interactions, train_recommender
-    from retrieval.encoders import Encoder
-    from retrieval.types import ShopsearchError
+    from shopsearch.api.settings import Settings
+    from shopsearch.indexer.events.store import EventStore
+    from shopsearch.indexer.retail import item_descriptions, load_lines
+    from shopsearch.indexer.training.recommender import retail_interactions, train_recommender
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.types import ShopsearchError
 
     # The registry serve reads (`--models-dir`, else $SHOPSEARCH_MODELS_DIR).
     models_dir = models_dir_setting(models_dir)
@@ -95,7 +95,7 @@ def train_recommender_command(
                 interactions = store.interactions(until=cutoff)
             source = {"events_db": str(db)}
         if catalog is not None:
-            from indexer.catalog import load_catalog
+            from shopsearch.indexer.catalog import load_catalog
 
             products, _ = load_catalog(catalog)
             texts = {p.id: p.title for p in products}
@@ -149,10 +149,10 @@ def _train_sequence(
 ) -> str | None:
     """Train and register the sequence model; a history too short for it is a warning
     (the recommender above stands on its own), not a failure."""
-    from indexer.training.sequence import train_sequence
-    from retrieval.encoders import Encoder
-    from retrieval.model_registry import new_version, register, staging_dir
-    from retrieval.types import ShopsearchError
+    from shopsearch.indexer.training.sequence import train_sequence
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.model_registry import new_version, register, staging_dir
+    from shopsearch.retrieval.types import ShopsearchError
 
     version = new_version(models_dir, "sequence")
     staged = staging_dir(models_dir, "sequence", version)

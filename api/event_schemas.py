@@ -8,9 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from api.schemas import JSON_NUMBER
-from indexer.events.privacy import pseudonymise
-from indexer.events.types import Event, EventKind
+from shopsearch.api.schemas import JSON_NUMBER
+from shopsearch.indexer.events.privacy import pseudonymise
+from shopsearch.indexer.events.types import Event, EventKind
 
 __all__ = [
     "EARLIEST_EVENT",

@@ -26,12 +26,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.exceptions import RequestValidationError
 
-from api.event_schemas import EventBatch, EventsAccepted
-from api.schemas import error_responses
-from api.settings import Settings
-from indexer.events.privacy import pseudonymise
-from indexer.events.store import EventStore
-from indexer.events.types import Event, EventStoreError
+from shopsearch.api.event_schemas import EventBatch, EventsAccepted
+from shopsearch.api.schemas import error_responses
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events.privacy import pseudonymise
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.events.types import Event, EventStoreError
 
 __all__ = ["events_router"]
 

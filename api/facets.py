@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from api.schemas import Explain, FacetBucket, Hit
-from retrieval.filters import InvalidFilterError, ProductTable
-from retrieval.types import Candidate, Product
+from shopsearch.api.schemas import Explain, FacetBucket, Hit
+from shopsearch.retrieval.filters import InvalidFilterError, ProductTable
+from shopsearch.retrieval.types import Candidate, Product
 
 __all__ = ["DEFAULT_FACETS", "DEFAULT_PRICE_RANGES", "FACET_SIZE", "compute_facets", "render_hit"]
 

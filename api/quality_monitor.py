@@ -36,9 +36,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from indexer.snapshot import LoadedSnapshot
-from retrieval.log_throttle import LogThrottle
-from retrieval.vector_index import ExactIndex, recall_at_k
+from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.retrieval.log_throttle import LogThrottle
+from shopsearch.retrieval.vector_index import ExactIndex, recall_at_k
 
 __all__ = [
     "RECALL_BUCKETS",

@@ -16,12 +16,12 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from api.recommendations import Recommendation, Recommendations
-from api.schemas import MAX_FILTER_CHARS, FilterSpec, PriceRange, error_responses
-from api.service import SearchService, to_filters
-from api.shoppers import ShopperSignals
-from indexer.snapshot import LoadedSnapshot
-from retrieval.filters import Filters
+from shopsearch.api.recommendations import Recommendation, Recommendations
+from shopsearch.api.schemas import MAX_FILTER_CHARS, FilterSpec, PriceRange, error_responses
+from shopsearch.api.service import SearchService, to_filters
+from shopsearch.api.shoppers import ShopperSignals
+from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.retrieval.filters import Filters
 
 __all__ = ["RecommendResponse", "recommend_router"]
 

@@ -30,14 +30,14 @@ from typing import Literal
 
 import numpy as np
 
-from api.settings import Settings
-from indexer.events.store import EventStore
-from indexer.snapshot import LoadedSnapshot
-from indexer.training.recommender import load_recommender
-from retrieval.filters import Filters
-from retrieval.model_registry import RegistryError, resolve_model
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.bundle import RecommenderBundle
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.training.recommender import load_recommender
+from shopsearch.retrieval.filters import Filters
+from shopsearch.retrieval.model_registry import RegistryError, resolve_model
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.bundle import RecommenderBundle
 
 __all__ = ["FOR_YOU_STRATEGIES", "SIMILAR_STRATEGIES", "Recommendation", "Recommendations"]
 

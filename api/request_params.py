@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import cast
 
-from api.schemas import MAX_RESULT_WINDOW, SearchRequest
-from api.settings import Settings
-from retrieval.fusion import FusionChoice
-from retrieval.search_params import FusionName, SearchParams
+from shopsearch.api.schemas import MAX_RESULT_WINDOW, SearchRequest
+from shopsearch.api.settings import Settings
+from shopsearch.retrieval.fusion import FusionChoice
+from shopsearch.retrieval.search_params import FusionName, SearchParams
 
 __all__ = ["request_overrides", "resolve_params"]
 

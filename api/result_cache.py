@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from api.schemas import SearchRequest, SearchResponse
-from retrieval.scoped_cache import ScopedCache, ScopedCacheFront
+from shopsearch.api.schemas import SearchRequest, SearchResponse
+from shopsearch.retrieval.scoped_cache import ScopedCache, ScopedCacheFront
 
 __all__ = ["ResultCache", "cacheable", "result_key"]
 

@@ -14,8 +14,14 @@ from pydantic import (
     model_validator,
 )
 
-from retrieval.search_params import MAX_NPROBE, FusionName, MergeName, ModeName, SearchParams
-from retrieval.types import RewriteReason
+from shopsearch.retrieval.search_params import (
+    MAX_NPROBE,
+    FusionName,
+    MergeName,
+    ModeName,
+    SearchParams,
+)
+from shopsearch.retrieval.types import RewriteReason
 
 __all__ = [
     "ERROR_RESPONSES",

@@ -49,10 +49,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from api.facets import DEFAULT_FACETS, DEFAULT_PRICE_RANGES, compute_facets, render_hit
-from api.request_params import resolve_params
-from api.result_cache import ResultCache, result_key
-from api.schemas import (
+from shopsearch.api.facets import DEFAULT_FACETS, DEFAULT_PRICE_RANGES, compute_facets, render_hit
+from shopsearch.api.request_params import resolve_params
+from shopsearch.api.result_cache import ResultCache, result_key
+from shopsearch.api.schemas import (
     MAX_RESULT_WINDOW,
     FilterSpec,
     RewriteChangeOut,
@@ -60,28 +60,28 @@ from api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from api.settings import Settings
-from api.shoppers import personalize
-from indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
-from indexer.updates import UpdateReport, apply_updates
-from rerank.cross_encoder import Reranker
-from rerank.merge import merge_rerank, merge_scores
-from rerank.personal import PersonalRescorer
-from rerank.score_cache import ScoreCache, model_key
-from retrieval.batching import MicroBatcher
-from retrieval.deadline import Deadline
-from retrieval.encoders import Encoder
-from retrieval.filters import Filters, ProductTable
-from retrieval.fusion import FusionChoice, FusionMethod, default_fusion, describe, fuse
-from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndexError
-from retrieval.log_throttle import LogThrottle
-from retrieval.model_registry import towers_fine_tuned
-from retrieval.query_rewrite import QueryRewriter, product_words
-from retrieval.recommend.base import HistoryItem
-from retrieval.scoped_cache import CacheStats
-from retrieval.search_params import SearchParams
-from retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
+from shopsearch.api.settings import Settings
+from shopsearch.api.shoppers import personalize
+from shopsearch.indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
+from shopsearch.indexer.updates import UpdateReport, apply_updates
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.rerank.merge import merge_rerank, merge_scores
+from shopsearch.rerank.personal import PersonalRescorer
+from shopsearch.rerank.score_cache import ScoreCache, model_key
+from shopsearch.retrieval.batching import MicroBatcher
+from shopsearch.retrieval.deadline import Deadline
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.filters import Filters, ProductTable
+from shopsearch.retrieval.fusion import FusionChoice, FusionMethod, default_fusion, describe, fuse
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.log_throttle import LogThrottle
+from shopsearch.retrieval.model_registry import towers_fine_tuned
+from shopsearch.retrieval.query_rewrite import QueryRewriter, product_words
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.scoped_cache import CacheStats
+from shopsearch.retrieval.search_params import SearchParams
+from shopsearch.retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
 
 __all__ = [
     "DEFAULT_FACETS",

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Literal, get_args
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from indexer.events.privacy import check_key
-from rerank.cross_encoder import RerankerBackend
-from rerank.merge import DEFAULT_RERANK_WEIGHT
-from retrieval.encoders import EncoderBackend
-from retrieval.fusion import BASE_TOWERS_LEXICAL_WEIGHT
-from retrieval.search_params import FUSION_NAMES, MAX_NPROBE, FusionName, MergeName
+from shopsearch.indexer.events.privacy import check_key
+from shopsearch.rerank.cross_encoder import RerankerBackend
+from shopsearch.rerank.merge import DEFAULT_RERANK_WEIGHT
+from shopsearch.retrieval.encoders import EncoderBackend
+from shopsearch.retrieval.fusion import BASE_TOWERS_LEXICAL_WEIGHT
+from shopsearch.retrieval.search_params import FUSION_NAMES, MAX_NPROBE, FusionName, MergeName
 
 if TYPE_CHECKING:
-    from retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
 
 __all__ = ["DEMO_USER_KEY", "LEXICAL_BACKENDS", "Settings"]
 
@@ -373,8 +373,8 @@ class Settings(BaseSettings):
         ``es_url`` is unset. The caller closes it. Makes no request."""
         if not self.es_url:
             return None
-        from retrieval.circuit_breaker import CircuitBreaker
-        from retrieval.elasticsearch_index import ElasticsearchConnection
+        from shopsearch.retrieval.circuit_breaker import CircuitBreaker
+        from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 
         basic_auth = None
         if self.es_username is not None and self.es_password is not None:

@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from api.settings import Settings
-from indexer.events.privacy import pseudonymise
-from indexer.events.store import EventStore
-from indexer.snapshot import LoadedSnapshot
-from rerank.personal import PersonalParams, PersonalRescorer, default_weights
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events.privacy import pseudonymise
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.rerank.personal import PersonalParams, PersonalRescorer, default_weights
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
 __all__ = ["DEFAULT_PERSONAL_WEIGHTS", "Shopper", "ShopperSignals", "personalize"]
 

@@ -9,10 +9,10 @@ __all__ = ["register"]
 
 def register(app: typer.Typer) -> None:
     """Add the evaluation commands to the ``shopsearch`` app."""
-    from eval.commands import bench_command, eval_app
-    from eval.nightly_cli import nightly_command
-    from eval.pareto_cli import pareto_command
-    from eval.recommend.cli import recommend_command
+    from shopsearch.eval.commands import bench_command, eval_app
+    from shopsearch.eval.nightly_cli import nightly_command
+    from shopsearch.eval.pareto_cli import pareto_command
+    from shopsearch.eval.recommend.cli import recommend_command
 
     eval_app.command("recommend")(recommend_command)
     eval_app.command("pareto")(pareto_command)

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.cli_common import models_dir_setting
-from api.settings import Settings
-from retrieval.model_registry import resolve_model
-from retrieval.search_params import MODE_NAMES, PARAM_NAMES
+from shopsearch.api.cli_common import models_dir_setting
+from shopsearch.api.settings import Settings
+from shopsearch.retrieval.model_registry import resolve_model
+from shopsearch.retrieval.search_params import MODE_NAMES, PARAM_NAMES
 
 __all__ = ["bench_command", "eval_app"]
 
@@ -65,7 +65,12 @@ def _load_dataset(
     generic format then uses 0, and the Home Depot path, whose offset is fixed at
     ``HOMEDEPOT_GAIN_OFFSET``, refuses it.
     """
-    from indexer.judgments import HOMEDEPOT_GAIN_OFFSET, EvalDataset, load_generic, load_homedepot
+    from shopsearch.indexer.judgments import (
+        HOMEDEPOT_GAIN_OFFSET,
+        EvalDataset,
+        load_generic,
+        load_homedepot,
+    )
 
     if gain_offset is not None and not math.isfinite(gain_offset):
         raise typer.BadParameter(f"--gain-offset must be a finite number, got {gain_offset}")
@@ -199,17 +204,17 @@ def evaluate(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from api.service import SearchService
-    from eval.gate import check_gate, load_gate_metrics
-    from eval.report import write_report
-    from eval.runner import (
+    from shopsearch.api.service import SearchService
+    from shopsearch.eval.gate import check_gate, load_gate_metrics
+    from shopsearch.eval.report import write_report
+    from shopsearch.eval.runner import (
         default_configurations,
         evaluate_configurations,
         parse_sweep,
         sweep_configurations,
     )
-    from indexer.judgments import write_run
-    from retrieval.types import ShopsearchError
+    from shopsearch.indexer.judgments import write_run
+    from shopsearch.retrieval.types import ShopsearchError
 
     settings = Settings()
     updates: dict[str, object] = {"reload_interval_s": 0.0}
@@ -362,9 +367,9 @@ def _compare_outcomes(  # type: ignore[no-untyped-def]
     """The same configurations on another snapshot, served with the towers that built it."""
     import dataclasses
 
-    from api.service import SearchService
-    from eval.runner import evaluate_configurations
-    from indexer.snapshot import SnapshotStore
+    from shopsearch.api.service import SearchService
+    from shopsearch.eval.runner import evaluate_configurations
+    from shopsearch.indexer.snapshot import SnapshotStore
 
     tower = SnapshotStore(index_dir).current_item_tower()
     if tower is None:
@@ -398,7 +403,7 @@ def convert(
     """
     import shlex
 
-    from indexer.judgments import HOMEDEPOT_GAIN_OFFSET, convert_homedepot
+    from shopsearch.indexer.judgments import HOMEDEPOT_GAIN_OFFSET, convert_homedepot
 
     queries_path, qrels_path = convert_homedepot(homedepot_dir / f"{split}.csv", out)
     console.print(f"wrote {queries_path} and {qrels_path}")
@@ -488,9 +493,9 @@ def bench_command(
         _bench_scale(scale, scale_dir, homedepot_dir, split, n, out, base_settings.encoder_backend)
         return
 
-    from api.schemas import SearchRequest
-    from api.service import SearchService
-    from eval.loadtest import free_port, run_load_test, summarize_latencies
+    from shopsearch.api.schemas import SearchRequest
+    from shopsearch.api.service import SearchService
+    from shopsearch.eval.loadtest import free_port, run_load_test, summarize_latencies
 
     if queries_file is not None:
         texts = [
@@ -499,7 +504,7 @@ def bench_command(
             if "\t" in line
         ]
     else:
-        from indexer.judgments import load_homedepot
+        from shopsearch.indexer.judgments import load_homedepot
 
         texts = [q.text for q in load_homedepot(homedepot_dir / f"{split}.csv").queries]
     texts = list(dict.fromkeys(texts))
@@ -582,7 +587,7 @@ def bench_command(
         cmd = [
             sys.executable,
             "-m",
-            "api.cli",
+            "shopsearch.api.cli",
             "serve",
             "--index-dir",
             str(settings.index_dir),
@@ -678,9 +683,9 @@ def _bench_scale(
 ) -> None:
     import pandas as pd
 
-    from eval.scale_bench import run_scale_bench
-    from indexer.judgments import load_homedepot
-    from retrieval.encoders import Encoder
+    from shopsearch.eval.scale_bench import run_scale_bench
+    from shopsearch.indexer.judgments import load_homedepot
+    from shopsearch.retrieval.encoders import Encoder
 
     sizes = [int(s) for s in sizes_text.split(",") if s.strip()]
     base = pd.read_csv(homedepot_dir / "products.csv", dtype=str).to_dict("records")
@@ -689,7 +694,7 @@ def _bench_scale(
     )[:n]
     work_dir.mkdir(parents=True, exist_ok=True)
     encoder = Encoder(backend=backend)
-    from api.cli_common import Bars
+    from shopsearch.api.cli_common import Bars
 
     bars = Bars()
     with bars.progress:

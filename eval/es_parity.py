@@ -37,21 +37,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from api.schemas import SearchRequest  # noqa: E402
-from api.service import SearchService, normalize_query  # noqa: E402
-from api.settings import Settings  # noqa: E402
-from eval.metrics import evaluate_protocol_a  # noqa: E402
-from indexer.catalog import ColumnMapping, load_catalog  # noqa: E402
-from indexer.judgments import load_homedepot  # noqa: E402
-from indexer.snapshot import (  # noqa: E402
+from shopsearch.api.schemas import SearchRequest  # noqa: E402
+from shopsearch.api.service import SearchService, normalize_query  # noqa: E402
+from shopsearch.api.settings import Settings  # noqa: E402
+from shopsearch.eval.metrics import evaluate_protocol_a  # noqa: E402
+from shopsearch.indexer.catalog import ColumnMapping, load_catalog  # noqa: E402
+from shopsearch.indexer.judgments import load_homedepot  # noqa: E402
+from shopsearch.indexer.snapshot import (  # noqa: E402
     BuildOptions,
     SnapshotStore,
     build_snapshot,
     load_snapshot,
 )
-from retrieval.elasticsearch_index import ElasticsearchConnection  # noqa: E402
-from retrieval.encoders import Encoder  # noqa: E402
-from retrieval.lexical_index import LexicalIndex, TantivyIndex  # noqa: E402
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection  # noqa: E402
+from shopsearch.retrieval.encoders import Encoder  # noqa: E402
+from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex  # noqa: E402
 
 log = logging.getLogger("es_parity")
 

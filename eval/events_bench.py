@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from eval.loadtest import check_loopback
+from shopsearch.eval.loadtest import check_loopback
 
 __all__ = ["EventsBenchResult", "make_batches", "run_events_bench"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.report import read_metrics_json
-from indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
+from shopsearch.eval.report import read_metrics_json
+from shopsearch.indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
 
 __all__ = [
     "DEFAULT_GATE_METRICS",

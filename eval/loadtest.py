@@ -166,7 +166,7 @@ def _one_request(client: httpx.Client, query: str, size: int) -> str | None:
 
 def _start_prober(base_url: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "eval.probe", base_url],
+        [sys.executable, "-m", "shopsearch.eval.probe", base_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from indexer.judgments import EvalDataset, JudgedQuery, Run, ranked_ids
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery, Run, ranked_ids
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from api.cli_common import (
+from shopsearch.api.cli_common import (
     Bars,
     BrandFieldOption,
     CategoryFieldOption,
@@ -43,7 +43,7 @@ from api.cli_common import (
     fail,
     settings_from_options,
 )
-from eval.commands import _load_dataset
+from shopsearch.eval.commands import _load_dataset
 
 __all__ = ["nightly_command"]
 
@@ -152,13 +152,13 @@ def nightly_command(
     Exit status: 0 promoted or up to date, 3 refused (metric and both values printed),
     1 failed (serving snapshot untouched), 2 bad options.
     """
-    from indexer.catalog import CatalogError, ColumnMapping, load_catalog
-    from indexer.judgments import DatasetError
-    from indexer.nightly import NightlyInputs, NightlyPolicy, run_nightly
-    from indexer.nightly_report import comparison_rows, write_report
-    from indexer.snapshot import BuildOptions, SnapshotStore
-    from retrieval.encoders import model_info
-    from retrieval.types import ShopsearchError
+    from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
+    from shopsearch.indexer.judgments import DatasetError
+    from shopsearch.indexer.nightly import NightlyInputs, NightlyPolicy, run_nightly
+    from shopsearch.indexer.nightly_report import comparison_rows, write_report
+    from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore
+    from shopsearch.retrieval.encoders import model_info
+    from shopsearch.retrieval.types import ShopsearchError
 
     gated = tuple(m.strip() for m in metrics.split(",") if m.strip())
     if not gated:
@@ -204,7 +204,7 @@ def nightly_command(
             else model_info(settings.reranker_dir).sha256,
             lexical=settings.lexical,
         )
-        from eval.nightly_eval import ServeDefaultsEvaluator
+        from shopsearch.eval.nightly_eval import ServeDefaultsEvaluator
 
         evaluator = ServeDefaultsEvaluator(settings, dataset, progress=bars.task)
         with bars.progress:
@@ -231,7 +231,7 @@ def nightly_command(
 
 def _towers_path(settings: Any) -> Path:
     """The towers the build encodes with: ``settings.model_dir`` or the bundled model."""
-    from retrieval.encoders import default_model_path
+    from shopsearch.retrieval.encoders import default_model_path
 
     if settings.model_dir is not None:
         return Path(settings.model_dir)

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.service import SearchService
-from api.settings import Settings
-from eval.runner import default_configurations, evaluate_configurations
-from indexer.judgments import EvalDataset
-from indexer.nightly import dataset_fingerprint
-from indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.eval.runner import default_configurations, evaluate_configurations
+from shopsearch.indexer.judgments import EvalDataset
+from shopsearch.indexer.nightly import dataset_fingerprint
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
 
 __all__ = ["ServeDefaultsEvaluator"]
 

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from api.service import SearchService
-from api.settings import Settings
-from eval.loadtest import summarize_latencies
-from eval.runner import Configuration, evaluate_configurations
-from indexer.judgments import EvalDataset
-from rerank.cross_encoder import Reranker
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.eval.loadtest import summarize_latencies
+from shopsearch.eval.runner import Configuration, evaluate_configurations
+from shopsearch.indexer.judgments import EvalDataset
+from shopsearch.rerank.cross_encoder import Reranker
 
 __all__ = ["ParetoPoint", "RerankerChoice", "pareto_front", "run_pareto", "write_pareto"]
 

@@ -12,11 +12,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from api.cli_common import models_dir_setting
-from api.settings import Settings
-from indexer.training.compress import layer_count
-from rerank.cross_encoder import RERANKER_BACKENDS
-from retrieval.model_registry import resolve_model
+from shopsearch.api.cli_common import models_dir_setting
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.training.compress import layer_count
+from shopsearch.rerank.cross_encoder import RERANKER_BACKENDS
+from shopsearch.retrieval.model_registry import resolve_model
 
 __all__ = ["pareto_command"]
 
@@ -57,9 +57,9 @@ def pareto_command(
     """Reranker Pareto report: nDCG@10 against whole-query p50/p99 for every reranker,
     runtime and rerank depth, answering as `serve` does otherwise; writes pareto.md,
     pareto.png and pareto.json."""
-    from eval.commands import _bars, _load_dataset
-    from eval.pareto import RerankerChoice, run_pareto, write_pareto
-    from retrieval.types import ShopsearchError
+    from shopsearch.eval.commands import _bars, _load_dataset
+    from shopsearch.eval.pareto import RerankerChoice, run_pareto, write_pareto
+    from shopsearch.retrieval.types import ShopsearchError
 
     wanted_backends = _csv("--backends", backends)
     unknown = [b for b in wanted_backends if b not in RERANKER_BACKENDS]

@@ -22,20 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from api.schemas import SearchRequest
-from api.service import Scorer, SearchService, normalize_query
-from eval.loadtest import summarize_latencies
-from eval.metrics import (
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import Scorer, SearchService, normalize_query
+from shopsearch.eval.loadtest import summarize_latencies
+from shopsearch.eval.metrics import (
     MetricsResult,
     evaluate_protocol_a,
     evaluate_protocol_b,
     rerank_run,
     stage_recall,
 )
-from eval.report import ConfigResult
-from indexer.judgments import EvalDataset, JudgedQuery, Run
-from retrieval.item_text import item_text
-from retrieval.search_params import (
+from shopsearch.eval.report import ConfigResult
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery, Run
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.search_params import (
     PARAM_NAMES,
     FusionName,
     MergeName,

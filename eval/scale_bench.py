@@ -21,21 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from eval.loadtest import summarize_latencies
-from eval.scale import scale_catalog, write_catalog
-from indexer.catalog import ColumnMapping, load_catalog
-from indexer.progress import ProgressFactory, no_progress
-from indexer.snapshot import (
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.eval.loadtest import summarize_latencies
+from shopsearch.eval.scale import scale_catalog, write_catalog
+from shopsearch.indexer.catalog import ColumnMapping, load_catalog
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.snapshot import (
     MANIFEST,
     BuildOptions,
     SnapshotError,
     SnapshotStore,
     build_snapshot,
 )
-from retrieval.encoders import Encoder
+from shopsearch.retrieval.encoders import Encoder
 
 __all__ = ["ScalePoint", "approx_recall", "run_scale_bench"]
 
@@ -207,7 +207,7 @@ def measure_serving(index_dir: Path, encoder: Encoder, queries: Sequence[str]) -
         }
     )
     done = subprocess.run(
-        [sys.executable, "-m", "eval.scale_bench"],
+        [sys.executable, "-m", "shopsearch.eval.scale_bench"],
         input=payload,
         capture_output=True,
         text=True,

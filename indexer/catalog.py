@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.catalog_readers import invalid_utf8, read_rows
-from retrieval.checksums import file_sha256
-from retrieval.types import (
+from shopsearch.indexer.catalog_readers import invalid_utf8, read_rows
+from shopsearch.retrieval.checksums import file_sha256
+from shopsearch.retrieval.types import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
     PRODUCT_FIELD_LIMITS,

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from indexer.crashpoints import crashpoint
-from indexer.durable import remove_stale_temp_files, write_atomic
+from shopsearch.indexer.crashpoints import crashpoint
+from shopsearch.indexer.durable import remove_stale_temp_files, write_atomic
 
 __all__ = ["EmbeddingCache"]
 

@@ -4,7 +4,7 @@ importing each other. Import them from :mod:`indexer.snapshot`, which re-exports
 
 from __future__ import annotations
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = ["SnapshotError"]
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from indexer.durable import remove_stale_temp_files
+from shopsearch.indexer.durable import remove_stale_temp_files
 
 __all__ = [
     "BASE_FILES",

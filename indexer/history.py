@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from indexer.durable import write_atomic
+from shopsearch.indexer.durable import write_atomic
 
 __all__ = [
     "HISTORY",

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from indexer.errors import SnapshotError
-from indexer.generations import BASE_FILES
-from indexer.progress import ProgressFactory
-from retrieval.elasticsearch_index import ElasticsearchConnection
-from retrieval.lexical_index import LexicalIndex, LexicalIndexError, TantivyIndex
-from retrieval.types import Product
+from shopsearch.indexer.errors import SnapshotError
+from shopsearch.indexer.generations import BASE_FILES
+from shopsearch.indexer.progress import ProgressFactory
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+from shopsearch.retrieval.lexical_index import LexicalIndex, LexicalIndexError, TantivyIndex
+from shopsearch.retrieval.types import Product
 
 __all__ = [
     "DEFAULT_ES_PREFIX",

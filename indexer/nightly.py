@@ -43,11 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from indexer.crashpoints import crashpoint
-from indexer.generations import update_lock
-from indexer.history import now
-from indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
-from indexer.snapshot import SnapshotError, SnapshotStore, write_manifest
+from shopsearch.indexer.crashpoints import crashpoint
+from shopsearch.indexer.generations import update_lock
+from shopsearch.indexer.history import now
+from shopsearch.indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore, write_manifest
 
 __all__ = [
     "NightlyInputs",

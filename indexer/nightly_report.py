@@ -7,8 +7,8 @@ import json
 import math
 from pathlib import Path
 
-from indexer.durable import write_atomic
-from indexer.nightly import NightlyOutcome
+from shopsearch.indexer.durable import write_atomic
+from shopsearch.indexer.nightly import NightlyOutcome
 
 __all__ = ["comparison_rows", "render_markdown", "write_report"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retrieval.types import Product
+from shopsearch.retrieval.types import Product
 
 __all__ = ["read_products", "write_products"]
 

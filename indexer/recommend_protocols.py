@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
 
 __all__ = [
     "METRICS",

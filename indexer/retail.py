@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from indexer.events.importer import read_online_retail
+from shopsearch.indexer.events.importer import read_online_retail
 
 __all__ = ["DEV_CUTOFF", "DEV_END", "RetailSplit", "dev_split", "item_descriptions", "load_lines"]
 

@@ -64,13 +64,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.catalog import CatalogReport
-from indexer.crashpoints import crashpoint
-from indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
-from indexer.embedding_cache import EmbeddingCache
-from indexer.errors import SnapshotError
-from indexer.generations import BASE_FILES, snapshot_files, sweep_generations
-from indexer.history import (
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.crashpoints import crashpoint
+from shopsearch.indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
+from shopsearch.indexer.embedding_cache import EmbeddingCache
+from shopsearch.indexer.errors import SnapshotError
+from shopsearch.indexer.generations import BASE_FILES, snapshot_files, sweep_generations
+from shopsearch.indexer.history import (
     now,
     prune_plan,
     read_history,
@@ -78,7 +78,7 @@ from indexer.history import (
     served_stack,
     write_history,
 )
-from indexer.lexical_lifecycle import (
+from shopsearch.indexer.lexical_lifecycle import (
     DEFAULT_ES_PREFIX,
     LEXICAL_BACKENDS,
     LexicalLifecycle,
@@ -87,15 +87,15 @@ from indexer.lexical_lifecycle import (
     lexical_lifecycle,
     lifecycle_of,
 )
-from indexer.product_store import read_products, write_products
-from indexer.progress import ProgressFactory, no_progress
-from retrieval.elasticsearch_index import ElasticsearchConnection
-from retrieval.encoders import Encoder
-from retrieval.filters import ProductTable
-from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndex
-from retrieval.types import Product, ShopsearchError
-from retrieval.vector_index import (
+from shopsearch.indexer.product_store import read_products, write_products
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.filters import ProductTable
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.lexical_index import LexicalIndex
+from shopsearch.retrieval.types import Product, ShopsearchError
+from shopsearch.retrieval.vector_index import (
     ExactIndex,
     FaissIndex,
     FaissParams,

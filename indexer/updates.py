@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.crashpoints import crashpoint
-from indexer.generations import generation_files, sweep_generations_locked, update_lock
-from indexer.product_store import write_products
-from indexer.snapshot import (
+from shopsearch.indexer.crashpoints import crashpoint
+from shopsearch.indexer.generations import generation_files, sweep_generations_locked, update_lock
+from shopsearch.indexer.product_store import write_products
+from shopsearch.indexer.snapshot import (
     LoadedSnapshot,
     SnapshotError,
     load_snapshot,
@@ -62,11 +62,11 @@ from indexer.snapshot import (
     snapshot_files,
     write_manifest,
 )
-from retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
-from retrieval.encoders import Encoder
-from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndex, TantivyIndex
-from retrieval.types import Product, ShopsearchError
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "UPDATE_LOG_LIMIT",

@@ -1,5 +1,5 @@
 """Rerank: cross-encoder scoring of (query, item text) pairs, and its training."""
 
-from rerank.cross_encoder import Reranker, RerankerError
+from shopsearch.rerank.cross_encoder import Reranker, RerankerError
 
 __all__ = ["Reranker", "RerankerError"]

@@ -20,14 +20,14 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.encoders import (
+from shopsearch.retrieval.encoders import (
     EncoderBackend,
     ModelInfo,
     attach_onnx_backend,
     model_info,
     resolve_device,
 )
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "FALLBACK_MAX_LENGTH",
@@ -125,7 +125,7 @@ class Reranker:
         except (OSError, ValueError) as exc:
             raise RerankerError(f"cannot load cross-encoder from {self.path}: {exc}") from exc
         if runtime != "torch":
-            from retrieval.onnx_export import OnnxExportError
+            from shopsearch.retrieval.onnx_export import OnnxExportError
 
             try:
                 self.info = attach_onnx_backend(self.model, self.info, runtime)

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.fusion import RRF_K
-from retrieval.search_params import MERGE_NAMES, MergeName
+from shopsearch.retrieval.fusion import RRF_K
+from shopsearch.retrieval.search_params import MERGE_NAMES, MergeName
 
 __all__ = [
     "DEFAULT_RERANK_WEIGHT",

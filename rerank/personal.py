@@ -49,11 +49,11 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from retrieval.model_registry import CARD_FILE
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import csr_rows_sum
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.model_registry import CARD_FILE
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import csr_rows_sum
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "FEATURES",

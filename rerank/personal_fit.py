@@ -27,7 +27,7 @@ import numpy.typing as npt
 import scipy.optimize
 import scipy.sparse as sp
 
-from rerank.personal import (
+from shopsearch.rerank.personal import (
     FEATURES,
     STRATEGY_FEATURES,
     PersonalError,
@@ -36,7 +36,7 @@ from rerank.personal import (
     Strategy,
     default_weights,
 )
-from retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.base import HistoryItem
 
 __all__ = ["Example", "FitReport", "fit_weights", "mrr_at_10", "train_rescorer"]
 

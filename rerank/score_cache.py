@@ -28,8 +28,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.encoders import ModelInfo
-from retrieval.scoped_cache import ScopedCache, ScopedCacheFront
+from shopsearch.retrieval.encoders import ModelInfo
+from shopsearch.retrieval.scoped_cache import ScopedCache, ScopedCacheFront
 
 __all__ = ["CachedScores", "PairScorer", "ScoreCache", "model_key"]
 

@@ -3,7 +3,7 @@
 The foundation package: it imports nothing else from the project.
 """
 
-from retrieval.item_text import item_text
-from retrieval.types import Candidate, Product, ShopsearchError
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.types import Candidate, Product, ShopsearchError
 
 __all__ = ["Candidate", "Product", "ShopsearchError", "item_text"]

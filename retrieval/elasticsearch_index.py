@@ -38,17 +38,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from retrieval.circuit_breaker import CircuitBreaker
-from retrieval.filters import Filters
-from retrieval.item_text import DESCRIPTION_CHARS
-from retrieval.lexical_index import (
+from shopsearch.retrieval.circuit_breaker import CircuitBreaker
+from shopsearch.retrieval.filters import Filters
+from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
+from shopsearch.retrieval.lexical_index import (
     DEFAULT_FIELD_BOOSTS,
     LexicalHit,
     LexicalIndexError,
     ProgressCallback,
     _category_levels,
 )
-from retrieval.types import Product
+from shopsearch.retrieval.types import Product
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch

@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "ENCODER_BACKENDS",
@@ -124,7 +124,7 @@ def attach_onnx_backend(
     Raises:
         retrieval.onnx_export.OnnxExportError: onnxruntime/onnx missing or the export failed.
     """
-    from retrieval.onnx_export import Precision, attach, export_onnx
+    from shopsearch.retrieval.onnx_export import Precision, attach, export_onnx
 
     precision: Precision = "int8" if backend == "onnx-int8" else "fp32"
     export = export_onnx(model, base.sha256, precision)
@@ -183,7 +183,7 @@ class Encoder:
         self.device = resolve_device(device)
         use_cuda = False
         if backend != "torch" and self.device.startswith("cuda"):
-            from retrieval.onnx_export import onnx_gpu_available
+            from shopsearch.retrieval.onnx_export import onnx_gpu_available
 
             use_cuda = onnx_gpu_available()
             if not use_cuda:
@@ -220,7 +220,7 @@ class Encoder:
         self.dim = int(dim)
 
     def _attach_onnx(self, base: ModelInfo, use_cuda: bool) -> ModelInfo:
-        from retrieval.onnx_export import OnnxExportError
+        from shopsearch.retrieval.onnx_export import OnnxExportError
 
         try:
             return attach_onnx_backend(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.types import Product, ShopsearchError
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "BUILTIN_FILTER_FIELDS",

@@ -6,7 +6,7 @@ change here changes every stage at once (and a snapshot must be rebuilt).
 
 from __future__ import annotations
 
-from retrieval.types import Product
+from shopsearch.retrieval.types import Product
 
 __all__ = ["DESCRIPTION_CHARS", "item_text"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from retrieval.filters import Filters, category_matches
-from retrieval.item_text import DESCRIPTION_CHARS
-from retrieval.types import Product, ShopsearchError
+from shopsearch.retrieval.filters import Filters, category_matches
+from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "DEFAULT_FIELD_BOOSTS",

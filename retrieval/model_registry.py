@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from retrieval.encoders import ModelError, model_info
+from shopsearch.retrieval.encoders import ModelError, model_info
 
 __all__ = [
     "CARD_FILE",

@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 
-from retrieval.spelling import SpellCorrector
-from retrieval.types import Product, QueryRewrite, RewriteChange
+from shopsearch.retrieval.spelling import SpellCorrector
+from shopsearch.retrieval.types import Product, QueryRewrite, RewriteChange
 
 __all__ = [
     "UNIT_GROUPS",

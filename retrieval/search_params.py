@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from retrieval.fusion import FUSION_NAMES, FusionName
+from shopsearch.retrieval.fusion import FUSION_NAMES, FusionName
 
 __all__ = [
     "FUSION_NAMES",

@@ -34,7 +34,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from retrieval.types import QueryRewrite, RewriteChange
+from shopsearch.retrieval.types import QueryRewrite, RewriteChange
 
 __all__ = [
     "MIN_WORD_CHARS",

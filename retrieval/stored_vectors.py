@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "ExactIndex",

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.stored_vectors import (
+from shopsearch.retrieval.stored_vectors import (
     ExactIndex,
     FloatArray,
     RowArray,

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from api.cli import sample_catalog_path
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import load_catalog
-from indexer.snapshot import BuildOptions, build_snapshot
-from retrieval.encoders import Encoder, default_model_path
-from retrieval.types import Product
+from shopsearch.api.cli import sample_catalog_path
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import load_catalog
+from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.retrieval.encoders import Encoder, default_model_path
+from shopsearch.retrieval.types import Product
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"

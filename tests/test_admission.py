@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from api.admission import AdmissionController, Overloaded
-from retrieval.deadline import Deadline
+from shopsearch.api.admission import AdmissionController, Overloaded
+from shopsearch.retrieval.deadline import Deadline
 
 
 def test_runs_at_most_max_inflight_and_refuses_past_the_line() -> None:

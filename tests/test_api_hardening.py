@@ -16,14 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.guard import RequestGuard
-from api.schemas import MAX_RESULT_WINDOW, SearchRequest
-from api.service import DeadlineExceeded, SearchService
-from api.settings import Settings
-from rerank.cross_encoder import Reranker
-from retrieval.deadline import Deadline
-from retrieval.encoders import Encoder
+from shopsearch.api.app import create_app
+from shopsearch.api.guard import RequestGuard
+from shopsearch.api.schemas import MAX_RESULT_WINDOW, SearchRequest
+from shopsearch.api.service import DeadlineExceeded, SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.deadline import Deadline
+from shopsearch.retrieval.encoders import Encoder
 
 TOKEN = "s3cret-token"
 

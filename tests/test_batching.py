@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from retrieval.batching import MicroBatcher
-from retrieval.encoders import Encoder
+from shopsearch.retrieval.batching import MicroBatcher
+from shopsearch.retrieval.encoders import Encoder
 
 
 def test_concurrent_callers_get_their_own_rows_in_fewer_batches(encoder: Encoder) -> None:

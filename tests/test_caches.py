@@ -20,19 +20,19 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
-from api.result_cache import _NOT_IN_KEY, ResultCache, cacheable, result_key
-from api.schemas import SearchRequest, SearchResponse
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.snapshot import BuildOptions, build_snapshot
-from rerank.cross_encoder import Reranker
-from rerank.score_cache import ScoreCache
-from retrieval.deadline import Deadline
-from retrieval.encoders import Encoder
-from retrieval.scoped_cache import ScopedCache
-from retrieval.types import Product
+from shopsearch.api.app import create_app
+from shopsearch.api.result_cache import _NOT_IN_KEY, ResultCache, cacheable, result_key
+from shopsearch.api.schemas import SearchRequest, SearchResponse
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.rerank.score_cache import ScoreCache
+from shopsearch.retrieval.deadline import Deadline
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.scoped_cache import ScopedCache
+from shopsearch.retrieval.types import Product
 
 # -- the scoped LRU ---------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indexer.catalog import CatalogError, ColumnMapping, load_catalog
-from retrieval.types import (
+from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
+from shopsearch.retrieval.types import (
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_DESCRIPTION_CHARS,
     MAX_ID_CHARS,

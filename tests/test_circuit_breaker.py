@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from conftest import ES_URL
 
-from retrieval.circuit_breaker import CircuitBreaker
-from retrieval.elasticsearch_index import ElasticsearchConnection
-from retrieval.lexical_index import LexicalIndexError
-from retrieval.log_throttle import LogThrottle
-from retrieval.types import Product
+from shopsearch.retrieval.circuit_breaker import CircuitBreaker
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.log_throttle import LogThrottle
+from shopsearch.retrieval.types import Product
 
 
 class FakeClock:
@@ -231,7 +231,7 @@ def test_a_frozen_node_costs_the_timeout_n_times_then_nothing() -> None:
 
 @pytest.fixture
 def es_products_index(es_client: Any) -> Iterator[str]:
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     name = f"test-breaker-{uuid.uuid4().hex[:10]}"
     index = ElasticsearchIndex(name, client=es_client, timeout=5.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app, mount_plugins
+from shopsearch.api.cli import app, mount_plugins
 
 runner = CliRunner()
 
@@ -97,9 +97,9 @@ HD_SPLIT = (
 def test_eval_convert_then_generic_eval_matches_homedepot(tmp_path: Path) -> None:
     """`eval convert` names --gain-offset 1, and with it the generic path scores a run
     exactly like the Home Depot path (without it, nDCG differs: gain = grade, not grade - 1)."""
-    from eval.commands import _load_dataset
-    from eval.metrics import evaluate_protocol_a
-    from indexer.judgments import homedepot_qid, load_homedepot
+    from shopsearch.eval.commands import _load_dataset
+    from shopsearch.eval.metrics import evaluate_protocol_a
+    from shopsearch.indexer.judgments import homedepot_qid, load_homedepot
 
     hd_dir = tmp_path / "hd"
     hd_dir.mkdir()
@@ -174,8 +174,8 @@ MANIFEST: dict[str, object] = {
 
 @pytest.mark.parametrize("field", ["counts", "lexical_index", "build", "vector_index"])
 def test_build_summary_refuses_a_malformed_manifest_by_name(tmp_path: Path, field: str) -> None:
-    from api.cli import _print_build_summary
-    from indexer.snapshot import SnapshotError
+    from shopsearch.api.cli import _print_build_summary
+    from shopsearch.indexer.snapshot import SnapshotError
 
     _print_build_summary(MANIFEST, tmp_path, promoted=True)  # the well-formed one prints
     broken = {**MANIFEST, field: ["not", "an", "object"]}

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.training.compress import distilled_labels, kept_layers, prune_layers
-from rerank.cross_encoder import Reranker
+from shopsearch.indexer.training.compress import distilled_labels, kept_layers, prune_layers
+from shopsearch.rerank.cross_encoder import Reranker
 
 
 def test_kept_layers_are_evenly_spaced_and_keep_the_last() -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from conftest import ES_URL, es_unavailable
 
-from retrieval.lexical_index import LexicalIndexError
-from retrieval.types import Product
+from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.types import Product
 
 SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "elasticsearch.sh"
 
@@ -48,7 +48,7 @@ def products(n: int, word: str = "widget") -> list[Product]:
 
 
 def es_index(es_client: Any, name: str, **kwargs: Any) -> Any:
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     return ElasticsearchIndex(name, client=es_client, **{"timeout": 5.0, **kwargs})
 
@@ -190,7 +190,7 @@ def test_the_analyzer_follows_the_cluster_and_is_recorded(es_client: Any, prefix
 def test_rejected_documents_fail_the_build_by_id_and_leave_the_alias(
     es_client: Any, prefix: str
 ) -> None:
-    from retrieval.elasticsearch_index import RejectedDocumentsError
+    from shopsearch.retrieval.elasticsearch_index import RejectedDocumentsError
 
     (serving,) = built_versions(es_client, prefix, [4])
     admin = es_index(es_client, prefix)
@@ -228,7 +228,7 @@ def _closed_port() -> int:
 
 
 def test_unreachable_cluster_raises_lexical_index_error_quickly() -> None:
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     index = ElasticsearchIndex(
         "products", url=f"http://user:s3cret@127.0.0.1:{_closed_port()}", timeout=0.5
@@ -246,7 +246,7 @@ def test_unreachable_cluster_raises_lexical_index_error_quickly() -> None:
 
 def test_a_cluster_slower_than_the_timeout_raises_lexical_index_error() -> None:
     """A socket that accepts connections and never answers: a hung cluster."""
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -278,7 +278,7 @@ def test_stopping_the_node_mid_run_turns_queries_into_lexical_index_errors(
     """Runs last: a node of its own (same script, another port) is stopped under a query
     loop. Every query either answers or raises LexicalIndexError within the timeout's
     order of magnitude; once the node is gone, every one raises it."""
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     env = {
         **os.environ,

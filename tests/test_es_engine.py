@@ -29,22 +29,22 @@ import pytest
 from conftest import ES_URL, es_unavailable
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.snapshot import (
+from shopsearch.api.app import create_app
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.snapshot import (
     BuildOptions,
     SnapshotError,
     SnapshotStore,
     build_snapshot,
     es_index_name,
 )
-from retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
-from retrieval.encoders import Encoder
-from retrieval.lexical_index import LexicalIndexError
-from retrieval.types import Product
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.types import Product
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -292,7 +292,7 @@ def test_a_killed_build_leaves_current_and_the_alias_and_the_next_build_cleans_u
         [
             sys.executable,
             "-m",
-            "api.cli",
+            "shopsearch.api.cli",
             "build",
             "--catalog",
             str(catalog),
@@ -395,7 +395,7 @@ def test_a_hung_cluster_opens_the_breaker_and_is_logged_once_per_reason(
         )
         svc.load()  # the warm-up query is the first failure
         assert svc.es is not None and svc.es.breaker is not None
-        caplog.set_level(logging.WARNING, logger="api.service")
+        caplog.set_level(logging.WARNING, logger="shopsearch.api.service")
         seconds = []
         for _ in range(20):
             started = time.monotonic()
@@ -529,7 +529,7 @@ def test_cli_build_with_credentials_never_shows_the_secret(
     """The test node runs without security, so it ignores the credentials it is sent."""
     from typer.testing import CliRunner
 
-    from api.cli import app, sample_catalog_path
+    from shopsearch.api.cli import app, sample_catalog_path
 
     secret = "s3cret-Pa55word"
     with caplog.at_level("DEBUG"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.gate import check_gate, load_gate_metrics
-from eval.report import ConfigResult, ReportError, write_metrics_json
+from shopsearch.eval.gate import check_gate, load_gate_metrics
+from shopsearch.eval.report import ConfigResult, ReportError, write_metrics_json
 
 BASELINE = {"ndcg@10": 0.387, "recall@100": 0.765, "mrr@10": 0.41}
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from eval.loadtest import (
+from shopsearch.eval.loadtest import (
     LoadTestError,
     check_loopback,
     free_port,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.metrics import (
+from shopsearch.eval.metrics import (
     evaluate_protocol_a,
     evaluate_protocol_b,
     rerank_run,
     stage_recall,
 )
-from indexer.judgments import (
+from shopsearch.indexer.judgments import (
     EvalDataset,
     JudgedQuery,
     RunFileError,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import (
+from shopsearch.eval.report import (
     SCHEMA,
     ConfigResult,
     ReportError,

@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from eval.scale import scale_catalog, write_catalog
-from eval.scale_bench import approx_recall, run_scale_bench
-from indexer.snapshot import SnapshotError
-from retrieval.encoders import Encoder
+from shopsearch.eval.scale import scale_catalog, write_catalog
+from shopsearch.eval.scale_bench import approx_recall, run_scale_bench
+from shopsearch.indexer.snapshot import SnapshotError
+from shopsearch.retrieval.encoders import Encoder
 
 BASE = [
     {"id": 1, "title": "BEHR Premium 1-gal. #SC-141 Tugboat Wood Coating", "price": 30.0},

@@ -13,9 +13,9 @@ from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.events_routes import events_router
-from api.settings import Settings
-from indexer.events import EventStore, check_key, pseudonymise
+from shopsearch.api.events_routes import events_router
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events import EventStore, check_key, pseudonymise
 
 KEY = "test-key-0123456789abcdef"
 NOW = datetime.now(UTC).replace(microsecond=0)

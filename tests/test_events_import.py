@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app
-from indexer.events import EventStore, pseudonymise
-from indexer.events.importer import import_events, read_online_retail, retail_events
+from shopsearch.api.cli import app
+from shopsearch.indexer.events import EventStore, pseudonymise
+from shopsearch.indexer.events.importer import import_events, read_online_retail, retail_events
 from tests.conftest import DATASETS, require
 
 KEY = "import-test-key-0123456789"

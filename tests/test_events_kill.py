@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eval.events_bench import run_events_bench
-from eval.loadtest import free_port
+from shopsearch.eval.events_bench import run_events_bench
+from shopsearch.eval.loadtest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def server(tmp_path: Path, name: str) -> Iterator[tuple[subprocess.Popen[bytes],
         [
             sys.executable,
             "-m",
-            "api.cli",
+            "shopsearch.api.cli",
             "serve",
             "--index-dir",
             str(tmp_path / "index"),

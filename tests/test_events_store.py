@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from indexer.events import INTERACTION_COLUMNS, Event, EventStore, EventStoreError
-from indexer.events.schema import LATEST_VERSION, migrate, schema_version
+from shopsearch.indexer.events import INTERACTION_COLUMNS, Event, EventStore, EventStoreError
+from shopsearch.indexer.events.schema import LATEST_VERSION, migrate, schema_version
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

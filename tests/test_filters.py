@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.filters import Filters, InvalidFilterError, ProductTable, category_matches
-from retrieval.lexical_index import filters_hold
-from retrieval.types import Product
+from shopsearch.retrieval.filters import Filters, InvalidFilterError, ProductTable, category_matches
+from shopsearch.retrieval.lexical_index import filters_hold
+from shopsearch.retrieval.types import Product
 
 
 def test_category_prefix_is_level_by_level() -> None:

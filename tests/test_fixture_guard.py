@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from api.service import SearchService
-from retrieval.encoders import Encoder, ModelInfo
+from shopsearch.api.service import SearchService
+from shopsearch.retrieval.encoders import Encoder, ModelInfo
 
 # Pure helpers: pytest loads conftest.py as `conftest`, so this import is a second copy.
 from tests.conftest import dir_state, service_state

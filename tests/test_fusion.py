@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.fusion import minmax_normalize, reciprocal_rank_fusion, weighted_fusion
+from shopsearch.retrieval.fusion import minmax_normalize, reciprocal_rank_fusion, weighted_fusion
 
 
 def test_rrf_on_hand_made_rankings() -> None:
@@ -50,7 +50,7 @@ def test_weighted_fusion_rejects_bad_weight() -> None:
 
 
 def test_default_fusion_trusts_bm25_until_towers_are_fine_tuned() -> None:
-    from retrieval.fusion import FusionMethod, default_fusion
+    from shopsearch.retrieval.fusion import FusionMethod, default_fusion
 
     tuned = default_fusion(fine_tuned=True)
     assert tuned.method is FusionMethod.rrf and tuned.describe() == "rrf"
@@ -64,8 +64,8 @@ def test_default_fusion_trusts_bm25_until_towers_are_fine_tuned() -> None:
 def test_towers_fine_tuned_reads_the_model_card(tmp_path: Path) -> None:
     import json
 
-    from retrieval.encoders import default_model_path
-    from retrieval.model_registry import towers_fine_tuned
+    from shopsearch.retrieval.encoders import default_model_path
+    from shopsearch.retrieval.model_registry import towers_fine_tuned
 
     assert towers_fine_tuned(default_model_path()) is False  # the bundled base model
     assert towers_fine_tuned(tmp_path) is False  # no card
@@ -78,7 +78,7 @@ def test_towers_fine_tuned_reads_the_model_card(tmp_path: Path) -> None:
 
 
 def test_weighted_rrf_lets_the_heavier_leg_lead() -> None:
-    from retrieval.fusion import WEIGHTED_RRF_K, FusionMethod, fuse
+    from shopsearch.retrieval.fusion import WEIGHTED_RRF_K, FusionMethod, fuse
 
     dense = [("d1", 0.9), ("both", 0.8)]
     lexical = [("l1", 12.0), ("l2", 11.0), ("both", 3.0)]

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app, mount_plugins
-from api.service import SearchService
-from api.settings import Settings
-from eval.runner import default_configurations, evaluate_configurations
-from indexer.catalog import ColumnMapping, load_catalog
-from indexer.judgments import EvalDataset, load_homedepot
-from indexer.snapshot import BuildOptions, build_snapshot
-from retrieval.encoders import Encoder
+from shopsearch.api.cli import app, mount_plugins
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.eval.runner import default_configurations, evaluate_configurations
+from shopsearch.indexer.catalog import ColumnMapping, load_catalog
+from shopsearch.indexer.judgments import EvalDataset, load_homedepot
+from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_eval_command_writes_report_and_gates(
 def test_rerank_weight_sweep_scores_each_pair_once(
     subset: tuple[Path, EvalDataset], encoder: Encoder, cross_encoder_dir: Path
 ) -> None:
-    from rerank.cross_encoder import Reranker
+    from shopsearch.rerank.cross_encoder import Reranker
 
     index_dir, dataset = subset
     small = EvalDataset("sweep", dataset.queries[:12], dataset.gain_offset)
@@ -166,8 +166,8 @@ def test_rerank_weight_sweep_scores_each_pair_once(
 
 
 def test_rerank_memo_counts_only_pairs_scored_before(cross_encoder_dir: Path) -> None:
-    from eval.runner import _RerankMemo
-    from rerank.cross_encoder import Reranker
+    from shopsearch.eval.runner import _RerankMemo
+    from shopsearch.rerank.cross_encoder import Reranker
 
     memo = _RerankMemo(Reranker(cross_encoder_dir, device="cpu"))
     first = memo.score("drill", ["DeWalt drill", "DeWalt drill", "hose"])  # a repeated title
@@ -183,9 +183,9 @@ def test_pareto_report_compares_a_pruned_reranker(
 ) -> None:
     from sentence_transformers import CrossEncoder
 
-    from api.settings import Settings
-    from eval.pareto import RerankerChoice, run_pareto, write_pareto
-    from indexer.training.compress import prune_layers
+    from shopsearch.api.settings import Settings
+    from shopsearch.eval.pareto import RerankerChoice, run_pareto, write_pareto
+    from shopsearch.indexer.training.compress import prune_layers
 
     index_dir, dataset = subset
     small = EvalDataset(dataset.name, dataset.queries[:15], dataset.gain_offset)

@@ -18,15 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.cli import sample_catalog_path
-from eval.loadtest import free_port
-from indexer.catalog import load_catalog
-from indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
-from retrieval.encoders import Encoder
+from shopsearch.api.cli import sample_catalog_path
+from shopsearch.eval.loadtest import free_port
+from shopsearch.indexer.catalog import load_catalog
+from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
+from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow
 
-SHOPSEARCH = [sys.executable, "-m", "api.cli"]
+SHOPSEARCH = [sys.executable, "-m", "shopsearch.api.cli"]
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

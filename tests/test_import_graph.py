@@ -1,4 +1,5 @@
-"""The import graph (issue 15): packages import one way, no module imports itself back.
+"""The import graph (issue 15): packages import one way, no module imports itself back,
+and every import names the installed namespace (``shopsearch.api``, never bare ``api``).
 
 Every ``import`` of every module counts, at the top and inside functions alike (a lazy
 import is still a dependency, only a hidden one). The layers, lowest first:
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("retrieval", "rerank", "indexer", "api", "eval")
+NAMESPACE = "shopsearch."
 ALLOWED: dict[str, set[str]] = {
     "retrieval": set(),
     "rerank": {"retrieval"},
@@ -53,7 +56,10 @@ def _imports() -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     targets.add(node.module)
                     targets.update(f"{node.module}.{alias.name}" for alias in node.names)
-            graph[name] = {t for t in targets if t.split(".")[0] in PACKAGES}
+            bare = sorted(t for t in targets if t.split(".")[0] in PACKAGES)
+            assert not bare, f"{name} imports {bare}: import them as shopsearch.<package>"
+            # The installed namespace (pyproject's package-dir): shopsearch.api is api/.
+            graph[name] = {t.removeprefix(NAMESPACE) for t in targets if t.startswith(NAMESPACE)}
     return graph
 
 
@@ -118,3 +124,18 @@ def test_no_module_imports_itself_back() -> None:
         tuple(graphlib.TopologicalSorter(edges).static_order())
     except graphlib.CycleError as exc:
         raise AssertionError(f"import loop: {' -> '.join(exc.args[1])}") from exc
+
+
+def test_every_package_folder_is_installed_in_the_namespace() -> None:
+    """pyproject.toml lists the installed packages by hand (package-dir maps
+    ``shopsearch.<folder>`` to ``<folder>``): a new sub-package missing from the list
+    would work in a checkout and be absent from a wheel."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        NAMESPACE + ".".join(init.parent.relative_to(ROOT).parts)
+        for package in PACKAGES
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert listed == folders

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.metrics import evaluate_protocol_a, evaluate_protocol_b
-from indexer.judgments import (
+from shopsearch.eval.metrics import evaluate_protocol_a, evaluate_protocol_b
+from shopsearch.indexer.judgments import (
     HOMEDEPOT_GAIN_OFFSET,
     DatasetError,
     EvalDataset,

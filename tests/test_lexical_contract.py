@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from retrieval.filters import Filters
-from retrieval.lexical_index import LexicalIndex, TantivyIndex, filters_hold
-from retrieval.types import Product
+from shopsearch.retrieval.filters import Filters
+from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex, filters_hold
+from shopsearch.retrieval.types import Product
 
 #: Every description ends with this, so the query "hardware" matches every product and a
 #: filtered search for it must return exactly the products that pass the filter.
@@ -143,7 +143,7 @@ def make_index(
     def make() -> LexicalIndex:
         if client is None:
             return TantivyIndex(tmp_path_factory.mktemp("tantivy"))
-        from retrieval.elasticsearch_index import ElasticsearchIndex
+        from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
         name = f"test-contract-{uuid.uuid4().hex[:10]}"
         made.append(name)
@@ -165,7 +165,7 @@ def built(
         index.build(CATALOG)
         yield index
         return
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     client = request.getfixturevalue("es_client")
     name = f"test-contract-built-{uuid.uuid4().hex[:10]}"
@@ -296,7 +296,7 @@ def test_delete_removes_products_and_ignores_unknown_ids(make_index: MakeIndex) 
 @pytest.mark.elasticsearch
 def test_elasticsearch_top5_agrees_with_tantivy(es_client: Any, tmp_path: Path) -> None:
     """On queries without stemming differences, both engines find the same top 5."""
-    from retrieval.elasticsearch_index import ElasticsearchIndex
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
 
     reference = TantivyIndex(tmp_path / "tantivy")
     reference.build(CATALOG)

@@ -16,9 +16,9 @@ from typing import Any, cast
 import pytest
 from conftest import ES_URL
 
-import indexer.snapshot as snapshot_module
-from indexer.catalog import CatalogReport
-from indexer.lexical_lifecycle import (
+import shopsearch.indexer.snapshot as snapshot_module
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.lexical_lifecycle import (
     LEXICAL_BACKENDS,
     ElasticsearchLifecycle,
     LexicalBuild,
@@ -30,12 +30,12 @@ from indexer.lexical_lifecycle import (
     lexical_lifecycle,
     lifecycle_of,
 )
-from indexer.progress import no_progress
-from indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore, build_snapshot
-from retrieval.elasticsearch_index import ElasticsearchConnection
-from retrieval.encoders import Encoder
-from retrieval.lexical_index import LexicalIndex
-from retrieval.types import Product
+from shopsearch.indexer.progress import no_progress
+from shopsearch.indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore, build_snapshot
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.lexical_index import LexicalIndex
+from shopsearch.retrieval.types import Product
 
 ES_MANIFEST: dict[str, Any] = {
     "version": "20240101T000000Z-abcdef12",
@@ -162,7 +162,7 @@ def test_the_elasticsearch_lifecycle_without_a_connection_says_how_to_give_one(
         lexical.open(tmp_path, ES_MANIFEST, None)
     assert lexical.names(ES_MANIFEST) == {ES_MANIFEST["lexical_index"]["index"]}
     lexical.discard(version)  # nothing to reach: the next build's sweep deletes it
-    caplog.set_level(logging.WARNING, logger="indexer.lexical_lifecycle")
+    caplog.set_level(logging.WARNING, logger="shopsearch.indexer.lexical_lifecycle")
     lexical.drop(version, ES_MANIFEST)
     assert "without a cluster connection" in caplog.text
 
@@ -180,7 +180,7 @@ def test_the_elasticsearch_lifecycle_on_a_cluster_that_is_down(
         assert index.index == ES_MANIFEST["lexical_index"]["index"]  # type: ignore[attr-defined]
         with pytest.raises(SnapshotError, match="CURRENT still names older"):
             lexical.switch(version, ES_MANIFEST, "promote", "older")
-        caplog.set_level(logging.WARNING, logger="indexer.lexical_lifecycle")
+        caplog.set_level(logging.WARNING, logger="shopsearch.indexer.lexical_lifecycle")
         lexical.drop(version, ES_MANIFEST)
         lexical.discard(version)
     assert "of pruned snapshot" in caplog.text and "failed build's index" in caplog.text

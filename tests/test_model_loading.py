@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank.cross_encoder import Reranker, RerankerError
-from retrieval.encoders import Encoder, ModelError
+from shopsearch.rerank.cross_encoder import Reranker, RerankerError
+from shopsearch.retrieval.encoders import Encoder, ModelError
 
 #: Variables that switch the Hugging Face libraries offline; unset here so that a
 #: constructor setting one shows.

@@ -19,15 +19,15 @@ import pytest
 from conftest import ES_URL
 from typer.testing import CliRunner
 
-from api.cli import app, mount_plugins, sample_catalog_path
-from api.settings import Settings
-from eval.nightly_eval import ServeDefaultsEvaluator
-from indexer.catalog import load_catalog
-from indexer.judgments import load_generic
-from indexer.nightly import NightlyInputs, dataset_fingerprint, nightly_lock
-from indexer.snapshot import SnapshotStore
-from indexer.updates import apply_updates
-from retrieval.encoders import Encoder
+from shopsearch.api.cli import app, mount_plugins, sample_catalog_path
+from shopsearch.api.settings import Settings
+from shopsearch.eval.nightly_eval import ServeDefaultsEvaluator
+from shopsearch.indexer.catalog import load_catalog
+from shopsearch.indexer.judgments import load_generic
+from shopsearch.indexer.nightly import NightlyInputs, dataset_fingerprint, nightly_lock
+from shopsearch.indexer.snapshot import SnapshotStore
+from shopsearch.indexer.updates import apply_updates
+from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow
 

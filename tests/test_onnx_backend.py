@@ -16,11 +16,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import retrieval.onnx_export as onnx_export
-from api.service import SearchService
-from api.settings import Settings
-from indexer.snapshot import SnapshotError
-from retrieval.encoders import ENCODER_BACKENDS, Encoder, ModelError, model_info
+import shopsearch.retrieval.onnx_export as onnx_export
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.snapshot import SnapshotError
+from shopsearch.retrieval.encoders import ENCODER_BACKENDS, Encoder, ModelError, model_info
 
 pytest.importorskip("onnxruntime", reason="the ONNX backends need onnxruntime")
 
@@ -163,7 +163,7 @@ def test_service_uses_the_configured_backend_and_refuses_a_torch_snapshot(
 
 
 def test_reranker_onnx_backends_score_like_torch(onnx_cache: Path, cross_encoder_dir: Path) -> None:
-    from rerank.cross_encoder import Reranker
+    from shopsearch.rerank.cross_encoder import Reranker
 
     query = "cordless drill"
     torch_scores = Reranker(cross_encoder_dir, device="cpu").score(query, TEXTS)
@@ -191,7 +191,7 @@ def test_reranker_onnx_backends_score_like_torch(onnx_cache: Path, cross_encoder
 
 
 def test_reranker_backend_resolution() -> None:
-    from rerank.cross_encoder import RerankerError, resolve_reranker_backend
+    from shopsearch.rerank.cross_encoder import RerankerError, resolve_reranker_backend
 
     assert resolve_reranker_backend("auto", "cpu") == "onnx-int8"
     assert resolve_reranker_backend("auto", "cuda") == "torch"

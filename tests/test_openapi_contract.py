@@ -21,13 +21,13 @@ from pydantic import SecretStr
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from api.app import create_app
-from api.cli import sample_catalog_path
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import load_catalog
-from indexer.snapshot import BuildOptions, build_snapshot
-from retrieval.encoders import Encoder
+from shopsearch.api.app import create_app
+from shopsearch.api.cli import sample_catalog_path
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import load_catalog
+from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow
 

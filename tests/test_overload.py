@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eval.loadtest import free_port, run_load_test
+from shopsearch.eval.loadtest import free_port, run_load_test
 from tests.test_http_e2e import wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,14 @@ def base_url(sample_index: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "api.cli", "serve", "--index-dir", str(sample_index)),
+                *(
+                    sys.executable,
+                    "-m",
+                    "shopsearch.api.cli",
+                    "serve",
+                    "--index-dir",
+                    str(sample_index),
+                ),
                 *("--port", str(port), "--reload-interval", "0"),
             ],
             stdout=log,

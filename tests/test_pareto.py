@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eval.pareto import pareto_front
+from shopsearch.eval.pareto import pareto_front
 
 
 def test_pareto_front_keeps_only_unbeaten_points() -> None:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from rerank.personal import (
+from shopsearch.rerank.personal import (
     FEATURES,
     PersonalError,
     PersonalParams,
     PersonalRescorer,
     default_weights,
 )
-from rerank.personal_fit import fit_weights, mrr_at_10
-from retrieval.recommend.base import HistoryItem
+from shopsearch.rerank.personal_fit import fit_weights, mrr_at_10
+from shopsearch.retrieval.recommend.base import HistoryItem
 
 NOW = datetime(2011, 9, 30, 12, tzinfo=UTC)
 ITEMS = ("bag-red", "bag-blue", "candle-red", "candle-white", "mug")

@@ -27,14 +27,14 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.quality_monitor import LiveRecallMonitor, rerank_outcome
-from api.service import SearchService
-from api.settings import Settings
-from indexer.snapshot import SnapshotStore, snapshot_files
-from rerank.cross_encoder import Reranker
-from retrieval.encoders import Encoder
-from retrieval.vector_index import FaissIndex, FaissParams
+from shopsearch.api.app import create_app
+from shopsearch.api.quality_monitor import LiveRecallMonitor, rerank_outcome
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.snapshot import SnapshotStore, snapshot_files
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.vector_index import FaissIndex, FaissParams
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "api" / "dashboards" / "shopsearch-grafana.json"

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.judgments import EvalDataset, JudgedQuery
-from indexer.snapshot import BuildOptions, build_snapshot
-from indexer.training.inputs import TrainingInputs, rewrite_splits
-from retrieval.encoders import Encoder, default_model_path
-from retrieval.query_rewrite import QueryRewriter, UnitNormalizer
-from retrieval.spelling import SpellCorrector
-from retrieval.types import Product, RewriteChange
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
+from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.training.inputs import TrainingInputs, rewrite_splits
+from shopsearch.retrieval.encoders import Encoder, default_model_path
+from shopsearch.retrieval.query_rewrite import QueryRewriter, UnitNormalizer
+from shopsearch.retrieval.spelling import SpellCorrector
+from shopsearch.retrieval.types import Product, RewriteChange
 
 COUNTS = {
     "toilet": 40,

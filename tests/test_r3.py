@@ -11,9 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.recommend.r3 import R3Data, evaluate_rankings, rank_candidates, reference_strategies
-from indexer.training.personal import ShopperTimelines, WordQuery, word_queries
-from retrieval.encoders import Encoder
+from shopsearch.eval.recommend.r3 import (
+    R3Data,
+    evaluate_rankings,
+    rank_candidates,
+    reference_strategies,
+)
+from shopsearch.indexer.training.personal import ShopperTimelines, WordQuery, word_queries
+from shopsearch.retrieval.encoders import Encoder
 from tests.conftest import DATASETS, require
 
 
@@ -132,8 +137,8 @@ R3_FLOORS = {"attention-blend": 0.555, "own-then-copurchase": 0.51, "popularity"
 
 @pytest.mark.slow
 def test_r3_on_the_dev_split(encoder: Encoder) -> None:
-    from eval.recommend.r3 import run_r3
-    from indexer.retail import dev_split, load_lines
+    from shopsearch.eval.recommend.r3 import run_r3
+    from shopsearch.indexer.retail import dev_split, load_lines
 
     path = DATASETS / "online-retail" / "transactions.csv.gz"
     require(Path(path).is_file(), f"online-retail data not found at {path}")

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import pytest
 
-from eval.recommend.runner import run_protocols
-from eval.recommend.strategies import reference_strategies, trained_strategies
-from indexer.retail import dev_split, item_descriptions, load_lines
-from indexer.training.recommender import embed_items, interaction_arrays, retail_interactions
-from indexer.training.recommender_ranker import fit_rankers
-from indexer.training.recommender_tuning import validation_set
-from retrieval.encoders import Encoder
-from retrieval.recommend.bundle import RecommenderConfig, fit_bundle
-from retrieval.recommend.interactions import ItemVocab
+from shopsearch.eval.recommend.runner import run_protocols
+from shopsearch.eval.recommend.strategies import reference_strategies, trained_strategies
+from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
+from shopsearch.indexer.training.recommender import (
+    embed_items,
+    interaction_arrays,
+    retail_interactions,
+)
+from shopsearch.indexer.training.recommender_ranker import fit_rankers
+from shopsearch.indexer.training.recommender_tuning import validation_set
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.bundle import RecommenderConfig, fit_bundle
+from shopsearch.retrieval.recommend.interactions import ItemVocab
 from tests.conftest import DATASETS, require
 
 pytestmark = pytest.mark.slow

@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from eval.recommend.runner import run_protocols, write_outputs
-from indexer.recommend_protocols import (
+from shopsearch.eval.recommend.runner import run_protocols, write_outputs
+from shopsearch.indexer.recommend_protocols import (
     customer_histories,
     evaluate_run,
     r1_queries,
     r2_queries,
 )
-from retrieval.recommend.base import Scored
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.popularity import Popularity
+from shopsearch.retrieval.recommend.base import Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.popularity import Popularity
 
 T0 = datetime(2011, 9, 1, tzinfo=UTC)
 
@@ -125,7 +125,7 @@ def _retail_csv(path: Path, rows: list[tuple[str, str, str, str, str]]) -> Path:
 
 
 def test_cli_eval_recommend_and_train_recommender(tmp_path: Path) -> None:
-    from api.cli import app, mount_plugins
+    from shopsearch.api.cli import app, mount_plugins
 
     mount_plugins(app)
     # Codes such as "B" or "D" are not products in this data set (bad debt, discount).
@@ -199,8 +199,8 @@ def test_cli_eval_recommend_and_train_recommender(tmp_path: Path) -> None:
     card = json.loads(result.stdout[result.stdout.index("{") :])
     assert card["kind"] == "recommender" and card["trained_on"]["items"] == 3
     assert card["latency_ms"]["similar_p50_ms"] >= 0
-    from indexer.training.recommender import load_recommender
-    from retrieval.model_registry import resolve_model
+    from shopsearch.indexer.training.recommender import load_recommender
+    from shopsearch.retrieval.model_registry import resolve_model
 
     bundle = load_recommender(resolve_model("recommender/latest", models))
     assert bundle.version == card["version"]

@@ -11,16 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.training.recommender import interaction_arrays
-from retrieval.model_registry import list_models, new_version, register, staging_dir
-from retrieval.recommend.base import HistoryItem, Recommender
-from retrieval.recommend.blend import Chain
-from retrieval.recommend.bundle import RecommenderConfig, fit_bundle, load_bundle, save_bundle
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.item2item import ItemToItem, fit_similarity
-from retrieval.recommend.popularity import Popularity, popularity_scores
-from retrieval.recommend.repurchase import Repurchase
-from retrieval.recommend.text import TextNeighbours
+from shopsearch.indexer.training.recommender import interaction_arrays
+from shopsearch.retrieval.model_registry import list_models, new_version, register, staging_dir
+from shopsearch.retrieval.recommend.base import HistoryItem, Recommender
+from shopsearch.retrieval.recommend.blend import Chain
+from shopsearch.retrieval.recommend.bundle import (
+    RecommenderConfig,
+    fit_bundle,
+    load_bundle,
+    save_bundle,
+)
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.item2item import ItemToItem, fit_similarity
+from shopsearch.retrieval.recommend.popularity import Popularity, popularity_scores
+from shopsearch.retrieval.recommend.repurchase import Repurchase
+from shopsearch.retrieval.recommend.text import TextNeighbours
 
 T0 = datetime(2011, 9, 1, tzinfo=UTC)
 

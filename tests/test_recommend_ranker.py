@@ -11,18 +11,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.training.recommender import interaction_arrays
-from indexer.training.recommender_ranker import (
+from shopsearch.indexer.training.recommender import interaction_arrays
+from shopsearch.indexer.training.recommender_ranker import (
     MIN_POSITIVES,
     fit_linear_ranker,
     fit_rankers,
     neutral_ranker,
 )
-from indexer.training.recommender_tuning import validation_set
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.bundle import RecommenderConfig, fit_bundle, load_bundle, save_bundle
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.ranker import NEVER_DAYS, RANKER_FEATURES, LinearRanker, item_statistics
+from shopsearch.indexer.training.recommender_tuning import validation_set
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.bundle import (
+    RecommenderConfig,
+    fit_bundle,
+    load_bundle,
+    save_bundle,
+)
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.ranker import (
+    NEVER_DAYS,
+    RANKER_FEATURES,
+    LinearRanker,
+    item_statistics,
+)
 
 T0 = datetime(2011, 9, 1, tzinfo=UTC)
 #: basket -> (user, day, items): u1 buys "a" twice, "d" is bought by three shoppers lately.
@@ -145,7 +155,7 @@ def test_fit_rankers_with_too_little_data_keeps_the_blend() -> None:
 def test_csr_rows_sum_equals_the_sparse_product() -> None:
     import scipy.sparse as sp
 
-    from retrieval.recommend.scoring import csr_rows_sum
+    from shopsearch.retrieval.recommend.scoring import csr_rows_sum
 
     m = sp.random(30, 40, density=0.2, format="csr", random_state=0)
     rows = np.array([3, 7, 7, 29])

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from rerank.cross_encoder import FALLBACK_MAX_LENGTH, Reranker
-from rerank.merge import merge_rerank, merge_scores, standardize
-from retrieval.encoders import Encoder, ModelError
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.rerank.cross_encoder import FALLBACK_MAX_LENGTH, Reranker
+from shopsearch.rerank.merge import merge_rerank, merge_scores, standardize
+from shopsearch.retrieval.encoders import Encoder, ModelError
 
 
 def test_reranker_scores_pairs(cross_encoder_dir: Path) -> None:

@@ -20,22 +20,22 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from eval.runner import (
+from shopsearch.api.app import create_app
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.eval.runner import (
     Configuration,
     evaluate_configurations,
     parse_sweep,
     sweep_configurations,
 )
-from indexer.judgments import EvalDataset, JudgedQuery
-from indexer.snapshot import SnapshotStore, snapshot_files
-from rerank.cross_encoder import Reranker
-from retrieval.encoders import Encoder
-from retrieval.fusion import FusionMethod
-from retrieval.search_params import (
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
+from shopsearch.indexer.snapshot import SnapshotStore, snapshot_files
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.fusion import FusionMethod
+from shopsearch.retrieval.search_params import (
     FUSION_NAMES,
     MAX_NPROBE,
     MERGE_NAMES,
@@ -44,7 +44,7 @@ from retrieval.search_params import (
     SearchParams,
     parse_param,
 )
-from retrieval.vector_index import ExactIndex, FaissIndex, FaissParams
+from shopsearch.retrieval.vector_index import ExactIndex, FaissIndex, FaissParams
 
 NLIST = 16
 QUERIES = [
@@ -369,7 +369,7 @@ def generic_files(exact_dataset: EvalDataset, tmp_path: Path) -> tuple[Path, Pat
 def test_eval_command_sweeps_nprobe(
     ivf_index: Path, generic_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from api.cli import app, mount_plugins
+    from shopsearch.api.cli import app, mount_plugins
 
     mount_plugins(app)
     queries, qrels = generic_files

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from indexer.training.sequence import (
+from shopsearch.indexer.training.sequence import (
     SequenceTrainingConfig,
     SequenceTrainingResult,
     train_sequence,
 )
-from indexer.training.towers import TrainingError
-from retrieval.encoders import Encoder
-from retrieval.recommend.base import HistoryItem, Recommender
-from retrieval.recommend.sequence import (
+from shopsearch.indexer.training.towers import TrainingError
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.base import HistoryItem, Recommender
+from shopsearch.retrieval.recommend.sequence import (
     ITEMS_FILE,
     WEIGHTS_FILE,
     SequenceConfig,
@@ -216,9 +216,9 @@ def test_bad_training_input_is_refused(encoder: Encoder, tmp_path: Path) -> None
 def test_train_recommender_registers_a_loadable_sequence_model(tmp_path: Path) -> None:
     """The path `shopsearch train recommender` takes: train into the registry's staging
     directory, register as sequence/<version>, resolve and load it for serving."""
-    from api.cli_train_recommender import _train_sequence
-    from indexer.progress import no_progress
-    from retrieval.model_registry import resolve_model
+    from shopsearch.api.cli_train_recommender import _train_sequence
+    from shopsearch.indexer.progress import no_progress
+    from shopsearch.retrieval.model_registry import resolve_model
 
     spec = _train_sequence(
         ring_lines(), dict(zip(ITEMS, TEXTS, strict=True)), tmp_path, 2.0, no_progress

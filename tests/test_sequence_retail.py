@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from ranx import Qrels, Run, evaluate
 
-from indexer.retail import dev_split, item_descriptions, load_lines
-from indexer.training.sequence import SequenceTrainingConfig, train_sequence
-from retrieval.encoders import Encoder
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.sequence import SequenceRecommender
+from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
+from shopsearch.indexer.training.sequence import SequenceTrainingConfig, train_sequence
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.sequence import SequenceRecommender
 from tests.conftest import DATASETS, require
 
 pytestmark = pytest.mark.slow

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from indexer.snapshot import SnapshotError
-from retrieval.encoders import Encoder, ModelInfo
-from retrieval.filters import InvalidFilterError
-from retrieval.lexical_index import filters_hold
-from retrieval.types import Product
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.snapshot import SnapshotError
+from shopsearch.retrieval.encoders import Encoder, ModelInfo
+from shopsearch.retrieval.filters import InvalidFilterError
+from shopsearch.retrieval.lexical_index import filters_hold
+from shopsearch.retrieval.types import Product
 
 
 def test_cordless_drill_finds_drills_first(sample_service: SearchService) -> None:
@@ -50,8 +50,8 @@ def test_filters_never_leak_and_widen(
         {"color": ["Red", "Blue"]},
         {"brand": ["DeWalt", "Milwaukee"], "in_stock": True, "price": {"max": 200}},
     ]
-    from api.schemas import FilterSpec
-    from api.service import to_filters
+    from shopsearch.api.schemas import FilterSpec
+    from shopsearch.api.service import to_filters
 
     for spec in cases:
         request = SearchRequest(q="cordless drill", size=20, filters=spec)
@@ -184,7 +184,7 @@ def test_query_tower_session_threads_follow_the_setting(
     sample_index: Path, encoder: Encoder
 ) -> None:
     def session_threads(service: SearchService) -> str:
-        from retrieval.onnx_export import OrtTransformerModel
+        from shopsearch.retrieval.onnx_export import OrtTransformerModel
 
         sessions = [
             m.session

@@ -13,13 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
-from api.service import SearchService
-from api.settings import Settings
-from indexer.events.demo import demo_events
-from indexer.events.store import EventStore
-from retrieval.encoders import Encoder
-from retrieval.types import Product
+from shopsearch.api.app import create_app
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.events.demo import demo_events
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.types import Product
 
 KEY = "shopper-search-test-key-0123"
 TOKEN = "shopper-admin-token"

@@ -32,18 +32,18 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import sample_catalog_path
-from indexer.catalog import load_catalog
-from indexer.crashpoints import CRASHPOINTS
-from indexer.embedding_cache import CACHE_FILE
-from indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot, load_snapshot
-from indexer.updates import apply_updates
-from retrieval.encoders import Encoder
-from retrieval.types import Product
+from shopsearch.api.cli import sample_catalog_path
+from shopsearch.indexer.catalog import load_catalog
+from shopsearch.indexer.crashpoints import CRASHPOINTS
+from shopsearch.indexer.embedding_cache import CACHE_FILE
+from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot, load_snapshot
+from shopsearch.indexer.updates import apply_updates
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.types import Product
 
 pytestmark = pytest.mark.slow
 
-SHOPSEARCH = [sys.executable, "-m", "api.cli"]
+SHOPSEARCH = [sys.executable, "-m", "shopsearch.api.cli"]
 BASE_PRODUCTS = 40  # the catalog of the builds before the kill (first N sample rows)
 PARALLEL = 3  # commands started at once (each loads torch and the model)
 

@@ -19,22 +19,22 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.embedding_cache import CACHE_FILE, EmbeddingCache
-from indexer.history import prune_plan, rollback_candidates, served_stack
-from indexer.snapshot import (
+from shopsearch.api.app import create_app
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.embedding_cache import CACHE_FILE, EmbeddingCache
+from shopsearch.indexer.history import prune_plan, rollback_candidates, served_stack
+from shopsearch.indexer.snapshot import (
     BuildOptions,
     SnapshotError,
     SnapshotStore,
     build_snapshot,
     load_snapshot,
 )
-from indexer.updates import apply_updates
-from retrieval.encoders import Encoder
-from retrieval.types import Product
+from shopsearch.indexer.updates import apply_updates
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.types import Product
 
 TOKEN = "safety-test-token-0123456789"
 
@@ -139,7 +139,7 @@ def test_a_prune_cut_short_leaves_nothing_listed_half_deleted(
     sample_products: list[Product],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import indexer.snapshot as module
+    import shopsearch.indexer.snapshot as module
 
     products = sample_products[:20]
     a, b, c = (build(tmp_path, encoder, products, tag, keep=5) for tag in "abc")
@@ -278,7 +278,7 @@ def test_embedding_cache_removes_temp_files_of_killed_saves(tmp_path: Path) -> N
 def test_embedding_cache_reads_the_two_file_layout(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path, "f" * 64, dim=2)
     cache.dir.mkdir(parents=True)
-    from indexer.embedding_cache import _key
+    from shopsearch.indexer.embedding_cache import _key
 
     keys = np.frombuffer(b"".join(_key(t) for t in ("a", "bb")), np.uint8).reshape(-1, 16)
     np.save(cache.dir / "keys.npy", keys)
@@ -330,7 +330,7 @@ def test_update_killed_after_commit_leaks_nothing_for_long(
 
 def test_manifest_of_a_sweep_is_the_only_truth(tmp_path: Path) -> None:
     """The sweep deletes nothing when the manifest cannot be read."""
-    from indexer.generations import sweep_generations
+    from shopsearch.indexer.generations import sweep_generations
 
     (tmp_path / "vectors.g7").mkdir()
     assert sweep_generations(tmp_path) == []

@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.catalog import CatalogReport
-from indexer.embedding_cache import EmbeddingCache
-from indexer.snapshot import (
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.embedding_cache import EmbeddingCache
+from shopsearch.indexer.snapshot import (
     BuildOptions,
     SnapshotError,
     SnapshotStore,
     build_snapshot,
     load_snapshot,
 )
-from retrieval.encoders import Encoder
-from retrieval.types import Product
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.types import Product
 
 
 def report_for(products: list[Product], tag: str) -> CatalogReport:
@@ -130,7 +130,7 @@ def test_embedding_cache_encodes_only_misses(tmp_path: Path) -> None:
 def test_embedding_cache_keeps_keys_with_trailing_zero_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import indexer.embedding_cache as module
+    import shopsearch.indexer.embedding_cache as module
 
     # A key that ends in zero bytes (about 1 text in 256 has one) must hit the cache again.
     monkeypatch.setattr(module, "_key", lambda text: text.encode().ljust(16, b"\0")[:16])

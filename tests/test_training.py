@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from indexer.judgments import EvalDataset, JudgedQuery, load_homedepot
-from indexer.training.dev_metrics import (
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery, load_homedepot
+from shopsearch.indexer.training.dev_metrics import (
     RerankDevSet,
     RetrievalDevSet,
     ndcg_at_k,
     rerank_metrics,
     retrieval_metrics,
 )
-from indexer.training.distill import teacher_margins
-from indexer.training.mined_data import (
+from shopsearch.indexer.training.distill import teacher_margins
+from shopsearch.indexer.training.mined_data import (
     MiningOptions,
     TrainingDataError,
     build_dev_data,
@@ -30,16 +30,20 @@ from indexer.training.mined_data import (
     lexical_source,
     mine_candidates,
 )
-from indexer.training.reranker import RerankerTrainingConfig, query_groups, train_reranker
-from indexer.training.towers import (
+from shopsearch.indexer.training.reranker import (
+    RerankerTrainingConfig,
+    query_groups,
+    train_reranker,
+)
+from shopsearch.indexer.training.towers import (
     TowerTrainingConfig,
     TrainingError,
     no_duplicate_batches,
     train_towers,
 )
-from rerank.cross_encoder import Reranker
-from retrieval.encoders import Encoder, default_model_path, model_info
-from retrieval.model_registry import (
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.encoders import Encoder, default_model_path, model_info
+from shopsearch.retrieval.model_registry import (
     RegistryError,
     list_models,
     load_card,
@@ -48,7 +52,7 @@ from retrieval.model_registry import (
     resolve_model,
     staging_dir,
 )
-from retrieval.types import Product
+from shopsearch.retrieval.types import Product
 from tests.conftest import require
 
 BASE = default_model_path()
@@ -268,11 +272,11 @@ def test_separate_towers_reload_as_one_model(tmp_path: Path, tiny_data) -> None:
 
     # A snapshot built with these towers is served with them when no model is given
     # (the bundled base towers would be refused for the mismatch).
-    from api.schemas import SearchRequest
-    from api.service import SearchService
-    from api.settings import Settings
-    from indexer.catalog import CatalogReport
-    from indexer.snapshot import BuildOptions, build_snapshot
+    from shopsearch.api.schemas import SearchRequest
+    from shopsearch.api.service import SearchService
+    from shopsearch.api.settings import Settings
+    from shopsearch.indexer.catalog import CatalogReport
+    from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
 
     report = CatalogReport(path="t", format="jsonl", sha256="t" * 64, rows_read=12, products=12)
     index_dir = tmp_path / "index"
@@ -324,7 +328,7 @@ def test_towers_max_steps_stops_there_and_warns_of_a_partial_epoch(
 ) -> None:
     triplets = tiny_data.tower_triplets() * 4
     config = TowerTrainingConfig(towers="shared", batch_size=2, max_steps=2, seed=7)
-    with caplog.at_level("WARNING", logger="indexer.training.towers"):
+    with caplog.at_level("WARNING", logger="shopsearch.indexer.training.towers"):
         result = train_towers(triplets, BASE, tmp_path / "t", config)
     assert result.steps == 2 and len(result.losses) == 2 and result.stopped_by == "steps"
     budget = result.budget
@@ -337,7 +341,7 @@ def test_reranker_max_steps_stops_there_and_warns_of_a_partial_epoch(
     tmp_path: Path, tiny_data, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = RerankerTrainingConfig(loss="bce", batch_size=2, max_steps=3, seed=5)
-    with caplog.at_level("WARNING", logger="indexer.training.reranker"):
+    with caplog.at_level("WARNING", logger="shopsearch.indexer.training.reranker"):
         result = train_reranker(tiny_data.reranker_pairs(), BASE, tmp_path / "r", config)
     assert result.steps == 3 and result.stopped_by == "steps"
     assert result.budget["planned_steps"] == 3 and result.budget["stopped_by"] == "steps"
@@ -395,9 +399,9 @@ def test_reranker_lambda_loss_packs_whole_queries(tmp_path: Path, tiny_data) -> 
 def test_snapshot_refuses_a_fine_tuned_query_tower(
     tmp_path: Path, sample_index: Path, tiny_data
 ) -> None:
-    from api.service import SearchService
-    from api.settings import Settings
-    from indexer.snapshot import SnapshotError
+    from shopsearch.api.service import SearchService
+    from shopsearch.api.settings import Settings
+    from shopsearch.indexer.snapshot import SnapshotError
 
     out = tmp_path / "towers"
     train_towers(
@@ -431,7 +435,7 @@ def _tiny_generic(tmp_path: Path) -> dict[str, Path]:
 def _app():
     import typer
 
-    from api.cli_train import models_app, train_app
+    from shopsearch.api.cli_train import models_app, train_app
 
     app = typer.Typer()
     app.add_typer(train_app, name="train")
@@ -534,8 +538,8 @@ def test_cli_train_reranker_then_distil_it_into_the_towers(tmp_path: Path) -> No
 def test_homedepot_training_data_slice(homedepot_dir: Path, encoder: Encoder) -> None:
     """Mining over a slice of the real catalog gives negatives for most queries."""
     require((homedepot_dir / "train.csv").is_file(), "Home Depot train.csv missing")
-    from indexer.catalog import ColumnMapping, load_catalog
-    from retrieval.lexical_index import TantivyIndex
+    from shopsearch.indexer.catalog import ColumnMapping, load_catalog
+    from shopsearch.retrieval.lexical_index import TantivyIndex
 
     full = load_homedepot(homedepot_dir / "train.csv")
     sliced = EvalDataset(full.name, full.queries[:40], full.gain_offset)
@@ -600,9 +604,9 @@ def test_models_commands_use_the_models_dir_setting(
 def test_train_recommender_registers_in_the_models_dir_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import api.cli_train_recommender  # registers `train recommender` on train_app
+    # Importing it registers `train recommender` on train_app.
+    import shopsearch.api.cli_train_recommender  # noqa: F401
 
-    del api.cli_train_recommender
     registry = tmp_path / "registry"
     monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(registry))
     monkeypatch.chdir(tmp_path)  # the default var/models would land here, not in the repo
@@ -630,7 +634,7 @@ def test_cli_max_steps_run_lands_where_serve_looks(
     """A tiny `train <kind> --max-steps 2` with $SHOPSEARCH_MODELS_DIR set and no
     --models-dir: the model is registered there (so `--model <kind>/latest` resolves it),
     it took exactly 2 steps, and the card and the output say it is a partial epoch."""
-    from api.cli_common import resolve_model_option
+    from shopsearch.api.cli_common import resolve_model_option
 
     files = _tiny_generic(tmp_path)
     registry = tmp_path / "registry"

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.training.budget import TrainingBudget, TrainingError, budget_report, plan_steps
+from shopsearch.indexer.training.budget import (
+    TrainingBudget,
+    TrainingError,
+    budget_report,
+    plan_steps,
+)
 
 
 def test_a_slow_machine_plans_a_fraction_of_the_epoch_and_says_so() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.training.budget import Deadline, TrainingBudget, TrainingError
-from indexer.training.loop import (
+from shopsearch.indexer.training.budget import Deadline, TrainingBudget, TrainingError
+from shopsearch.indexer.training.loop import (
     LinearWarmupSchedule,
     TrainingProgress,
     run_loop,

@@ -22,23 +22,23 @@ from conftest import ES_URL
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.schemas import SearchRequest
-from api.service import SearchService
-from api.settings import Settings
-from indexer.catalog import CatalogReport
-from indexer.snapshot import (
+from shopsearch.api.app import create_app
+from shopsearch.api.schemas import SearchRequest
+from shopsearch.api.service import SearchService
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.catalog import CatalogReport
+from shopsearch.indexer.snapshot import (
     BuildOptions,
     SnapshotError,
     SnapshotStore,
     build_snapshot,
     load_snapshot,
 )
-from indexer.updates import UpdateError, apply_updates
-from retrieval.elasticsearch_index import ElasticsearchConnection
-from retrieval.encoders import Encoder, ModelInfo
-from retrieval.item_text import item_text
-from retrieval.types import MAX_ATTRIBUTE_VALUE_CHARS, MAX_TITLE_CHARS, Product
+from shopsearch.indexer.updates import UpdateError, apply_updates
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+from shopsearch.retrieval.encoders import Encoder, ModelInfo
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.types import MAX_ATTRIBUTE_VALUE_CHARS, MAX_TITLE_CHARS, Product
 
 BACKENDS = ["tantivy", pytest.param("elasticsearch", marks=pytest.mark.elasticsearch)]
 
@@ -301,7 +301,7 @@ def test_a_failed_commit_leaves_the_snapshot_as_it_was(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("indexer.updates.write_manifest", full_disk)
+    monkeypatch.setattr("shopsearch.indexer.updates.write_manifest", full_disk)
     changed = dataclasses.replace(products[3], title="Completely New Title For Testing")
     with pytest.raises(OSError, match="No space left"):
         apply_updates(path, [changed], [products[4].id], encoder)
@@ -314,7 +314,7 @@ def test_a_failed_commit_leaves_the_snapshot_as_it_was(
 def test_cli_update_with_column_mapping_is_picked_up_by_a_server(
     tmp_path: Path, encoder: Encoder, sample_products: list[Product]
 ) -> None:
-    from api.cli import app
+    from shopsearch.api.cli import app
 
     products = list(sample_products[:30])
     index_dir = tmp_path / "index"

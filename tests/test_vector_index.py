@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.vector_index import (
+from shopsearch.retrieval.vector_index import (
     IVF_MIN_SIZE,
     ExactIndex,
     FaissIndex,

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from indexer.progress import Advance
+from shopsearch.indexer.progress import Advance
 
 __all__ = ["recommend_command"]
 
@@ -78,19 +78,19 @@ def recommend_command(
     metrics.json ({protocol: {strategy: {metric: value}}}), latency.json, report.md and
     report.html to --out.
     """
-    from api.cli_common import models_dir_setting
-    from eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
-    from eval.recommend.strategies import reference_strategies, trained_strategies
-    from indexer.retail import dev_split, item_descriptions, load_lines
-    from indexer.training.recommender import (
+    from shopsearch.api.cli_common import models_dir_setting
+    from shopsearch.eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
+    from shopsearch.eval.recommend.strategies import reference_strategies, trained_strategies
+    from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
+    from shopsearch.indexer.training.recommender import (
         fit_recommender,
         interaction_arrays,
         load_recommender,
         retail_interactions,
     )
-    from retrieval.encoders import Encoder
-    from retrieval.model_registry import resolve_model
-    from retrieval.types import ShopsearchError
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.model_registry import resolve_model
+    from shopsearch.retrieval.types import ShopsearchError
 
     wanted = [p.strip() for p in protocols.split(",") if p.strip()]
     bad = [p for p in wanted if p not in ALL_PROTOCOLS]

@@ -28,8 +28,8 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from indexer.retail import item_descriptions
-from indexer.training.personal import (
+from shopsearch.indexer.retail import item_descriptions
+from shopsearch.indexer.training.personal import (
     HISTORY_LIMIT,
     RECENT_DAYS,
     ShopperTimelines,
@@ -38,12 +38,12 @@ from indexer.training.personal import (
     prepare_personal_training,
     word_queries,
 )
-from rerank.personal import PersonalRescorer
-from rerank.personal import Strategy as PersonalStrategy
-from rerank.personal_fit import train_rescorer
-from retrieval.encoders import Encoder
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
+from shopsearch.rerank.personal import PersonalRescorer
+from shopsearch.rerank.personal import Strategy as PersonalStrategy
+from shopsearch.rerank.personal_fit import train_rescorer
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
 __all__ = [
     "R3_METRICS",

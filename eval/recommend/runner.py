@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from indexer.recommend_protocols import (
+from shopsearch.indexer.recommend_protocols import (
     DEPTH,
     METRICS,
     ForYouQuery,
@@ -30,8 +30,8 @@ from indexer.recommend_protocols import (
     r1_queries,
     r2_queries,
 )
-from retrieval.encoders import Encoder
-from retrieval.recommend.base import Recommender, Scored
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.base import Recommender, Scored
 
 __all__ = ["ALL_PROTOCOLS", "Evaluation", "run_protocols", "write_outputs"]
 
@@ -150,7 +150,7 @@ def _run_r3(
     if history_lines is None or test_lines is None or encoder is None:
         out.notes.append("R3 skipped: it needs the retail lines (with descriptions) and an encoder")
         return
-    from eval.recommend.r3 import run_r3  # deferred: loads the re-scorer's training code
+    from shopsearch.eval.recommend.r3 import run_r3  # deferred: loads the re-scorer's training code
 
     try:
         result = run_r3(history_lines, test_lines, encoder=encoder, seed=seed)

@@ -21,14 +21,14 @@ import math
 
 import scipy.sparse as sp
 
-from retrieval.recommend.base import Recommender
-from retrieval.recommend.blend import Chain
-from retrieval.recommend.bundle import RecommenderBundle
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.item2item import ItemToItem, fit_similarity
-from retrieval.recommend.popularity import Popularity, popularity_scores
-from retrieval.recommend.repurchase import Repurchase
-from retrieval.recommend.scoring import Interactions
+from shopsearch.retrieval.recommend.base import Recommender
+from shopsearch.retrieval.recommend.blend import Chain
+from shopsearch.retrieval.recommend.bundle import RecommenderBundle
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.item2item import ItemToItem, fit_similarity
+from shopsearch.retrieval.recommend.popularity import Popularity, popularity_scores
+from shopsearch.retrieval.recommend.repurchase import Repurchase
+from shopsearch.retrieval.recommend.scoring import Interactions
 
 __all__ = ["reference_strategies", "trained_strategies"]
 

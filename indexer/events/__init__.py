@@ -5,9 +5,9 @@ shopper id into the keyed hash the store keeps; importer.py reads history files.
 HTTP models and endpoints are in ``api/event_schemas.py`` and ``api/events_routes.py``.
 """
 
-from indexer.events.privacy import check_key, pseudonymise
-from indexer.events.store import EventStore, KnownProducts
-from indexer.events.types import (
+from shopsearch.indexer.events.privacy import check_key, pseudonymise
+from shopsearch.indexer.events.store import EventStore, KnownProducts
+from shopsearch.indexer.events.types import (
     EVENT_KINDS,
     INTERACTION_COLUMNS,
     AddReport,

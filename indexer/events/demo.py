@@ -21,9 +21,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from indexer.events.privacy import pseudonymise
-from indexer.events.types import Event
-from retrieval.types import Product
+from shopsearch.indexer.events.privacy import pseudonymise
+from shopsearch.indexer.events.types import Event
+from shopsearch.retrieval.types import Product
 
 __all__ = ["DEMO_SHOPPERS", "demo_events"]
 

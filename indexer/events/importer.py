@@ -29,10 +29,10 @@ from typing import IO, Any
 
 import pandas as pd
 
-from indexer.events.privacy import check_key, pseudonymise
-from indexer.events.store import EventStore
-from indexer.events.types import Event, EventStoreError
-from indexer.progress import Advance
+from shopsearch.indexer.events.privacy import check_key, pseudonymise
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.events.types import Event, EventStoreError
+from shopsearch.indexer.progress import Advance
 
 __all__ = [
     "EVENT_FIELDS",

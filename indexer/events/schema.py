@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 
-from indexer.events.types import EVENT_KINDS, EventStoreError
+from shopsearch.indexer.events.types import EVENT_KINDS, EventStoreError
 
 __all__ = ["LATEST_VERSION", "MIGRATIONS", "migrate", "schema_version"]
 

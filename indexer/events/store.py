@@ -41,8 +41,8 @@ from typing import Literal
 
 import pandas as pd
 
-from indexer.events.schema import migrate, schema_version
-from indexer.events.types import (
+from shopsearch.indexer.events.schema import migrate, schema_version
+from shopsearch.indexer.events.types import (
     EVENT_KINDS,
     INTERACTION_COLUMNS,
     AddReport,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple, get_args
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "EVENT_KINDS",

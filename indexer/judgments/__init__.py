@@ -6,7 +6,7 @@
   tie-break order (:func:`ranked_ids`).
 """
 
-from indexer.judgments.datasets import (
+from shopsearch.indexer.judgments.datasets import (
     HOMEDEPOT_GAIN_OFFSET,
     EvalDataset,
     JudgedQuery,
@@ -15,7 +15,7 @@ from indexer.judgments.datasets import (
     load_generic,
     load_homedepot,
 )
-from indexer.judgments.trec import (
+from shopsearch.indexer.judgments.trec import (
     DatasetError,
     Run,
     RunFileError,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.judgments.trec import DatasetError, parse_grade, read_qrels, write_qrels
+from shopsearch.indexer.judgments.trec import DatasetError, parse_grade, read_qrels, write_qrels
 
 __all__ = [
     "HOMEDEPOT_GAIN_OFFSET",

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "PLAN_AFTER_STEPS",

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from indexer.training.compress import layer_count
-from indexer.training.dev_metrics import RerankDevSet, RetrievalDevSet
-from indexer.training.inputs import TrainingInputs
-from indexer.training.loop import TrainingRun
-from indexer.training.mined_data import MiningOptions, TrainingData
-from indexer.training.reranker import RerankerTrainingConfig, RerankerTrainingResult
-from indexer.training.towers import TowerTrainingConfig, TowerTrainingResult
-from retrieval.encoders import model_info
+from shopsearch.indexer.training.compress import layer_count
+from shopsearch.indexer.training.dev_metrics import RerankDevSet, RetrievalDevSet
+from shopsearch.indexer.training.inputs import TrainingInputs
+from shopsearch.indexer.training.loop import TrainingRun
+from shopsearch.indexer.training.mined_data import MiningOptions, TrainingData
+from shopsearch.indexer.training.reranker import RerankerTrainingConfig, RerankerTrainingResult
+from shopsearch.indexer.training.towers import TowerTrainingConfig, TowerTrainingResult
+from shopsearch.retrieval.encoders import model_info
 
 __all__ = [
     "base_card",

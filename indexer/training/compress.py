@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.training.distill import PairScorer
+from shopsearch.indexer.training.distill import PairScorer
 
 __all__ = ["distilled_labels", "kept_layers", "layer_count", "prune_layers"]
 

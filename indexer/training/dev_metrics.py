@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from indexer.training.budget import TrainingError
+from shopsearch.indexer.training.budget import TrainingError
 
 __all__ = [
     "RerankDevSet",

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.catalog import ColumnMapping, load_catalog
-from indexer.judgments import DatasetError, EvalDataset, load_generic, load_homedepot
-from retrieval.encoders import tokenizer_words
-from retrieval.query_rewrite import QueryRewriter
-from retrieval.types import Product
+from shopsearch.indexer.catalog import ColumnMapping, load_catalog
+from shopsearch.indexer.judgments import DatasetError, EvalDataset, load_generic, load_homedepot
+from shopsearch.retrieval.encoders import tokenizer_words
+from shopsearch.retrieval.query_rewrite import QueryRewriter
+from shopsearch.retrieval.types import Product
 
 __all__ = [
     "DEFAULT_HOMEDEPOT_DIR",

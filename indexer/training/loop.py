@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from indexer.training.budget import (
+from shopsearch.indexer.training.budget import (
     Deadline,
     StepBudget,
     StopReason,
@@ -155,7 +155,7 @@ def bf16_supported(device: str) -> bool:
     instructions bf16 does not run natively, so ``--bf16 auto`` leaves it off."""
     import torch
 
-    from retrieval.onnx_export import cpu_flags
+    from shopsearch.retrieval.onnx_export import cpu_flags
 
     if device.startswith("cuda"):
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())

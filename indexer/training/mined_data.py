@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.embedding_cache import EmbeddingCache
-from indexer.judgments import EvalDataset, JudgedQuery
-from indexer.progress import ProgressFactory, no_progress
-from indexer.snapshot import LoadedSnapshot
-from indexer.training.dev_metrics import RetrievalDevSet
-from retrieval.encoders import Encoder
-from retrieval.item_text import item_text
-from retrieval.lexical_index import LexicalIndex
-from retrieval.types import Product, ShopsearchError
+from shopsearch.indexer.embedding_cache import EmbeddingCache
+from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.training.dev_metrics import RetrievalDevSet
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.item_text import item_text
+from shopsearch.retrieval.lexical_index import LexicalIndex
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "DEFAULT_NEGATIVE_THRESHOLD",

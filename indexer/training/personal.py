@@ -38,9 +38,9 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from indexer.progress import ProgressFactory, no_progress
-from retrieval.recommend.base import HistoryItem
-from retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
 __all__ = [
     "ITEMS_PER_INVOICE",

@@ -37,17 +37,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.progress import ProgressFactory, no_progress
-from indexer.training.cards import base_card, reranker_fields, teacher_card, towers_fields
-from indexer.training.dev_metrics import RerankDevSet
-from indexer.training.inputs import (
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.training.cards import (
+    base_card,
+    reranker_fields,
+    teacher_card,
+    towers_fields,
+)
+from shopsearch.indexer.training.dev_metrics import RerankDevSet
+from shopsearch.indexer.training.inputs import (
     InputFiles,
     TrainingInputs,
     load_training_inputs,
     rewrite_splits,
 )
-from indexer.training.loop import StepCallback
-from indexer.training.mined_data import (
+from shopsearch.indexer.training.loop import StepCallback
+from shopsearch.indexer.training.mined_data import (
     CandidateSource,
     DevData,
     MiningOptions,
@@ -60,11 +65,11 @@ from indexer.training.mined_data import (
     mine_candidates,
     snapshot_sources,
 )
-from indexer.training.reranker import RerankerTrainingConfig, train_reranker
-from indexer.training.towers import TowerTrainingConfig, train_towers
-from retrieval.encoders import Encoder
-from retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
-from retrieval.types import Product, ShopsearchError
+from shopsearch.indexer.training.reranker import RerankerTrainingConfig, train_reranker
+from shopsearch.indexer.training.towers import TowerTrainingConfig, train_towers
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
+from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
     "JobOptions",
@@ -149,7 +154,7 @@ def open_mining(
             encoded by other towers than the ones it names.
     """
     if options.index_dir is not None:
-        from indexer.snapshot import SnapshotStore, load_snapshot
+        from shopsearch.indexer.snapshot import SnapshotStore, load_snapshot
 
         store = SnapshotStore(options.index_dir)
         version = store.current()
@@ -167,7 +172,7 @@ def open_mining(
             "model": encoder.info.to_dict(),
         }
         return Mining([lexical, dense], description, encoder)
-    from retrieval.lexical_index import TantivyIndex
+    from shopsearch.retrieval.lexical_index import TantivyIndex
 
     encoder = Encoder(options.mining_model, device=options.device)
     lexical_index = TantivyIndex(workdir / "lexical")
@@ -335,8 +340,8 @@ def _teacher_labels(
 ) -> tuple[list[tuple[str, str, float]], dict[str, Any]]:
     """Training pairs with the teacher's scores mixed into their labels, and what the
     model card says of it (indexer/training/compress.py)."""
-    from indexer.training.compress import distilled_labels
-    from rerank.cross_encoder import Reranker
+    from shopsearch.indexer.training.compress import distilled_labels
+    from shopsearch.rerank.cross_encoder import Reranker
 
     teacher = Reranker(teacher_path, device=device, backend="auto")
     with progress("teacher scores", len(pairs)) as advance:
@@ -357,8 +362,8 @@ def _teacher_margins(
     progress: ProgressFactory,
 ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
     """The teacher's margin for every triplet, and what the model card says of it."""
-    from indexer.training.distill import teacher_margins
-    from rerank.cross_encoder import Reranker
+    from shopsearch.indexer.training.distill import teacher_margins
+    from shopsearch.rerank.cross_encoder import Reranker
 
     started = time.monotonic()
     # auto: onnx-int8 on a CPU, 2.9x faster than torch at the same nDCG (README).

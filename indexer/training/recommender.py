@@ -30,28 +30,28 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from indexer.embedding_cache import EmbeddingCache
-from indexer.events.types import INTERACTION_COLUMNS
-from indexer.progress import ProgressFactory, no_progress
-from indexer.recommend_protocols import DEPTH, customer_histories
-from indexer.training.recommender_ranker import RankerFit, fit_rankers
-from indexer.training.recommender_tuning import (
+from shopsearch.indexer.embedding_cache import EmbeddingCache
+from shopsearch.indexer.events.types import INTERACTION_COLUMNS
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.recommend_protocols import DEPTH, customer_histories
+from shopsearch.indexer.training.recommender_ranker import RankerFit, fit_rankers
+from shopsearch.indexer.training.recommender_tuning import (
     SEARCH_SPACE_TRIALS,
     TuningResult,
     tune,
     validation_set,
 )
-from retrieval.encoders import Encoder
-from retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
-from retrieval.recommend.bundle import (
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.model_registry import RegisteredModel, new_version, register, staging_dir
+from shopsearch.retrieval.recommend.bundle import (
     RecommenderBundle,
     RecommenderConfig,
     fit_bundle,
     save_bundle,
 )
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import Interactions
-from retrieval.types import ShopsearchError
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import Interactions
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
     "DEFAULT_VALIDATION_DAYS",
@@ -336,8 +336,8 @@ def train_recommender(
 
 def load_recommender(path: Path) -> RecommenderBundle:
     """The bundle of a registered recommender directory (version from its card)."""
-    from retrieval.model_registry import load_card
-    from retrieval.recommend.bundle import load_bundle
+    from shopsearch.retrieval.model_registry import load_card
+    from shopsearch.retrieval.recommend.bundle import load_bundle
 
     card = load_card(path)
     return load_bundle(path, str(card.get("version", "unversioned")))

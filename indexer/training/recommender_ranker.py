@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from indexer.recommend_protocols import DEPTH, ForYouQuery, evaluate_run
-from indexer.training.recommender_tuning import ValidationSet
-from retrieval.recommend.bundle import RecommenderBundle
-from retrieval.recommend.ranker import RANKER_FEATURES, LinearRanker, RankedForYou
+from shopsearch.indexer.recommend_protocols import DEPTH, ForYouQuery, evaluate_run
+from shopsearch.indexer.training.recommender_tuning import ValidationSet
+from shopsearch.retrieval.recommend.bundle import RecommenderBundle
+from shopsearch.retrieval.recommend.ranker import RANKER_FEATURES, LinearRanker, RankedForYou
 
 __all__ = ["MIN_POSITIVES", "RankerFit", "fit_linear_ranker", "fit_rankers", "neutral_ranker"]
 

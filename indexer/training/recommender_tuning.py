@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from indexer.recommend_protocols import (
+from shopsearch.indexer.recommend_protocols import (
     DEPTH,
     ForYouQuery,
     SimilarQuery,
@@ -35,9 +35,9 @@ from indexer.recommend_protocols import (
     r1_queries,
     r2_queries,
 )
-from retrieval.recommend.bundle import RecommenderBundle, RecommenderConfig, fit_bundle
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import Interactions
+from shopsearch.retrieval.recommend.bundle import RecommenderBundle, RecommenderConfig, fit_bundle
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import Interactions
 
 __all__ = [
     "SEARCH_SPACE",

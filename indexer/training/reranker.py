@@ -37,9 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexer.training.budget import Deadline, TrainingBudget, TrainingError
-from indexer.training.dev_metrics import RerankDevSet, rerank_metrics
-from indexer.training.loop import (
+from shopsearch.indexer.training.budget import Deadline, TrainingBudget, TrainingError
+from shopsearch.indexer.training.dev_metrics import RerankDevSet, rerank_metrics
+from shopsearch.indexer.training.loop import (
     Optimisation,
     StepCallback,
     TrainingRun,
@@ -48,7 +48,7 @@ from indexer.training.loop import (
     seed_everything,
     start_budget,
 )
-from retrieval.encoders import ModelError, resolve_device
+from shopsearch.retrieval.encoders import ModelError, resolve_device
 
 __all__ = [
     "RERANKER_LOSSES",
@@ -238,7 +238,7 @@ def train_reranker(
         raise ModelError(f"cannot load base model from {base_model}: {exc}") from exc
     kept: list[int] = []
     if config.keep_layers is not None:
-        from indexer.training.compress import prune_layers
+        from shopsearch.indexer.training.compress import prune_layers
 
         try:
             kept = prune_layers(model, config.keep_layers)

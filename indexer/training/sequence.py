@@ -38,11 +38,11 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from indexer.progress import ProgressFactory, no_progress
-from indexer.training.budget import Deadline, TrainingError
-from indexer.training.loop import seed_everything
-from retrieval.encoders import Encoder
-from retrieval.recommend.sequence import SequenceConfig, SequenceNet, save_model
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.training.budget import Deadline, TrainingError
+from shopsearch.indexer.training.loop import seed_everything
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.recommend.sequence import SequenceConfig, SequenceNet, save_model
 
 __all__ = [
     "REQUIRED_COLUMNS",

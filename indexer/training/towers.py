@@ -47,9 +47,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 
-from indexer.training.budget import Deadline, TrainingBudget, TrainingError
-from indexer.training.dev_metrics import RetrievalDevSet, retrieval_metrics
-from indexer.training.loop import (
+from shopsearch.indexer.training.budget import Deadline, TrainingBudget, TrainingError
+from shopsearch.indexer.training.dev_metrics import RetrievalDevSet, retrieval_metrics
+from shopsearch.indexer.training.loop import (
     Optimisation,
     StepCallback,
     TrainingProgress,
@@ -59,7 +59,7 @@ from indexer.training.loop import (
     seed_everything,
     start_budget,
 )
-from retrieval.encoders import ModelError, resolve_device
+from shopsearch.retrieval.encoders import ModelError, resolve_device
 
 __all__ = [
     "DEFAULT_DISTILL_WEIGHT",

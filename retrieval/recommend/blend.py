@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retrieval.recommend.base import HistoryItem, Recommender, Scored
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.item2item import ItemToItem
-from retrieval.recommend.repurchase import Repurchase
-from retrieval.recommend.scoring import FloatArray, discovery_request, top_k
+from shopsearch.retrieval.recommend.base import HistoryItem, Recommender, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.item2item import ItemToItem
+from shopsearch.retrieval.recommend.repurchase import Repurchase
+from shopsearch.retrieval.recommend.scoring import FloatArray, discovery_request, top_k
 
 __all__ = ["BLEND_COMPONENTS", "Chain", "ForYou"]
 

@@ -26,14 +26,19 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from retrieval.recommend.blend import Chain, ForYou
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.item2item import ItemToItem, fit_similarity
-from retrieval.recommend.popularity import Popularity, popularity_scores
-from retrieval.recommend.ranker import ITEM_STATS, LinearRanker, RankedForYou, item_statistics
-from retrieval.recommend.repurchase import Repurchase
-from retrieval.recommend.scoring import FloatArray, Interactions, prune_rows
-from retrieval.recommend.text import TextNeighbours
+from shopsearch.retrieval.recommend.blend import Chain, ForYou
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.item2item import ItemToItem, fit_similarity
+from shopsearch.retrieval.recommend.popularity import Popularity, popularity_scores
+from shopsearch.retrieval.recommend.ranker import (
+    ITEM_STATS,
+    LinearRanker,
+    RankedForYou,
+    item_statistics,
+)
+from shopsearch.retrieval.recommend.repurchase import Repurchase
+from shopsearch.retrieval.recommend.scoring import FloatArray, Interactions, prune_rows
+from shopsearch.retrieval.recommend.text import TextNeighbours
 
 __all__ = [
     "ARRAYS_FILE",

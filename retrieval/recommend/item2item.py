@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.interactions import ItemVocab, basket_item_matrix
-from retrieval.recommend.scoring import (
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix
+from shopsearch.retrieval.recommend.scoring import (
     FloatArray,
     Interactions,
     decay,

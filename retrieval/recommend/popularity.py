@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import DAY_S, FloatArray, Interactions, decay, top_k
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import DAY_S, FloatArray, Interactions, decay, top_k
 
 __all__ = ["Popularity", "popularity_scores"]
 

@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import (
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import (
     DAY_S,
     KIND_WEIGHTS,
     FloatArray,

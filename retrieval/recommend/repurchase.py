@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.interactions import ItemVocab
-from retrieval.recommend.scoring import FloatArray, history_weights, top_k
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.recommend.scoring import FloatArray, history_weights, top_k
 
 __all__ = ["Repurchase"]
 

@@ -40,10 +40,10 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from retrieval.checksums import file_sha256
-from retrieval.encoders import ModelError
-from retrieval.recommend.base import HistoryItem, Scored
-from retrieval.recommend.interactions import ItemVocab
+from shopsearch.retrieval.checksums import file_sha256
+from shopsearch.retrieval.encoders import ModelError
+from shopsearch.retrieval.recommend.base import HistoryItem, Scored
+from shopsearch.retrieval.recommend.interactions import ItemVocab
 
 __all__ = [
     "CARD_FILE",
