@@ -70,21 +70,27 @@ def test_overload_is_refused_fast_and_accepted_latency_stays_bounded(
     base_url: str, sample_products
 ) -> None:  # type: ignore[no-untyped-def]
     queries = _queries(sample_products)
-    low, high = run_load_test(
-        base_url,
-        queries,
-        concurrency_levels=(16, 64),
-        max_requests=3000,
-        max_seconds=8.0,
-        warmup_requests=5,
-    )
-    for level in (low, high):
-        assert level.n_errors == 0, level  # only 200s and 503s
-        assert level.latency.n > 20, level
-    assert high.n_rejected > 0  # 64 clients against 2 workers + 8 places in line
-    assert high.latency.p99_ms is not None and low.latency.p99_ms is not None
-    # Bounded: a fixed line ahead of every accepted search, whatever the load.
-    assert high.latency.p99_ms <= 3 * low.latency.p99_ms, (low.latency, high.latency)
+    # Bounded: a fixed line ahead of every accepted search, whatever the load. The pair
+    # of levels runs a second time when the first misses the bound: another tenant of
+    # this shared machine can stall one 6-second window (seen once in ~10 CI runs: p99
+    # 456 ms against 3 x 133), while an unbounded line misses it every time.
+    for attempt in range(1, 3):  # noqa: B007 (reported by the assertion below)
+        low, high = run_load_test(
+            base_url,
+            queries,
+            concurrency_levels=(16, 64),
+            max_requests=3000,
+            max_seconds=8.0,
+            warmup_requests=5,
+        )
+        for level in (low, high):
+            assert level.n_errors == 0, level  # only 200s and 503s
+            assert level.latency.n > 20, level
+        assert high.n_rejected > 0  # 64 clients against 2 workers + 8 places in line
+        assert high.latency.p99_ms is not None and low.latency.p99_ms is not None
+        if high.latency.p99_ms <= 3 * low.latency.p99_ms:
+            break
+    assert high.latency.p99_ms <= 3 * low.latency.p99_ms, (attempt, low.latency, high.latency)
     # As a separate client process sees them (eval/probe.py): quick refusals, quick health.
     refused, health = high.probe_refused_latency, high.health_latency
     assert refused.n > 5 and refused.p50_ms is not None and refused.p50_ms < 50, refused
