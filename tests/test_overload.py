@@ -90,6 +90,7 @@ def test_overload_is_refused_fast_and_accepted_latency_stays_bounded(
         assert high.latency.p99_ms is not None and low.latency.p99_ms is not None
         if high.latency.p99_ms <= 3 * low.latency.p99_ms:
             break
+    assert high.latency.p99_ms is not None and low.latency.p99_ms is not None
     assert high.latency.p99_ms <= 3 * low.latency.p99_ms, (attempt, low.latency, high.latency)
     # As a separate client process sees them (eval/probe.py): quick refusals, quick health.
     refused, health = high.probe_refused_latency, high.health_latency
