@@ -35,6 +35,7 @@ def plugins() -> None:
         ["demo"],
         ["eval"],
         ["bench"],
+        ["nightly"],
     ],
 )
 def test_every_command_explains_itself(command: list[str]) -> None:
