@@ -8,9 +8,9 @@ Contract:
   search costs one random draw; a sampled one a non-blocking put on a bounded queue.
   When the queue is full the sample is dropped and counted: a request never waits for
   the monitor.
-* One daemon thread takes the samples and runs the exact oracle eval uses for its
-  ``dense-exact`` configuration (:class:`retrieval.vector_index.ExactIndex`) over the
-  stored float32 vectors of the snapshot the request searched, then records
+* One daemon thread takes the samples and asks the snapshot's own vector index for
+  its exact answer (``search(..., exact=True)``, the scan eval's ``dense-exact``
+  configuration uses) over the stored float32 vectors, then records
   recall@k = |approximate top-k ∩ exact top-k| / |exact top-k|, k being the depth the
   dense leg was asked for, by snapshot version.
 * :class:`LiveRecallCollector` exports the numbers at scrape time (nothing is
@@ -38,7 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 from shopsearch.indexer.snapshot import LoadedSnapshot
 from shopsearch.retrieval.log_throttle import LogThrottle
-from shopsearch.retrieval.vector_index import ExactIndex, recall_at_k
+from shopsearch.retrieval.vector_index import VectorIndex, recall_at_k
 
 __all__ = [
     "RECALL_BUCKETS",
@@ -83,13 +83,12 @@ def rerank_outcome(status: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
-    """What the worker needs, captured at request time. ``vectors``/``alive`` are the
-    snapshot's own arrays (references, not copies): an update replaces the matrix rather
-    than writing into it, and a tombstone set in between moves one sample by one row."""
+    """What the worker needs, captured at request time. ``index`` is the snapshot's own
+    vector index (a reference): an update replaces its matrix rather than writing into
+    it, and a tombstone set in between moves one sample by one row."""
 
     version: str
-    vectors: FloatArray
-    alive: npt.NDArray[np.bool_]
+    index: VectorIndex
     query: FloatArray
     rows: RowArray
     k: int
@@ -171,11 +170,7 @@ class LiveRecallMonitor:
             return False
         if self.fraction < 1.0 and self._random.random() >= self.fraction:
             return False
-        vectors = getattr(snapshot.vectors, "vectors", None)
-        alive = getattr(snapshot.vectors, "alive", None)
-        if not isinstance(vectors, np.ndarray) or not isinstance(alive, np.ndarray):
-            return False  # an index that keeps no stored vectors has no exact oracle here
-        sample = _Sample(snapshot.version, vectors, alive, query, rows, k)
+        sample = _Sample(snapshot.version, snapshot.vectors, query, rows, k)
         with self._cond:
             try:
                 self._queue.put_nowait(sample)
@@ -196,7 +191,7 @@ class LiveRecallMonitor:
                 return
             try:
                 recall: float | None = exact_recall(
-                    sample.vectors, sample.alive, sample.query, sample.rows, sample.k
+                    sample.index, sample.query, sample.rows, sample.k
                 )
             except Exception as exc:  # keep measuring the next ones
                 self._errors.warning(type(exc).__name__, "live recall not measured: %r", exc)
@@ -270,14 +265,11 @@ class LiveRecallMonitor:
         self._thread.join(timeout)
 
 
-def exact_recall(
-    vectors: FloatArray, alive: npt.NDArray[np.bool_], query: FloatArray, rows: RowArray, k: int
-) -> float:
-    """recall@k of ``rows`` against the exact top ``k`` of ``query`` (1, d) over the live
-    rows of ``vectors``; 1.0 when there is nothing to find."""
-    oracle = ExactIndex(vectors)  # no copy of a C-contiguous float32 matrix
-    oracle.alive = alive
-    _, truth = oracle.search(query.reshape(1, -1), k)
+def exact_recall(index: VectorIndex, query: FloatArray, rows: RowArray, k: int) -> float:
+    """recall@k of ``rows`` against ``index``'s exact top ``k`` of ``query`` (1, d) over
+    its live rows (the same exact scan eval's oracle uses); 1.0 when there is nothing
+    to find."""
+    _, truth = index.search(query.reshape(1, -1), k, exact=True)
     if not (truth >= 0).any():
         return 1.0
     return recall_at_k(np.asarray(rows, dtype=np.int64).reshape(1, -1), truth, k)

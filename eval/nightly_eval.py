@@ -19,6 +19,7 @@ from shopsearch.eval.runner import default_configurations, evaluate_configuratio
 from shopsearch.indexer.judgments import EvalDataset
 from shopsearch.indexer.nightly import dataset_fingerprint
 from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.rerank.cross_encoder import Reranker
 
 __all__ = ["ServeDefaultsEvaluator"]
 
@@ -47,6 +48,19 @@ class ServeDefaultsEvaluator:
         judged = [(q.qid, q.text, q.judgments) for q in dataset.queries if q.judgments]
         reranker = "rerank" if settings.reranker_dir is not None else "no-rerank"
         self.dataset_key = f"{dataset_fingerprint(dataset.name, judged)}:default-{reranker}"
+        self._loaded_reranker: Reranker | None = None
+
+    def _reranker(self) -> Reranker | None:
+        """The cross-encoder, loaded on first use and shared by every evaluation of the
+        run (the candidate's and the serving snapshot's use the same one)."""
+        if self._loaded_reranker is None and self.settings.reranker_dir is not None:
+            self._loaded_reranker = Reranker(
+                self.settings.reranker_dir,
+                device=self.settings.device,
+                batch_size=self.settings.rerank_batch_size,
+                backend=self.settings.reranker_backend,
+            )
+        return self._loaded_reranker
 
     def evaluate(self, version: str) -> dict[str, float]:
         """The ``default`` configuration's metrics for ``version`` (protocol A and B).
@@ -63,7 +77,9 @@ class ServeDefaultsEvaluator:
                 f"{towers}, which no longer exists; it cannot be evaluated (restore the "
                 "model directory, or rebuild that snapshot)"
             )
-        service = SearchService(self.settings.model_copy(update={"model_dir": towers}))
+        service = SearchService(
+            self.settings.model_copy(update={"model_dir": towers}), reranker=self._reranker()
+        )
         try:
             service.load(version)
             config = default_configurations(with_reranker=service.reranker is not None)[0]
