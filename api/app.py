@@ -54,6 +54,7 @@ from shopsearch.api.admission import (
 from shopsearch.api.click_through import ClickThrough, ClickThroughCollector
 from shopsearch.api.events_routes import events_router
 from shopsearch.api.guard import RequestGuard, admin_denial
+from shopsearch.api.page_routes import page_router
 from shopsearch.api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
 from shopsearch.api.recommend_routes import recommend_router
 from shopsearch.api.recommendations import Recommendations
@@ -713,6 +714,7 @@ def create_app(
 
     recommendations = Recommendations(settings, lambda: state["events"])
     app.include_router(recommend_router(get_service, recommendations, shoppers))
+    app.include_router(page_router())  # GET /: the search page (api/static)
     app.include_router(
         events_router(
             lambda: state["events"],
