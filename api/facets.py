@@ -26,8 +26,11 @@ DEFAULT_PRICE_RANGES: tuple[tuple[float, float | None], ...] = (
 FACET_SIZE = 20
 
 
-def render_hit(product: Product, cand: Candidate, explain: bool) -> Hit:
-    """One hit of the answer; ``explain`` adds each stage's rank and score."""
+def render_hit(
+    product: Product, cand: Candidate, explain: bool, merch: Sequence[str] | None = None
+) -> Hit:
+    """One hit of the answer; ``explain`` adds each stage's rank and score, and ``merch``:
+    what merchandising rules did to it (``rerank.merchandising.MerchResult.notes``)."""
     score = cand.final_score if cand.final_score is not None else cand.fused_score
     return Hit(
         id=product.id,
@@ -49,6 +52,7 @@ def render_hit(product: Product, cand: Candidate, explain: bool) -> Hit:
             rerank_score=cand.rerank_score,
             final_score=cand.final_score,
             personal_score=cand.personal_score,
+            merch=list(merch) if merch else None,
         )
         if explain
         else None,

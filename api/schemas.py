@@ -299,6 +299,11 @@ class Explain(BaseModel):
         description="The shopper's component: how close the hit is to what the query "
         "attends to in the shopper's recent items (absent without history).",
     )
+    merch: list[str] | None = Field(
+        None,
+        description="What merchandising rules did to this hit (pinned, boosted, buried); "
+        "absent when no rule touched it.",
+    )
 
 
 class Hit(BaseModel):
@@ -371,6 +376,17 @@ class SearchResponse(BaseModel):
         None,
         description="With explain: every parameter the ranking ran with, the server's "
         "defaults resolved (nprobe/refine_factor absent: the index's own).",
+    )
+    rules_version: int | None = Field(
+        None,
+        description="The merchandising rules version the answer was ranked with (0: no "
+        "rules were ever set); with index_version it reproduces the answer.",
+    )
+    merch: list[str] | None = Field(
+        None,
+        description="With explain: each merchandising rule that matched the query and "
+        "what it did, e.g. 'rule 0: pin P1 at 1: not shown (excluded by the request's "
+        "filters)'.",
     )
     cached: bool = Field(
         False,

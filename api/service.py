@@ -62,9 +62,11 @@ from shopsearch.api.schemas import (
 )
 from shopsearch.api.settings import Settings
 from shopsearch.api.shoppers import personalize
+from shopsearch.indexer.merch_rules import RulesStore
 from shopsearch.indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from shopsearch.indexer.updates import UpdateReport, apply_updates
 from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.rerank.merchandising import Rulebook, apply_rules
 from shopsearch.rerank.merge import merge_rerank, merge_scores
 from shopsearch.rerank.personal import PersonalRescorer
 from shopsearch.rerank.score_cache import ScoreCache, model_key
@@ -241,6 +243,8 @@ class SearchService:
         # not once per request.
         self._degraded_log = LogThrottle(log, settings.degraded_log_interval_s)
         self.store = SnapshotStore(settings.index_dir, es=self.es)
+        #: Merchandising rules, versioned on disk; read (one stat) by every search.
+        self.merch = RulesStore(settings.merch_rules_dir, Rulebook.parse)
         self._snapshot: LoadedSnapshot | None = None
         #: Recent reranker cost per candidate (ms, moving average); None until measured.
         self._rerank_ms: float | None = None
@@ -776,7 +780,8 @@ class SearchService:
         started = time.perf_counter()
         # A full answer to the same request without a shopper, on this snapshot; a client
         # that already hung up gets DeadlineExceeded from retrieve() as ever.
-        key = self._result_key(request)
+        rules = self.merch.current()  # one version for the whole request, cache key included
+        key = self._result_key(request, rules.version)
         cancelled = deadline is not None and deadline.cancelled
         if key is not None and self.result_cache is not None and not cancelled:
             hit = self.result_cache.get(key, self._snapshot, started=started)
@@ -798,6 +803,9 @@ class SearchService:
                 )
                 result.timings_ms["personal"] = _ms(t)
                 personalized = f"applied ({count} recent items)"
+        filters, queries = to_filters(request.filters), (result.query, result.search_text)
+        merch = apply_rules(rules.value, result.filtered, table, filters, queries)
+        result.filtered = merch.candidates  # after filters and ranking, before facets
         t = time.perf_counter()
         facets = compute_facets(
             table,
@@ -808,7 +816,10 @@ class SearchService:
         result.timings_ms["facets"] = _ms(t)
         start = (request.page - 1) * request.size
         page = result.filtered[start : start + request.size]
-        hits = [render_hit(table.products[c.row], c, request.explain) for c in page]
+        hits = [
+            render_hit(table.products[c.row], c, request.explain, merch.notes.get(c.row))
+            for c in page
+        ]
         result.timings_ms["total"] = _ms(started)
         snap = result.snapshot
         rewrite = result.rewrite
@@ -830,6 +841,8 @@ class SearchService:
             cut=result.cut,
             params=result.params if request.explain else None,
             personalized=personalized,
+            rules_version=rules.version,
+            merch=merch.outcomes if request.explain else None,
             rewrite=(
                 RewriteOut(
                     searched_q=rewrite.text,
@@ -846,13 +859,14 @@ class SearchService:
             self.result_cache.put(key, response, snap)  # only if full (result_cache.cacheable)
         return response
 
-    def _result_key(self, request: SearchRequest) -> str | None:
-        """``request``'s result-cache key; None when the cache is off or the answer is
-        ranked for a shopper."""
+    def _result_key(self, request: SearchRequest, rules_version: int | None = None) -> str | None:
+        """``request``'s result-cache key (with the rules version: default the serving
+        one); None when the cache is off or the answer is ranked for a shopper."""
         if self.result_cache is None:
             return None
         context = _reranker_key(self.reranker) if self.reranker is not None else ""
-        return result_key(request, normalize_query(request.q), context)
+        rules = self.merch.current().version if rules_version is None else rules_version
+        return result_key(request, normalize_query(request.q), f"{context}|rules {rules}")
 
     def models(self) -> dict[str, dict[str, str] | None]:
         """Ids and short checksums of the models answering queries."""

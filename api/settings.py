@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="Two-tower model directory; default: bundled all-MiniLM-L6-v2."
     )
+    merch_dir: Path | None = Field(
+        None,
+        description="Directory of the versioned merchandising rules and their audit log "
+        "(indexer/merch_rules.py); default: <index_dir>/merch.",
+    )
     reranker_dir: Path | None = Field(
         None, description="Cross-encoder directory; unset: the rerank stage is skipped."
     )
@@ -343,6 +348,11 @@ class Settings(BaseSettings):
                 "(es_username/es_password), not both"
             )
         return self
+
+    @property
+    def merch_rules_dir(self) -> Path:
+        """Where the merchandising rules live: ``merch_dir``, else ``<index_dir>/merch``."""
+        return self.merch_dir if self.merch_dir is not None else self.index_dir / "merch"
 
     def require_user_key(self) -> bytes:
         """The pseudonymisation key as bytes; call at start-up of anything that takes
