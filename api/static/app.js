@@ -12,6 +12,7 @@
   const SUGGEST_SIZE = 8;
   const SUGGEST_DELAY_MS = 120;
   const RECS_SIZE = 6;
+  const BRANDS_SHOWN = 8;
 
   const $ = (id) => document.getElementById(id);
   const input = $("q");
@@ -38,6 +39,10 @@
 
   const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
   const count = new Intl.NumberFormat("en-US");
+  const dollars = (v) =>
+    Number.isInteger(v)
+      ? new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumFractionDigits: 0 }).format(v)
+      : money.format(v);
 
   function formatPrice(price) {
     return typeof price === "number" ? money.format(price) : "Price on request";
@@ -53,9 +58,9 @@
   function priceLabelText(label) {
     const range = parsePriceLabel(label);
     if (!range) return label;
-    if (range.max === null) return `${money.format(range.min)} & up`;
-    if (range.min === 0) return `Under ${money.format(range.max)}`;
-    return `${money.format(range.min)} – ${money.format(range.max)}`;
+    if (range.max === null) return `${dollars(range.min)} & up`;
+    if (range.min === 0) return `Under ${dollars(range.max)}`;
+    return `${dollars(range.min)} – ${dollars(range.max)}`;
   }
 
   /** Only http(s) and same-site images are loaded; anything else shows the placeholder. */
@@ -285,10 +290,16 @@
       .filter(([k]) => k !== "total")
       .map(([k, v]) => `${k} ${Number(v).toFixed(1)}`)
       .join(" · ");
+    if (typeof answer.rules_version === "number") parts.push(`rules v${answer.rules_version}`);
+    // The merchandising rules that matched this query and what each did.
+    const rules = merchNotes(answer.merch);
     line.replaceChildren(
       el("span", { class: "ranking-label", text: "Ranking: " }),
       parts.join(" · "),
       stages ? el("span", { class: "ranking-stages", text: ` — ms: ${stages}` }) : "",
+      rules.length
+        ? el("ul", { class: "merch-rules", "aria-label": "Merchandising rules" }, ...rules.map((note) => el("li", { text: note })))
+        : null,
     );
   }
 
@@ -355,6 +366,14 @@
 
   // -- facets -----------------------------------------------------------------------
 
+  /** A facet value's count: shown as a number, read out as "(16 products)". */
+  function countText(n) {
+    return [
+      el("span", { class: "count", "aria-hidden": "true", text: count.format(n) }),
+      el("span", { class: "visually-hidden", text: ` (${count.format(n)} ${n === 1 ? "product" : "products"})` }),
+    ];
+  }
+
   function facetGroup(title, id, body) {
     return el(
       "section",
@@ -420,7 +439,7 @@
             class: "facet-link",
             "data-category": path,
             onclick: () => navigate({ category: path, page: 1 }),
-          }, el("span", { class: "facet-label", text: path.split(" > ").pop() }), el("span", { class: "count", text: count.format(n) }))),
+          }, el("span", { class: "facet-label", text: path.split(" > ").pop() }), countText(n))),
         );
       }
       body.append(list);
@@ -428,13 +447,18 @@
     return facetGroup("Category", "facet-category", body);
   }
 
+  let brandsExpanded = false;
+  let lastBrandBuckets = [];
+
   function brandFacet(s, buckets) {
     const seen = new Set(buckets.map((b) => b.value));
     // A selected brand stays listed (and can be unticked) even when the counts miss it.
     const rows = [...buckets, ...s.brands.filter((b) => !seen.has(b)).map((value) => ({ value, count: 0 }))];
     if (!rows.length) return null;
-    const fieldset = el("fieldset", { class: "facet-options" }, el("legend", { class: "visually-hidden", text: "Brand" }));
-    rows.forEach(({ value, count: n }, i) => {
+    const fieldset = el("fieldset", { class: "facet-options", id: "brand-options" }, el("legend", { class: "visually-hidden", text: "Brand" }));
+    // A long list shows its first values; a selected brand is always shown.
+    const shown = brandsExpanded ? rows : rows.filter((row, i) => i < BRANDS_SHOWN || s.brands.includes(row.value));
+    shown.forEach(({ value, count: n }, i) => {
       const id = `brand-${i}`;
       const box = el("input", {
         type: "checkbox",
@@ -451,10 +475,26 @@
       });
       fieldset.append(
         el("div", { class: "option" }, box, el("label", { for: id },
-          el("span", { class: "facet-label", text: value }), el("span", { class: "count", text: count.format(n) }))),
+          el("span", { class: "facet-label", text: value }), countText(n))),
       );
     });
-    return facetGroup("Brand", "facet-brand", fieldset);
+    const more = rows.length > BRANDS_SHOWN
+      ? el("button", {
+        type: "button",
+        class: "link-button more",
+        "aria-expanded": String(brandsExpanded),
+        "aria-controls": "brand-options",
+        onclick: () => {
+          brandsExpanded = !brandsExpanded;
+          const group = brandFacet(state, lastBrandBuckets);
+          $("facet-brand").parentElement.replaceWith(group);
+          group.querySelector(".more").focus();
+        },
+        text: brandsExpanded ? "Show fewer" : `Show all ${rows.length} brands`,
+      })
+      : null;
+    lastBrandBuckets = buckets;
+    return facetGroup("Brand", "facet-brand", el("div", {}, fieldset, more));
   }
 
   function priceFacet(s, buckets) {
@@ -473,7 +513,7 @@
           onchange: () => navigate({ price: value, page: 1 }),
         }),
         el("label", { for: id }, el("span", { class: "facet-label", text: label }),
-          n === null ? "" : el("span", { class: "count", text: count.format(n) })));
+          n === null ? "" : countText(n)));
     };
     fieldset.append(option("", "Any price", null, "any"));
     buckets.forEach((b, i) => fieldset.append(option(b.value, priceLabelText(b.value), b.count, i)));
@@ -491,7 +531,7 @@
     });
     return facetGroup("Availability", "facet-stock", el("div", { class: "option" }, box,
       el("label", { for: "in-stock" }, el("span", { class: "facet-label", text: "In stock only" }),
-        el("span", { class: "count", text: count.format(inStock ? inStock.count : 0) }))));
+        countText(inStock ? inStock.count : 0))));
   }
 
   // -- hits -------------------------------------------------------------------------
@@ -594,8 +634,8 @@
     };
     const items = [];
     items.push(el("li", {}, el("button", {
-      type: "button", class: "page-nav", disabled: s.page <= 1, onclick: go(s.page - 1), "aria-label": "Previous page",
-    }, el("span", { "aria-hidden": "true", text: "‹ " }), "Prev")));
+      type: "button", class: "page-nav", disabled: s.page <= 1, onclick: go(s.page - 1),
+    }, el("span", { "aria-hidden": "true", text: "‹ " }), "Previous")));
     // First, last and two either side of the current page; gaps as an ellipsis.
     let previous = 0;
     for (let page = 1; page <= last; page++) {
@@ -612,7 +652,7 @@
       })));
     }
     items.push(el("li", {}, el("button", {
-      type: "button", class: "page-nav", disabled: s.page >= last, onclick: go(s.page + 1), "aria-label": "Next page",
+      type: "button", class: "page-nav", disabled: s.page >= last, onclick: go(s.page + 1),
     }, "Next", el("span", { "aria-hidden": "true", text: " ›" }))));
     nav.replaceChildren(el("ul", {}, ...items));
     nav.hidden = false;
@@ -841,16 +881,11 @@
     $("suggest-status").textContent = `${items.length} suggestion${items.length === 1 ? "" : "s"}; use the arrow keys to choose.`;
   }
 
-  /** A picked suggestion searches its text; a brand or category one also sets that filter. */
+  /** A picked suggestion searches its text (brand and category ones too: their text is
+   * the catalog's, normalised to lower case, so it is searched rather than filtered on). */
   function pickSuggestion(item) {
-    const changes = { q: item.text, page: 1, raw: false, brands: [], category: "", price: "", inStock: false, product: "" };
-    if (item.kind === "brand") changes.brands = [item.text];
-    if (item.kind === "category" && item.text.includes(" > ")) {
-      changes.category = item.text;
-      changes.q = item.text.split(" > ").pop();
-    }
     closeSuggestions();
-    navigate(changes);
+    navigate({ q: item.text, page: 1, raw: false, brands: [], category: "", price: "", inStock: false, product: "" });
   }
 
   async function fetchSuggestions(q) {
@@ -860,7 +895,7 @@
     try {
       const answer = await api(`/v1/suggest?q=${encodeURIComponent(q)}&size=${SUGGEST_SIZE}`, { signal: controller.signal });
       // A stale answer (the text changed since, or focus left) is dropped.
-      if (controller.signal.aborted || input.value.trim() !== q || document.activeElement !== input) return;
+      if (controller.signal.aborted || suggestInput() !== q || document.activeElement !== input) return;
       showSuggestions(Array.isArray(answer.suggestions) ? answer.suggestions : []);
     } catch {
       // Suggestions are a convenience: no endpoint, a 503 or a network error shows none.
@@ -868,10 +903,16 @@
     }
   }
 
+  /** What the suggester is asked: the box's text without leading blanks, a trailing
+   * space kept (it tells the suggester the last word is finished). */
+  function suggestInput() {
+    return input.value.replace(/^\s+/, "").slice(0, 100);
+  }
+
   input.addEventListener("input", () => {
     clearTimeout(suggestTimer);
-    const q = input.value.trim().slice(0, 100);
-    if (!q) {
+    const q = suggestInput();
+    if (!q.trim()) {
       closeSuggestions();
       return;
     }
@@ -883,7 +924,7 @@
     switch (event.key) {
       case "ArrowDown":
         if (!open) {
-          if (input.value.trim()) fetchSuggestions(input.value.trim().slice(0, 100));
+          if (suggestInput().trim()) fetchSuggestions(suggestInput());
           return;
         }
         event.preventDefault();
