@@ -33,9 +33,11 @@ typecheck: install
 	$(BIN)/mypy
 
 # The whole suite, slow tests included, against a real Elasticsearch node that this
-# target downloads (Maven Central, cached), starts, and always stops.
+# target downloads (Maven Central, cached), starts, and always stops; the search page's
+# browser tests get Debian's Chromium (.ci/chromium.sh installs it when missing).
 test: install lint typecheck
 	@set -e; \
+	.ci/chromium.sh; \
 	trap '.ci/elasticsearch.sh stop' EXIT; \
 	.ci/elasticsearch.sh start; \
 	SHOPSEARCH_ES_URL=$$(.ci/elasticsearch.sh url) $(BIN)/python -m pytest
