@@ -85,7 +85,7 @@
     };
     const src = safeImageUrl(item.image_url);
     if (src) {
-      const img = el("img", { alt: "", loading: "lazy", decoding: "async" });
+      const img = el("img", { alt: "", decoding: "async" });
       img.addEventListener("error", fallback, { once: true });
       img.src = src;
       box.append(img);
@@ -257,7 +257,7 @@
   }
 
   function showAnswer(s, answer) {
-    $("index-version").textContent = answer.index_version ? `index ${answer.index_version}` : "";
+    $("index-version").textContent = answer.index_version ? ` · index ${answer.index_version}` : "";
     const ms = answer.timings_ms && answer.timings_ms.total;
     const noun = answer.total === 1 ? "result" : "results";
     const status = $("status");
@@ -844,7 +844,19 @@
 
   const KIND_LABEL = { brand: "Brand", category: "Category", phrase: "", query: "" };
 
-  function showSuggestions(items) {
+  /** The suggestion with what the shopper has not typed yet in bold (text nodes only). */
+  function suggestionText(text, typed) {
+    const node = el("span", { class: "suggestion-text" });
+    const prefix = typed.trim().toLowerCase();
+    if (prefix && text.toLowerCase().startsWith(prefix) && text.length > prefix.length) {
+      node.append(text.slice(0, prefix.length), el("strong", { text: text.slice(prefix.length) }));
+    } else {
+      node.textContent = text;
+    }
+    return node;
+  }
+
+  function showSuggestions(items, typed) {
     suggestions = items;
     activeIndex = -1;
     if (!items.length) {
@@ -871,7 +883,7 @@
             if (activeIndex !== i) setActive(i);
           },
         },
-        el("span", { class: "suggestion-text", text: item.text }),
+        suggestionText(item.text, typed),
         KIND_LABEL[item.kind] ? el("span", { class: "suggestion-kind", text: KIND_LABEL[item.kind] }) : null,
         typeof item.products === "number" ? el("span", { class: "suggestion-count", text: `${count.format(item.products)}` }) : null),
       ),
@@ -896,10 +908,10 @@
       const answer = await api(`/v1/suggest?q=${encodeURIComponent(q)}&size=${SUGGEST_SIZE}`, { signal: controller.signal });
       // A stale answer (the text changed since, or focus left) is dropped.
       if (controller.signal.aborted || suggestInput() !== q || document.activeElement !== input) return;
-      showSuggestions(Array.isArray(answer.suggestions) ? answer.suggestions : []);
+      showSuggestions(Array.isArray(answer.suggestions) ? answer.suggestions : [], q);
     } catch {
       // Suggestions are a convenience: no endpoint, a 503 or a network error shows none.
-      if (!controller.signal.aborted) showSuggestions([]);
+      if (!controller.signal.aborted) showSuggestions([], q);
     }
   }
 
