@@ -279,6 +279,42 @@ class Settings(BaseSettings):
         "without one, recommendations fall back to popularity and text neighbours.",
     )
 
+    # -- Suggestions as you type (retrieval/suggest.py, api/suggestions.py) --
+    suggest_min_searchers: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Distinct searchers (user or session; each anonymous search counts "
+        "as one) a past query needs before it is suggested to anyone.",
+    )
+    suggest_max_queries: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Past queries counted at most (the least searched are forgotten "
+        "first); 0: past queries are neither counted nor suggested.",
+    )
+    suggest_max_phrases: int = Field(
+        300_000,
+        ge=1_000,
+        le=5_000_000,
+        description="Catalog phrases a snapshot's suggestion index keeps at most (the "
+        "most used); bounds its memory (about 100 bytes a phrase).",
+    )
+    suggest_queries_file: Path | None = Field(
+        None,
+        description="JSON file the suggestable past queries (text and count only) are "
+        "saved to every suggest_refresh_s and at shutdown, and read at start-up; unset: "
+        "in memory only.",
+    )
+    suggest_refresh_s: float = Field(
+        10.0,
+        ge=0.05,
+        le=3600,
+        description="How often newly counted past queries are verified on the serving "
+        "snapshot (and saved): the delay before a popular query is suggested.",
+    )
+
     # -- Elasticsearch (the lexical leg of snapshots built with --lexical elasticsearch) --
     # Which backend a snapshot uses is recorded in its manifest; these settings say how
     # to reach the cluster. Secrets are SecretStr: never logged, printed or written to a

@@ -13,9 +13,11 @@ def register(app: typer.Typer) -> None:
     from shopsearch.eval.nightly_cli import nightly_command
     from shopsearch.eval.pareto_cli import pareto_command
     from shopsearch.eval.recommend.cli import recommend_command
+    from shopsearch.eval.suggest_bench import suggest_command
 
     eval_app.command("recommend")(recommend_command)
     eval_app.command("pareto")(pareto_command)
+    eval_app.command("suggest")(suggest_command)
     app.add_typer(eval_app, name="eval")
     app.command("bench")(bench_command)
     app.command("nightly")(nightly_command)
