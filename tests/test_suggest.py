@@ -171,6 +171,29 @@ def test_building_then_ready(service: SearchService) -> None:
         suggestions.close()
 
 
+def test_updates_are_suggested_after_the_rebuild(sample_index_copy: Path, encoder: Encoder) -> None:
+    """An update is served at once by the previous generation's index (``stale``), then
+    by its own: a new product's words are suggested, a deleted one's no longer counted."""
+    svc = SearchService(_settings(sample_index_copy), encoder=encoder)
+    svc.load()
+    suggestions = Suggestions(svc.settings, lambda: svc)
+    try:
+        assert suggestions.wait_ready(30)
+        before = suggestions.suggest(svc.snapshot, "dewalt", 8).suggestions
+        assert before[0].text == "dewalt" and before[0].kind == "brand"
+        assert suggestions.suggest(svc.snapshot, "zebraw", 8).suggestions == []
+        new = Product(id="NEW-1", title="Zebrawood Cutting Board", brand="Woodsy")
+        svc.apply_updates([new], ["SKU-10001"])  # SKU-10001 is a DeWalt drill
+        assert suggestions.suggest(svc.snapshot, "zebraw", 8).index in ("stale", "ready")
+        assert suggestions.wait_ready(30)
+        after = suggestions.suggest(svc.snapshot, "zebraw", 8)
+        assert after.index == "ready" and [s.text for s in after.suggestions] == ["zebrawood"]
+        dewalt = suggestions.suggest(svc.snapshot, "dewalt", 8).suggestions[0]
+        assert dewalt.products == before[0].products - 1
+    finally:
+        suggestions.close()
+
+
 def test_metrics(client: TestClient) -> None:
     _suggest(client, "dril")
     text = client.get("/metrics").text
