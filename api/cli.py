@@ -674,6 +674,7 @@ def mount_plugins(target: typer.Typer) -> None:
 
 def _mount_training() -> None:
     from shopsearch.api.cli_events import events_app
+    from shopsearch.api.cli_rules import rules_app
     from shopsearch.api.cli_train import models_app, train_app
     from shopsearch.api.cli_train_recommender import (
         train_recommender_command,  # registers on train_app
@@ -684,6 +685,7 @@ def _mount_training() -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(models_app, name="models")
     app.add_typer(events_app, name="events")
+    app.add_typer(rules_app, name="rules")
 
 
 _mount_training()

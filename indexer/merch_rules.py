@@ -44,7 +44,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -86,6 +86,9 @@ class RulesVersion(Generic[T]):
     created_at: str = ""
     actor: str = ""
     index_version: str | None = None
+    #: The version it replaced, and what changed from it (as ``put``'s ``describe`` said).
+    previous: int = 0
+    change: dict[str, Any] = field(default_factory=dict)
 
 
 def _now() -> str:
@@ -199,6 +202,8 @@ class RulesStore(Generic[T]):
             created_at=str(data.get("created_at", "")),
             actor=str(data.get("actor", "")),
             index_version=data.get("index_version"),
+            previous=int(data.get("previous", 0)),
+            change=dict(data.get("change", {})),
         )
 
     @contextmanager
@@ -222,30 +227,39 @@ class RulesStore(Generic[T]):
         document: Mapping[str, Any],
         *,
         actor: str,
-        change: Mapping[str, Any] | None = None,
+        describe: Callable[[T, T], Mapping[str, Any]] | None = None,
         index_version: str | None = None,
     ) -> RulesVersion[T]:
         """Store ``document`` as the next version and serve it; append the audit line
-        (``actor``, the time, the version and the one before, ``change``: what changed, as
-        the caller describes it, and ``index_version``: the snapshot serving now).
+        (``actor``, the time, the version and the one it replaced, ``change``: what
+        ``describe(previous value, new value)`` says changed, computed under the write
+        lock so concurrent writers each describe their own step, and ``index_version``:
+        the snapshot serving now).
 
         Raises whatever ``parse`` raises for a bad document (nothing is written),
         ``ValueError`` for a bad ``actor``, ``OSError`` when the directory is not writable.
         """
         check_actor(actor)
-        document = json.loads(json.dumps(document))  # a plain JSON copy: what is stored
+        stored_doc: dict[str, Any] = json.loads(json.dumps(document))  # a plain JSON copy
         with self._write_lock():
             remove_stale_temp_files(self.root)
-            previous = self._current_number()
-            version = max(previous, self._highest()) + 1
-            value = self._parse(document, version)  # validate before anything is written
+            try:
+                previous = self._read_current()
+            except RulesError:  # damaged by hand: a new version is how to repair it
+                log.exception("the serving rules cannot be read; replacing them")
+                previous = RulesVersion(version=0, value=self._parse({}, 0), document={})
+            version = max(previous.version, self._highest()) + 1
+            value = self._parse(stored_doc, version)  # validate before anything is written
+            change = dict(describe(previous.value, value)) if describe is not None else {}
             at = _now()
             record = {
                 "version": version,
                 "created_at": at,
                 "actor": actor,
                 "index_version": index_version,
-                "document": document,
+                "previous": previous.version,
+                "change": change,
+                "document": stored_doc,
             }
             text = json.dumps(record, indent=2, ensure_ascii=False)
             write_atomic(self._path(version), lambda fh: fh.write(text.encode("utf-8")))
@@ -255,19 +269,21 @@ class RulesStore(Generic[T]):
                     "at": at,
                     "actor": actor,
                     "version": version,
-                    "previous": previous,
+                    "previous": previous.version,
                     "index_version": index_version,
-                    "sha256": _sha256(document),
-                    "change": dict(change or {}),
+                    "sha256": _sha256(stored_doc),
+                    "change": change,
                 }
             )
         stored = RulesVersion(
             version=version,
             value=value,
-            document=document,
+            document=stored_doc,
             created_at=at,
             actor=actor,
             index_version=index_version,
+            previous=previous.version,
+            change=change,
         )
         log.info("rules version %d stored by %s", version, actor)
         return stored

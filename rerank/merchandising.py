@@ -57,13 +57,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from shopsearch.retrieval.filters import Filters, InvalidFilterError, ProductTable
 from shopsearch.retrieval.types import (
@@ -87,6 +99,9 @@ __all__ = [
     "RuleSet",
     "Rulebook",
     "When",
+    "WhenAny",
+    "WhenContains",
+    "WhenQuery",
     "apply_rules",
     "describe_change",
     "normalize",
@@ -113,86 +128,132 @@ def normalize(query: str) -> str:
     return _SPACES.sub(" ", query).strip().casefold()
 
 
-QueryText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_RULE_QUERY_CHARS)
-]
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_RULE_QUERY_CHARS)]
+QueryList = Annotated[list[QueryText], Field(min_length=1, max_length=MAX_QUERIES)]
 ProductId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
 Brand = Annotated[str, StringConstraints(min_length=1, max_length=MAX_BRAND_CHARS)]
 AttrKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY_CHARS)]
 AttrValue = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_VALUE_CHARS)]
+AttrValues = Annotated[list[AttrValue], Field(min_length=1, max_length=MAX_VALUES)]
+
+# Every constraint of the models below is one JSON Schema states too (the OpenAPI
+# contract test sends schema-valid rule sets and expects them accepted): "one of these
+# shapes" is a union, "at least one field" is minProperties, and an optional field is
+# left out rather than sent as null.
 
 
 class _Frozen(BaseModel):
     # Unknown keys are an error: a typo ("postion") must not silently mean "default".
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: "1" is not a position, nor 1 a boolean.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class When(_Frozen):
-    """Which queries a rule applies to (see the module docstring)."""
+class WhenQuery(_Frozen):
+    """The rule applies to these queries (exact, after normalization)."""
 
-    query: QueryText | tuple[QueryText, ...] | None = Field(
-        None, description="One query or a list, matched exactly after normalization."
-    )
-    any: bool = Field(False, description="true: every query.")
+    query: QueryText | QueryList = Field(description="One query or a list of queries.")
     contains: QueryText | None = Field(
-        None, description="A term the query must contain as whole words."
+        None, description="And the query must contain this term as whole words."
     )
 
-    @model_validator(mode="after")
-    def _one_way(self) -> When:
-        if isinstance(self.query, tuple) and not 1 <= len(self.query) <= MAX_QUERIES:
-            raise ValueError(f"query: list 1 to {MAX_QUERIES} queries (got {len(self.query)})")
-        if self.any and self.query is not None:
-            raise ValueError("give either query or any: true, not both")
-        if not self.any and self.query is None and self.contains is None:
-            raise ValueError(
-                'say which queries the rule is for: "query", "any": true or "contains"'
-            )
-        return self
 
-    def queries(self) -> frozenset[str]:
-        """The normalized queries of ``query`` (empty when not given)."""
-        if self.query is None:
-            return frozenset()
-        listed = (self.query,) if isinstance(self.query, str) else self.query
-        return frozenset(normalize(q) for q in listed)
+class WhenAny(_Frozen):
+    """The rule applies to every query (that ``contains`` the term, when given)."""
+
+    any: Literal[True]
+    contains: QueryText | None = Field(
+        None, description="And the query must contain this term as whole words."
+    )
+
+
+class WhenContains(_Frozen):
+    """The rule applies to every query containing ``contains`` as whole words."""
+
+    contains: QueryText
+
+
+def _when_shape(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for key in ("any", "query", "contains"):
+            if key in value:
+                return key
+        return None
+    if isinstance(value, BaseModel):
+        return {WhenAny: "any", WhenQuery: "query", WhenContains: "contains"}.get(type(value))
+    return None
+
+
+#: Which queries a rule is for: ``{"query": q or [q, ...]}``, ``{"any": true}`` or
+#: ``{"contains": term}`` (the first two may add ``contains`` too).
+When = Annotated[
+    Annotated[WhenAny, Tag("any")]
+    | Annotated[WhenQuery, Tag("query")]
+    | Annotated[WhenContains, Tag("contains")],
+    Discriminator(
+        _when_shape,
+        custom_error_type="when",
+        custom_error_message='say which queries the rule is for: "query", "any": true or '
+        '"contains"',
+    ),
+]
+
+
+def _json_number(value: object) -> object:
+    # A whole number as JSON Schema means it in a strict model: 2 and 2.0, not "2" nor true.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number, not text or a boolean")
+    return value
+
+
+def _rejects_null(value: object) -> object:
+    if value is None:
+        raise ValueError("null is not a value here; leave the field out instead")
+    return value
 
 
 class Match(_Frozen):
-    """What a product must be for a boost or bury rule (every field given must hold)."""
+    """What a product must be for a boost or bury rule: every field given must hold
+    (at least one must be given)."""
 
-    brand: tuple[Brand, ...] | None = Field(
-        None, max_length=MAX_VALUES, description="Any of these brands (case-insensitive)."
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    brand: list[Brand] = Field(
+        default_factory=list,
+        min_length=1,
+        max_length=MAX_VALUES,
+        description="Any of these brands (case-insensitive).",
     )
-    category: str | None = Field(
-        None,
+    category: str = Field(
+        "",
         min_length=1,
         max_length=MAX_CATEGORY_CHARS,
         description="A category path prefix, e.g. 'Tools > Power Tools'.",
     )
-    in_stock: bool | None = None
-    attributes: dict[AttrKey, tuple[AttrValue, ...]] | None = Field(
-        None,
+    in_stock: Annotated[bool | None, WithJsonSchema({"type": "boolean"})] = None
+    attributes: dict[AttrKey, AttrValues] = Field(
+        default_factory=dict,
+        min_length=1,
         max_length=MAX_VALUES,
         description="Keyword attributes: any of the values for each key.",
+    )
+
+    _no_null = field_validator("brand", "category", "in_stock", "attributes", mode="before")(
+        _rejects_null
     )
 
     @model_validator(mode="after")
     def _something(self) -> Match:
         if not (self.brand or self.category or self.in_stock is not None or self.attributes):
             raise ValueError("match nothing? give brand, category, in_stock or attributes")
-        for key, values in (self.attributes or {}).items():
-            if not 1 <= len(values) <= MAX_VALUES:
-                raise ValueError(f"attributes.{key}: list 1 to {MAX_VALUES} values")
         return self
 
     def filters(self) -> Filters:
         """The same condition as request filters (one semantics for both)."""
         return Filters(
-            brand=self.brand or (),
-            category=self.category,
+            brand=tuple(self.brand),
+            category=self.category or None,
             in_stock=self.in_stock,
-            attributes=dict(self.attributes or {}),
+            attributes={k: tuple(v) for k, v in self.attributes.items()},
         )
 
     def describe(self) -> str:
@@ -204,7 +265,7 @@ class Match(_Frozen):
             parts.append(f"category={self.category}")
         if self.in_stock is not None:
             parts.append(f"in_stock={str(self.in_stock).lower()}")
-        for key, values in (self.attributes or {}).items():
+        for key, values in self.attributes.items():
             parts.append(f"{key}={'|'.join(values)}")
         return ", ".join(parts)
 
@@ -219,14 +280,16 @@ class PinRule(_Rule):
 
     action: Literal["pin"]
     product: ProductId
-    position: int = Field(ge=1, le=MAX_POSITION)
+    position: Annotated[
+        int, Field(ge=1, le=MAX_POSITION), Strict(False), BeforeValidator(_json_number)
+    ]
 
 
 class HideRule(_Rule):
     """Never show ``products`` for the matching queries."""
 
     action: Literal["hide"]
-    products: tuple[ProductId, ...] = Field(min_length=1, max_length=MAX_HIDDEN)
+    products: list[ProductId] = Field(min_length=1, max_length=MAX_HIDDEN)
 
 
 class MoveRule(_Rule):
@@ -244,7 +307,15 @@ class RuleSet(_Frozen):
     """A whole set of rules: the rule file, the body of ``PUT /v1/admin/rules`` and what
     each stored version holds. Rules are numbered from 0 in errors and explain."""
 
-    rules: tuple[Rule, ...] = Field(default=(), max_length=MAX_RULES)
+    rules: list[Rule] = Field(default_factory=list, max_length=MAX_RULES)
+
+
+def _queries(when: WhenAny | WhenQuery | WhenContains) -> frozenset[str]:
+    """The normalized queries a ``when`` names (empty: it names none, any will do)."""
+    if not isinstance(when, WhenQuery):
+        return frozenset()
+    listed = [when.query] if isinstance(when.query, str) else when.query
+    return frozenset(normalize(q) for q in listed)
 
 
 def _label(index: int, rule: PinRule | HideRule | MoveRule) -> str:
@@ -283,9 +354,9 @@ class Rulebook:
             _Compiled(
                 index=i,
                 rule=rule,
-                queries=rule.when.queries(),
+                queries=_queries(rule.when),
                 contains=normalize(rule.when.contains) if rule.when.contains else None,
-                any=rule.when.any,
+                any=isinstance(rule.when, WhenAny),
             )
             for i, rule in enumerate(ruleset.rules)
         )
@@ -329,96 +400,116 @@ def apply_rules(
     module docstring. With no matching rule the list is returned as it came.
     """
     active = rulebook.matching(queries)
-    out = list(candidates)
+    result = MerchResult(list(candidates))
     if not active:
-        return MerchResult(out)
-    notes: defaultdict[int, list[str]] = defaultdict(list)
-    outcomes: list[str] = []
-
-    # 1. hide
-    hidden: dict[int, str] = {}  # row -> label of the first rule hiding it
-    for c in active:
-        if isinstance(c.rule, HideRule):
-            rows = [table.row_of[p] for p in c.rule.products if p in table.row_of]
-            for row in rows:
-                hidden.setdefault(row, _label(c.index, c.rule))
-            shown = {x.row for x in out}
-            outcomes.append(
-                f"{_label(c.index, c.rule)}: hide {len(c.rule.products)} product(s)"
-                f" ({sum(r in shown for r in rows)} among the candidates)"
-            )
-    if hidden:
-        out = [x for x in out if x.row not in hidden]
-
-    # 2. boost / bury: a stable sort by level
+        return result
+    hides = [(c.index, c.rule) for c in active if isinstance(c.rule, HideRule)]
     moves = [(c.index, c.rule) for c in active if isinstance(c.rule, MoveRule)]
-    if moves and out:
-        rows_arr = np.fromiter((x.row for x in out), dtype=np.int64, count=len(out))
-        level = np.zeros(len(out), dtype=np.int64)
-        for index, rule in moves:
-            label = _label(index, rule)
-            try:
-                hit = table.mask(rule.match.filters(), rows_arr)
-            except InvalidFilterError as exc:
-                outcomes.append(f"{label}: {rule.action} skipped ({exc})")
-                continue
-            level += hit.astype(np.int64) * (1 if rule.action == "boost" else -1)
-            verb = "boosted" if rule.action == "boost" else "buried"
-            for i in np.flatnonzero(hit).tolist():
-                notes[out[i].row].append(f"{verb} by {label} ({rule.match.describe()})")
-            outcomes.append(
-                f"{label}: {rule.action} {rule.match.describe()} ({int(hit.sum())} candidates)"
-            )
-        order = sorted(range(len(out)), key=lambda i: -int(level[i]))  # stable
-        out = [out[i] for i in order]
+    pins = [(c.index, c.rule) for c in active if isinstance(c.rule, PinRule)]
+    hidden = _hide(result, hides, table)
+    _move(result, moves, table)
+    _pin(result, pins, table, filters, hidden)
+    return result
 
-    # 3. pin
-    by_row = {x.row: x for x in out}
-    placed: dict[int, Candidate] = {}  # 0-based position -> candidate
-    pinned: dict[int, str] = {}  # row -> label of the rule that pinned it
-    pin_notes: dict[int, tuple[str, str]] = {}  # row -> (label, detail) for explain
-    for c in active:
-        if not isinstance(c.rule, PinRule):
+
+def _note(result: MerchResult, row: int, text: str) -> None:
+    result.notes.setdefault(row, []).append(text)
+
+
+def _hide(
+    result: MerchResult, rules: Sequence[tuple[int, HideRule]], table: ProductTable
+) -> dict[int, str]:
+    """Remove the hidden products; returns row -> the first rule hiding it."""
+    hidden: dict[int, str] = {}
+    shown = {x.row for x in result.candidates}
+    for index, rule in rules:
+        rows = [table.row_of[p] for p in rule.products if p in table.row_of]
+        for row in rows:
+            hidden.setdefault(row, _label(index, rule))
+        result.outcomes.append(
+            f"{_label(index, rule)}: hide {len(rule.products)} product(s)"
+            f" ({sum(r in shown for r in rows)} among the candidates)"
+        )
+    if hidden:
+        result.candidates = [x for x in result.candidates if x.row not in hidden]
+    return hidden
+
+
+def _move(result: MerchResult, rules: Sequence[tuple[int, MoveRule]], table: ProductTable) -> None:
+    """Boost and bury: +1/-1 a level per rule matched, then a stable sort by level."""
+    out = result.candidates
+    if not rules or not out:
+        return
+    rows = np.fromiter((x.row for x in out), dtype=np.int64, count=len(out))
+    level = np.zeros(len(out), dtype=np.int64)
+    for index, rule in rules:
+        label = _label(index, rule)
+        try:
+            hit = table.mask(rule.match.filters(), rows)
+        except InvalidFilterError as exc:  # an attribute this catalog does not have
+            result.outcomes.append(f"{label}: {rule.action} skipped ({exc})")
             continue
-        rule, label = c.rule, _label(c.index, c.rule)
+        level += hit.astype(np.int64) * (1 if rule.action == "boost" else -1)
+        verb = "boosted" if rule.action == "boost" else "buried"
+        for i in np.flatnonzero(hit).tolist():
+            _note(result, out[i].row, f"{verb} by {label} ({rule.match.describe()})")
+        result.outcomes.append(
+            f"{label}: {rule.action} {rule.match.describe()} ({int(hit.sum())} candidates)"
+        )
+    order = sorted(range(len(out)), key=lambda i: -int(level[i]))  # stable: ties keep order
+    result.candidates = [out[i] for i in order]
+
+
+def _pin(
+    result: MerchResult,
+    rules: Sequence[tuple[int, PinRule]],
+    table: ProductTable,
+    filters: Filters,
+    hidden: Mapping[int, str],
+) -> None:
+    """Put each pinned product at its position (see the module docstring)."""
+    if not rules:
+        return
+    by_row = {x.row: x for x in result.candidates}
+    placed: dict[int, Candidate] = {}  # 0-based position -> candidate
+    pinned: dict[int, tuple[str, str]] = {}  # row -> (label, detail) of the rule that won
+    for index, rule in rules:
+        label = _label(index, rule)
         head = f"{label}: pin {rule.product} at {rule.position}"
         row = table.row_of.get(rule.product)
         if row is None:
-            outcomes.append(f"{head}: not shown (no such product in this snapshot)")
+            result.outcomes.append(f"{head}: not shown (no such product in this snapshot)")
             continue
         if row in hidden:
-            outcomes.append(f"{head}: not shown (hidden by {hidden[row]})")
+            result.outcomes.append(f"{head}: not shown (hidden by {hidden[row]})")
             continue
         if row in pinned:
-            outcomes.append(f"{head}: ignored (already pinned by {pinned[row]})")
+            result.outcomes.append(f"{head}: ignored (already pinned by {pinned[row][0]})")
             continue
         cand = by_row.get(row)
         inserted = cand is None
         if cand is None:
             if not filters.is_empty() and not bool(table.mask(filters, np.array([row]))[0]):
-                outcomes.append(f"{head}: not shown (excluded by the request's filters)")
+                result.outcomes.append(f"{head}: not shown (excluded by the request's filters)")
                 continue
             cand = Candidate(row=row)
         position = rule.position - 1
         while position in placed:  # an earlier pin holds it: the next free one
             position += 1
         placed[position] = cand
-        pinned[row] = label
-        detail = f"asked for {rule.position}" + (
-            "; inserted: no leg retrieved it" if inserted else ""
-        )
-        pin_notes[row] = (label, detail)
-        outcomes.append(f"{head}: {'inserted' if inserted else 'moved'}")
-    if placed:
-        rest = [x for x in out if x.row not in pinned]
-        for position, cand in sorted(placed.items()):
-            rest.insert(min(position, len(rest)), cand)  # past the end: last
-        out = rest
-        for at, x in enumerate(out, start=1):  # where each pinned product really landed
-            if x.row in pin_notes:
-                label, detail = pin_notes[x.row]
-                notes[x.row].append(f"pinned at {at} by {label} ({detail})")
-    return MerchResult(out, dict(notes), outcomes)
+        detail = "; inserted: no leg retrieved it" if inserted else ""
+        pinned[row] = (label, f"asked for {rule.position}{detail}")
+        result.outcomes.append(f"{head}: {'inserted' if inserted else 'moved'}")
+    if not placed:
+        return
+    out = [x for x in result.candidates if x.row not in pinned]
+    for position, cand in sorted(placed.items()):
+        out.insert(min(position, len(out)), cand)  # past the end: last
+    result.candidates = out
+    for at, x in enumerate(out, start=1):  # where each pinned product really landed
+        if x.row in pinned:
+            label, detail = pinned[x.row]
+            _note(result, x.row, f"pinned at {at} by {label} ({detail})")
 
 
 def _canonical(rule: PinRule | HideRule | MoveRule) -> str:
