@@ -192,7 +192,8 @@ def test_page_and_assets_are_served(base_url: str) -> None:
     index = httpx.get(f"{base_url}/", timeout=10)
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     assert 'src="/static/app.js"' in index.text and 'href="/static/style.css"' in index.text
-    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+    assets = [(f"{m}.js", "javascript") for m in ("app", "dom", "facets", "suggest")]
+    for asset, kind in [*assets, ("style.css", "text/css")]:
         response = httpx.get(f"{base_url}/static/{asset}", timeout=10)
         assert response.status_code == 200 and kind in response.headers["content-type"]
     assert httpx.get(f"{base_url}/static/nope.js", timeout=10).status_code == 404
@@ -224,6 +225,19 @@ def test_search_facets_and_paging(desktop: Page, base_url: str, expect: Any) -> 
         re.compile(rf"^{answer['total']} results for cordless drill in [\d.]+ ms")
     )
     desktop.screenshot("search-desktop", full_page=False)
+
+    # A long brand list shows its first values and a button for the rest.
+    brand_boxes = page.locator("#facets input[name=brand]")
+    shown = brand_boxes.count()
+    more = page.get_by_role("button", name=re.compile(r"^Show all \d+ brands$"))
+    expect(more).to_have_attribute("aria-expanded", "false")  # the sample has 14 brands
+    more.click()
+    fewer = page.get_by_role("button", name="Show fewer")
+    expect(fewer).to_be_focused()
+    expect(fewer).to_have_attribute("aria-expanded", "true")
+    assert brand_boxes.count() > shown
+    fewer.click()
+    expect(brand_boxes).to_have_count(shown)
 
     # Pages: the next page shows the API's next hits.
     second = api_search(base_url, {"q": "cordless drill", "size": 12, "page": 2})
