@@ -100,19 +100,19 @@ def show_command(
         int | None, typer.Option(min=0, help="A stored version; default: the serving one.")
     ] = None,
 ) -> None:
-    """Print a rule set as JSON (the serving one by default): a file `apply` takes back."""
+    """Print a rule set (the serving one by default) as the JSON file `apply` takes back;
+    its version and author go to stderr."""
     store, _ = _store(index_dir)
     try:
         stored = store.current() if version is None else store.get(version)
     except RulesError as exc:
         raise fail(exc) from exc
-    out: dict[str, Any] = {
-        "version": stored.version,
-        "created_at": stored.created_at,
-        "actor": stored.actor,
-        "index_version": stored.index_version,
-        "rules": stored.document.get("rules", []),
-    }
+    console.print(  # stderr: stdout is the file itself
+        f"rules version {stored.version}"
+        + (f", by {stored.actor} at {stored.created_at}" if stored.version else "")
+        + (f" (snapshot {stored.index_version})" if stored.index_version else "")
+    )
+    out: dict[str, Any] = {"rules": stored.document.get("rules", [])}
     typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 

@@ -346,21 +346,33 @@ class Rulebook:
 
     version: int
     ruleset: RuleSet
-    _compiled: tuple[_Compiled, ...] = ()
+    #: Rules by each normalized query they name, and the rules that name none (any,
+    #: contains): a search looks up its own query instead of testing every rule.
+    _by_query: Mapping[str, tuple[_Compiled, ...]] = field(default_factory=dict)
+    _general: tuple[_Compiled, ...] = ()
 
     @classmethod
     def build(cls, ruleset: RuleSet, version: int = 0) -> Rulebook:
-        compiled = tuple(
-            _Compiled(
+        by_query: dict[str, list[_Compiled]] = {}
+        general: list[_Compiled] = []
+        for i, rule in enumerate(ruleset.rules):
+            compiled = _Compiled(
                 index=i,
                 rule=rule,
                 queries=_queries(rule.when),
                 contains=normalize(rule.when.contains) if rule.when.contains else None,
                 any=isinstance(rule.when, WhenAny),
             )
-            for i, rule in enumerate(ruleset.rules)
+            for query in compiled.queries:
+                by_query.setdefault(query, []).append(compiled)
+            if not compiled.queries:
+                general.append(compiled)
+        return cls(
+            version=version,
+            ruleset=ruleset,
+            _by_query={q: tuple(rules) for q, rules in by_query.items()},
+            _general=tuple(general),
         )
-        return cls(version=version, ruleset=ruleset, _compiled=compiled)
 
     @classmethod
     def parse(cls, document: Mapping[str, Any], version: int) -> Rulebook:
@@ -368,9 +380,15 @@ class Rulebook:
         return cls.build(RuleSet.model_validate(document), version)
 
     def matching(self, queries: Iterable[str]) -> list[_Compiled]:
-        """The rules that apply to any of ``queries`` (raw; normalized here), in order."""
+        """The rules that apply to any of ``queries`` (raw; normalized here), in rule
+        order."""
         texts = {normalize(q) for q in queries}
-        return [c for c in self._compiled if c.matches(texts)]
+        found = {c.index: c for c in self._general if c.matches(texts)}
+        for text in texts:
+            for c in self._by_query.get(text, ()):
+                if c.matches(texts):
+                    found[c.index] = c
+        return [found[i] for i in sorted(found)]
 
 
 @dataclass(slots=True)
@@ -450,12 +468,11 @@ def _move(result: MerchResult, rules: Sequence[tuple[int, MoveRule]], table: Pro
             result.outcomes.append(f"{label}: {rule.action} skipped ({exc})")
             continue
         level += hit.astype(np.int64) * (1 if rule.action == "boost" else -1)
-        verb = "boosted" if rule.action == "boost" else "buried"
+        what = rule.match.describe()
+        note = f"{'boosted' if rule.action == 'boost' else 'buried'} by {label} ({what})"
         for i in np.flatnonzero(hit).tolist():
-            _note(result, out[i].row, f"{verb} by {label} ({rule.match.describe()})")
-        result.outcomes.append(
-            f"{label}: {rule.action} {rule.match.describe()} ({int(hit.sum())} candidates)"
-        )
+            _note(result, out[i].row, note)
+        result.outcomes.append(f"{label}: {rule.action} {what} ({int(hit.sum())} candidates)")
     order = sorted(range(len(out)), key=lambda i: -int(level[i]))  # stable: ties keep order
     result.candidates = [out[i] for i in order]
 
