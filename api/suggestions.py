@@ -8,7 +8,7 @@ One worker thread per app does everything slow, so neither ``/v1/suggest`` nor
   :class:`~retrieval.suggest.SuggestIndex` from the serving snapshot's live products when
   the app starts (after the snapshot loads) and whenever the serving ``(version,
   generation)`` changes (it looks every second, and at once when a suggestion finds it
-  missing). About 1.5 s on Home Depot's 54,667 products, in the background: snapshot
+  missing). 1.3 to 4 s on Home Depot's 54,667 products, in the background: snapshot
   loading is not slowed. Until it is ready, a request answers from what is cheap: the
   previous generation's index of the same snapshot (an update changed a few products;
   ``X-Suggest-Index: stale``), or nothing for a snapshot not indexed yet (``building``).
@@ -32,6 +32,7 @@ crash drops the last ``suggest_refresh_s`` of counts. ``suggest_queries_file`` u
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -67,6 +68,8 @@ IndexState = Literal["ready", "stale", "building"]
 MAX_PENDING = 10_000
 #: Past queries verified per refresh at most (the most searched).
 MAX_VERIFIED = 5_000
+#: Rewritten suggestion texts remembered per snapshot.
+MAX_REWRITES = 20_000
 #: The worker looks for a new serving snapshot at least this often (seconds).
 POLL_S = 1.0
 _FILE_FORMAT = "shopsearch-popular-queries/1"
@@ -79,7 +82,8 @@ class _Built:
     version: str
     generation: int
     index: SuggestIndex
-    snap: LoadedSnapshot
+    #: The service's rewriting of a text on this snapshot (None: it rewrites nothing).
+    searched: Callable[[str], str] | None
     popular: PopularIndex = field(default_factory=PopularIndex)
     popular_from: int = -1  # PopularQueries.version the popular index was made from
     checked: dict[str, int] = field(default_factory=dict)
@@ -148,16 +152,18 @@ class Suggestions:
             self._wake()
         rewriter: QueryRewriter | None = snap.extra.get(REWRITER_KEY)
         correct = rewriter.spelling.suggest if rewriter is not None else None
-        catalog = built.index.suggest(typed, size, correct=correct, searched=self._searched(snap))
+        catalog = built.index.suggest(typed, size, correct=correct, searched=built.searched)
         popular = built.popular.suggest(typed, size)
         return SuggestAnswer(merge(popular, catalog, size), state)
 
     def _searched(self, snap: LoadedSnapshot) -> Callable[[str], str] | None:
-        """The text the service searches for a query on ``snap`` (after rewriting)."""
+        """The text the service searches for a query on ``snap`` (after rewriting),
+        memoised: the same few thousand suggestions come back all day."""
         svc = self._service()
         if svc is None or REWRITER_KEY not in snap.extra:
             return None
 
+        @functools.lru_cache(maxsize=MAX_REWRITES)
         def searched(text: str) -> str:
             rewrite = svc.rewrite_query(text, snap)
             return text if rewrite is None else rewrite.text
@@ -256,7 +262,7 @@ class Suggestions:
             (table.products[row] for row in table.row_of.values()),
             max_phrases=self.settings.suggest_max_phrases,
         )
-        built = _Built(snap.version, snap.generation, index, snap)
+        built = _Built(snap.version, snap.generation, index, self._searched(snap))
         self._verify(built)
         with self._ready:
             self._built = built
@@ -280,8 +286,7 @@ class Suggestions:
             return
         version = self.popular.version
         eligible = self.popular.eligible(MAX_VERIFIED)
-        searched = self._searched(built.snap)
-        built.popular = verify_queries(eligible, built.index, built.checked, searched)
+        built.popular = verify_queries(eligible, built.index, built.checked, built.searched)
         built.popular_from = version
 
     # -- the file ------------------------------------------------------------------

@@ -89,7 +89,7 @@ def run_suggest_bench(
             texts.update(s.text for s in answer.suggestions)
     finally:
         suggestions.close()
-    say(f"{len(prefixes)} prefixes answered; checking {len(texts)} distinct suggestions")
+    say(f"{len(prefixes)} prefixes answered, {len(texts)} distinct suggestions")
     zero: list[str] = []
     t = time.perf_counter()
     if check:
