@@ -533,29 +533,32 @@ def _canonical(rule: PinRule | HideRule | MoveRule) -> str:
     return json.dumps(rule.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
+def _summary(rule: PinRule | HideRule | MoveRule) -> str:
+    """A rule in a few words, for the audit log: ``'drill hero' pin SKU-1 at 1``."""
+    name = f"{rule.name!r} " if rule.name else ""
+    if isinstance(rule, PinRule):
+        what = f"{rule.product} at {rule.position}"
+    elif isinstance(rule, HideRule):
+        what = ", ".join(rule.products[:5]) + (" ..." if len(rule.products) > 5 else "")
+    else:
+        what = rule.match.describe()
+    return f"{name}{rule.action} {what}"
+
+
 def describe_change(old: RuleSet, new: RuleSet) -> dict[str, Any]:
     """What changed from ``old`` to ``new``, for the audit log: the rules added and
-    removed (by content: a rule that moved in the list is neither), as labels with
-    their action, and the counts."""
-
-    def labelled(rs: RuleSet) -> Counter[str]:
-        return Counter(_canonical(r) for r in rs.rules)
-
-    before, after = labelled(old), labelled(new)
-    added, removed = after - before, before - after
+    removed (by content: a rule that moved in the list is neither), in a few words
+    each, and the counts."""
+    rules = {_canonical(r): r for r in (*old.rules, *new.rules)}
+    before = Counter(_canonical(r) for r in old.rules)
+    after = Counter(_canonical(r) for r in new.rules)
 
     def summary(counter: Counter[str]) -> list[str]:
-        out = []
-        for text, count in counter.items():
-            data = json.loads(text)
-            what = data.get("product") or data.get("products") or data.get("match")
-            name = f"{data['name']!r} " if data.get("name") else ""
-            out.extend([f"{name}{data['action']} {json.dumps(what)}"] * count)
-        return sorted(out)
+        return sorted(_summary(rules[key]) for key in counter.elements())
 
     return {
         "rules_before": len(old.rules),
         "rules_after": len(new.rules),
-        "added": summary(added),
-        "removed": summary(removed),
+        "added": summary(after - before),
+        "removed": summary(before - after),
     }

@@ -279,8 +279,8 @@ def test_describe_change_lists_rules_added_and_removed() -> None:
     new = RuleSet.model_validate({"rules": [hide, {**pin, "position": 2}]})
     change = describe_change(old, new)
     assert change["rules_before"] == change["rules_after"] == 2
-    assert change["added"] == ["'hero' pin \"P1\""]
-    assert change["removed"] == ["'hero' pin \"P1\""]
+    assert change["added"] == ["'hero' pin P1 at 2"]
+    assert change["removed"] == ["'hero' pin P1 at 1"]
     assert describe_change(new, new)["added"] == []
 
 
@@ -501,7 +501,7 @@ def test_admin_api_reads_history_and_audits_who_and_when(
     newest = history[0]
     assert newest["actor"] == "maria"
     assert datetime.now(UTC) - datetime.fromisoformat(newest["at"]) < timedelta(minutes=5)
-    assert newest["change"]["added"] == [f"'paint promo' pin \"{PAINT}\""]
+    assert newest["change"]["added"] == [f"'paint promo' pin {PAINT} at 2"]
     audit = (merch_dir / AUDIT_LOG).read_text()
     assert json.loads(audit.splitlines()[-1])["actor"] == "maria"
     assert TOKEN not in audit  # never the token
