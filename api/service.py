@@ -62,6 +62,7 @@ from shopsearch.api.schemas import (
 )
 from shopsearch.api.settings import Settings
 from shopsearch.api.shoppers import personalize
+from shopsearch.indexer.match_threshold import dense_threshold, ensure_calibrated
 from shopsearch.indexer.merch_rules import RulesStore
 from shopsearch.indexer.snapshot import LoadedSnapshot, SnapshotError, SnapshotStore, load_snapshot
 from shopsearch.indexer.updates import UpdateReport, apply_updates
@@ -81,6 +82,7 @@ from shopsearch.retrieval.log_throttle import LogThrottle
 from shopsearch.retrieval.model_registry import towers_fine_tuned
 from shopsearch.retrieval.query_rewrite import QueryRewriter, product_words
 from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.result_set import restrict_to_matches
 from shopsearch.retrieval.scoped_cache import CacheStats
 from shopsearch.retrieval.search_params import SearchParams
 from shopsearch.retrieval.types import Candidate, Product, QueryRewrite, ShopsearchError
@@ -195,6 +197,9 @@ class Retrieval:
     fusion: str = ""
     #: What the request was answered with (None only before retrieve() fills it).
     params: SearchParams | None = None
+    #: Products matching the query (``retrieval/result_set.py``); None: not counted
+    #: (``match_only`` off, or unknown), so the answer's total is ``len(filtered)``.
+    total: int | None = None
 
     @property
     def search_text(self) -> str:
@@ -358,6 +363,7 @@ class SearchService:
         snap.vectors.search(self.query_encoder.encode_query(["warm up"]), 10)
         try:
             snap.lexical.search("warm up", 10)
+            ensure_calibrated(snap, self.query_encoder.encode_query)  # older snapshots
         except LexicalIndexError as exc:
             # Serve anyway: every answer degrades to the dense leg until the cluster is back.
             log.warning("lexical leg of %s unavailable at load: %s", snap.version, exc)
@@ -636,10 +642,33 @@ class SearchService:
                 break
             depth = min(depth * 4, params.max_depth)  # widen: filters ate the candidates
 
+        if params.match_only:
+            self._keep_matches(result, filters)
         if on_dense is not None and use_dense and qvec is not None and dense_rows is not None:
             on_dense(snap, qvec, dense_rows, result.depth)
         self._rerank(params, result, deadline, scorer)
         return result
+
+    def _keep_matches(self, result: Retrieval, filters: Filters) -> None:
+        """Cut ``result.filtered`` to the query's result set and count it (``total``);
+        when the lexical index cannot say, every candidate stays (``degraded``)."""
+        t = time.perf_counter()
+        snap = result.snapshot
+        try:
+            found = restrict_to_matches(
+                result.filtered,
+                query=result.search_text,
+                table=snap.table,
+                lexical=snap.lexical,
+                filters=filters,
+                dense_threshold=dense_threshold(snap),
+            )
+        except LexicalIndexError as exc:
+            result.degraded.append("match_set")
+            self._degraded_log.warning(str(exc), "result set unknown, all candidates kept: %s", exc)
+        else:
+            result.filtered, result.total = found.candidates, found.total
+        result.timings_ms["match"] = _ms(t)
 
     def _fuse(
         self,
@@ -805,6 +834,8 @@ class SearchService:
                 personalized = f"applied ({count} recent items)"
         filters, queries = to_filters(request.filters), (result.query, result.search_text)
         merch = apply_rules(rules.value, result.filtered, table, filters, queries)
+        if result.total is not None:  # counted past the candidates: count hides and inserts
+            result.total += len(merch.candidates) - len(result.filtered)
         result.filtered = merch.candidates  # after filters and ranking, before facets
         t = time.perf_counter()
         facets = compute_facets(
@@ -828,7 +859,7 @@ class SearchService:
             q=result.query,
             mode=result.params.mode if result.params is not None else request.mode,
             hits=hits,
-            total=len(result.filtered),
+            total=result.total if result.total is not None else len(result.filtered),
             page=request.page,
             size=request.size,
             facets=facets,

@@ -20,6 +20,7 @@ from shopsearch.indexer.judgments import EvalDataset
 from shopsearch.indexer.nightly import dataset_fingerprint
 from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
 from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.match_set import MATCH_RULE_VERSION
 
 __all__ = ["ServeDefaultsEvaluator"]
 
@@ -47,7 +48,11 @@ class ServeDefaultsEvaluator:
         self.progress = progress
         judged = [(q.qid, q.text, q.judgments) for q in dataset.queries if q.judgments]
         reranker = "rerank" if settings.reranker_dir is not None else "no-rerank"
-        self.dataset_key = f"{dataset_fingerprint(dataset.name, judged)}:default-{reranker}"
+        # The result-set rule is part of what `default` answers: an evaluation made
+        # under another rule is redone, not compared.
+        self.dataset_key = (
+            f"{dataset_fingerprint(dataset.name, judged)}:default-{reranker}:{MATCH_RULE_VERSION}"
+        )
         self._loaded_reranker: Reranker | None = None
 
     def _reranker(self) -> Reranker | None:

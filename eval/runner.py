@@ -124,7 +124,13 @@ class Configuration:
         }
         if self.serve_defaults:
             return dict(self.overrides)  # as serve answers a request that sets nothing
-        named.update(leg_depth=depth, rerank_depth=rerank_depth if self.rerank else None)
+        # A leg or a fusion is measured on its whole ranking (recall@1000 of the legs);
+        # only `default` is cut to the query's result set, as serve answers.
+        named.update(
+            leg_depth=depth,
+            rerank_depth=rerank_depth if self.rerank else None,
+            match_only=False,
+        )
         return {**{k: v for k, v in named.items() if v is not None}, **self.overrides}
 
 

@@ -94,6 +94,7 @@ from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.filters import ProductTable
 from shopsearch.retrieval.item_text import item_text
 from shopsearch.retrieval.lexical_index import LexicalIndex
+from shopsearch.retrieval.match_calibration import MATCH_SET_KEY, calibrate_dense_threshold
 from shopsearch.retrieval.types import Product, ShopsearchError
 from shopsearch.retrieval.vector_index import (
     ExactIndex,
@@ -834,6 +835,15 @@ def _build_into(
     t = time.perf_counter()
     loaded = load_snapshot(work, use_gpu=options.use_gpu, es=es)
     manifest["validation"] = _validate(loaded, probes, probe_vectors)
+    t = time.perf_counter()
+    manifest[MATCH_SET_KEY] = calibrate_dense_threshold(
+        loaded.table.products,
+        loaded.table.row_of,
+        encoder.encode_query,
+        loaded.vectors.vectors_of,
+        loaded.lexical,
+    )
+    timings["match_threshold_s"] = time.perf_counter() - t
     timings["validate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     manifest["build"]["timings_s"] = {name: round(v, 3) for name, v in timings.items()}

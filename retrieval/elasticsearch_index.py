@@ -48,6 +48,7 @@ from shopsearch.retrieval.lexical_index import (
     ProgressCallback,
     _category_levels,
 )
+from shopsearch.retrieval.match_set import MatchSet
 from shopsearch.retrieval.types import Product
 
 if TYPE_CHECKING:
@@ -652,6 +653,57 @@ class ElasticsearchIndex:
                 "filter": self._filter_clauses(filters) if filters is not None else [],
             }
         }
+
+    #: :func:`retrieval.match_set.min_should_match` in Elasticsearch's syntax: every term
+    #: up to two, then all but half of them rounded down (= half rounded up). The terms
+    #: are the cluster analyser's (``english`` drops stop words the embedded index keeps).
+    MATCH_MINIMUM = "2<-50%"
+
+    def match_set(
+        self, query: str, ids: Sequence[str], *, filters: Filters | None = None
+    ) -> MatchSet:
+        """See :meth:`LexicalIndex.match_set`: a ``combined_fields`` query over the text
+        fields with :data:`MATCH_MINIMUM`; two requests (the total, exactly counted, and
+        which of ``ids`` match), each through the circuit breaker."""
+        if not query.strip():
+            return MatchSet(ids=frozenset(), total=0)
+        matches = {
+            "combined_fields": {
+                "query": query,
+                "fields": list(self.field_boosts),
+                "minimum_should_match": self.MATCH_MINIMUM,
+            }
+        }
+        clauses = self._filter_clauses(filters) if filters is not None else []
+        doing = f"counting matches in {self.index!r}"
+        timeout = f"{max(1, int(self.timeout * 1000))}ms"
+        total_resp = self._guarded_search(
+            doing,
+            index=self.index,
+            query={"bool": {"must": [matches], "filter": clauses}},
+            size=0,
+            track_total_hits=True,
+            timeout=timeout,
+        )
+        total = int(total_resp["hits"]["total"]["value"])
+        found: frozenset[str] = frozenset()
+        if ids and total:
+            resp = self._guarded_search(
+                doing,
+                index=self.index,
+                query={
+                    "bool": {
+                        "must": [matches],
+                        "filter": [*clauses, {"ids": {"values": list(ids)}}],
+                    }
+                },
+                size=len(ids),
+                source=False,
+                track_total_hits=False,
+                timeout=timeout,
+            )
+            found = frozenset(hit["_id"] for hit in resp["hits"]["hits"])
+        return MatchSet(ids=found, total=total)
 
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> list[LexicalHit]:
         """The best ``k`` products for ``query`` that pass ``filters``, best first.

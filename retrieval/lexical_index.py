@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from shopsearch.retrieval.filters import Filters, category_matches
 from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
+from shopsearch.retrieval.match_set import MatchSet, analyze, term_combinations
 from shopsearch.retrieval.types import Product, ShopsearchError
 
 __all__ = [
@@ -66,6 +67,14 @@ class LexicalIndex(Protocol):
 
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> list[LexicalHit]:
         """The best ``k`` products for ``query`` that pass ``filters``, best first."""
+        ...
+
+    def match_set(
+        self, query: str, ids: Sequence[str], *, filters: Filters | None = None
+    ) -> MatchSet:
+        """Which of ``ids`` are lexical matches of ``query`` (hold enough of its terms,
+        :func:`retrieval.match_set.min_should_match`, and pass ``filters``), and how many
+        products of the index are. No terms: nothing matches."""
         ...
 
     def upsert(self, products: Sequence[Product]) -> None:
@@ -228,6 +237,55 @@ class TantivyIndex:
                 out.append(q.term_set_query(self.schema, "attr_kw", terms))
         return out
 
+    def _with_filters(self, query: Any, filters: Filters | None) -> Any:
+        """``query`` restricted to ``filters`` (which add nothing to the score)."""
+        extra = self._filter_queries(filters) if filters is not None else []
+        if not extra:
+            return query
+        Occur = self._tantivy.Occur
+        clauses = [(Occur.Must, query)] + [
+            (Occur.Must, self._tantivy.Query.const_score_query(f, 0.0)) for f in extra
+        ]
+        return self._tantivy.Query.boolean_query(clauses)
+
+    def match_set(
+        self, query: str, ids: Sequence[str], *, filters: Filters | None = None
+    ) -> MatchSet:
+        groups = term_combinations(analyze(query))
+        if not groups:
+            return MatchSet(ids=frozenset(), total=0)
+        Q, Occur = self._tantivy.Query, self._tantivy.Occur
+        fields = list(self.field_boosts)
+
+        def term(text: str) -> Any:  # the term in any text field
+            return Q.boolean_query(
+                [(Occur.Should, Q.term_query(self.schema, f, text)) for f in fields]
+            )
+
+        terms = {t: term(t) for group in groups for t in group}
+        matches = Q.boolean_query(
+            [
+                (Occur.Should, Q.boolean_query([(Occur.Must, terms[t]) for t in group]))
+                for group in groups
+            ]
+        )
+        matches = self._with_filters(Q.const_score_query(matches, 1.0), filters)
+        searcher = self.index.searcher()
+        # count=True counts every match; limit 0 would panic in tantivy. (The stubs do not
+        # declare SearchResult.count.)
+        total = int(searcher.search(matches, 1, count=True).count or 0)  # type: ignore[attr-defined]
+        found: frozenset[str] = frozenset()
+        if ids and total:
+            among = Q.boolean_query(
+                [
+                    (Occur.Must, matches),
+                    (Occur.Must, Q.term_set_query(self.schema, "id", list(ids))),
+                ]
+            )
+            result = searcher.search(among, len(ids), count=False)
+            found = frozenset(searcher.doc(address)["id"][0] for _, address in result.hits)
+        return MatchSet(ids=found, total=total)
+
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> list[LexicalHit]:
         if k <= 0 or not query.strip():
             return []
@@ -237,13 +295,7 @@ class TantivyIndex:
             default_field_names=list(self.field_boosts),
             field_boosts=self.field_boosts,
         )
-        Occur = self._tantivy.Occur
-        extra = self._filter_queries(filters) if filters is not None else []
-        if extra:
-            clauses = [(Occur.Must, text_query)] + [
-                (Occur.Must, self._tantivy.Query.const_score_query(f, 0.0)) for f in extra
-            ]
-            text_query = self._tantivy.Query.boolean_query(clauses)
+        text_query = self._with_filters(text_query, filters)
         searcher = self.index.searcher()
         result = searcher.search(text_query, k, count=False)
         return [

@@ -88,6 +88,10 @@ class SearchParams:
     #: Search the dense leg exactly (a scan of the stored vectors) instead of through the
     #: approximate index: the oracle of evaluation's ``dense-exact``.
     exact_dense: bool = False
+    #: Answer with the query's result set only: lexical matches and dense neighbours
+    #: above the model's threshold (``retrieval/match_set.py``); false: every fused
+    #: candidate, as before result sets were defined (for comparison in evaluation).
+    match_only: bool = True
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODE_NAMES)
@@ -105,7 +109,7 @@ class SearchParams:
             _integer("nprobe", self.nprobe, high=MAX_NPROBE)
         if self.refine_factor is not None:
             _integer("refine_factor", self.refine_factor)
-        for name in ("rewrite", "rerank", "exact_dense"):
+        for name in ("rewrite", "rerank", "exact_dense", "match_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 

@@ -312,3 +312,32 @@ def test_elasticsearch_top5_agrees_with_tantivy(es_client: Any, tmp_path: Path) 
         assert sum(overlaps) / len(overlaps) >= 0.9, list(zip(queries, overlaps, strict=True))
     finally:
         es_client.indices.delete(index=name, ignore_unavailable=True)
+
+
+# -- result sets: which products match (retrieval/match_set.py) ----------------------------
+
+
+def test_match_set_needs_both_words_of_a_two_word_query(built: LexicalIndex) -> None:
+    everyone = [p.id for p in CATALOG]
+    found = built.match_set("cordless drill", everyone)
+    # Only product 1 holds both words; "Hammer Drill" and the drill bits hold one.
+    assert found.ids == {"1"} and found.total == 1
+    drills = built.match_set("drill", everyone)
+    assert drills.ids == {"1", "2", "3", "4"} and drills.total == 4
+    # Asked about some products, it answers for those; the total still counts them all.
+    assert built.match_set("drill", ["2", "5"]) == type(drills)(ids=frozenset({"2"}), total=4)
+
+
+def test_match_set_of_a_longer_query_needs_half_of_its_words(built: LexicalIndex) -> None:
+    everyone = [p.id for p in CATALOG]
+    # Three words: two of them are enough ("hammer" + "drill": 2; "claw" + "hammer": 5).
+    found = built.match_set("claw hammer drill", everyone)
+    assert found.ids == {"2", "5"} and found.total == 2
+
+
+def test_match_set_applies_filters_and_knows_no_words(built: LexicalIndex) -> None:
+    everyone = [p.id for p in CATALOG]
+    found = built.match_set("drill", everyone, filters=Filters(in_stock=True))
+    assert found.ids == {"1", "2", "4"} and found.total == 3
+    assert built.match_set("zzzz qqqq", everyone).total == 0
+    assert built.match_set("", everyone).ids == frozenset()

@@ -309,6 +309,15 @@ def test_sweep_names_and_overrides() -> None:
         "nprobe": 4,
         "lexical_weight": 0.3,
     }
+    # Every configuration but `default` ranks all candidates (a leg's recall is measured
+    # on its whole list); `default` answers with the query's result set, as serve does.
+    assert swept[3].search_overrides(depth=1000, rerank_depth=50) == {
+        "mode": "lexical",
+        "fusion": "rrf",
+        "rerank": False,
+        "leg_depth": 1000,
+        "match_only": False,
+    }
     assert sweep_configurations(base, []) == base
     with pytest.raises(ValueError, match=r"configuration x: unknown search parameter\(s\)"):
         Configuration("x", overrides={"probes": 2})
