@@ -10,6 +10,7 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     """Add the evaluation commands to the ``shopsearch`` app."""
     from shopsearch.eval.commands import bench_command, eval_app
+    from shopsearch.eval.facet_honesty import facets_command
     from shopsearch.eval.nightly_cli import nightly_command
     from shopsearch.eval.pareto_cli import pareto_command
     from shopsearch.eval.recommend.cli import recommend_command
@@ -18,6 +19,7 @@ def register(app: typer.Typer) -> None:
     eval_app.command("recommend")(recommend_command)
     eval_app.command("pareto")(pareto_command)
     eval_app.command("suggest")(suggest_command)
+    eval_app.command("facets")(facets_command)
     app.add_typer(eval_app, name="eval")
     app.command("bench")(bench_command)
     app.command("nightly")(nightly_command)

@@ -113,3 +113,26 @@ def test_a_snapshot_built_before_result_sets_is_measured_when_it_loads(
     svc.load()
     assert dense_threshold(svc.snapshot) == measured["dense_threshold"]
     assert MATCH_SET_KEY not in json.loads(path.read_text())  # nothing written to the snapshot
+
+
+def test_eval_facets_measures_both_ways_of_counting(
+    sample_service: SearchService, sample_products: list[Product]
+) -> None:
+    from shopsearch.eval.facet_honesty import measure_facet_mass
+    from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
+
+    by_title = {p.title: p.id for p in sample_products}
+    drill = next(pid for title, pid in by_title.items() if "Cordless Drill" in title)
+    faucet = next(pid for title, pid in by_title.items() if "Faucet" in title)
+    dataset = EvalDataset(
+        name="tiny",
+        queries=(JudgedQuery("q1", "cordless drill", {drill: 3.0, faucet: 1.0}),),
+        gain_offset=1.0,
+    )
+    result = measure_facet_mass(sample_service, dataset)
+    before, after = result["before"], result["after"]
+    assert before.listed > after.listed == after.counted
+    # The faucet (judged irrelevant) was counted before, not after; the drill stays.
+    assert before.judged_irrelevant == 1 and after.judged_irrelevant == 0
+    assert before.relevant_kept == after.relevant_kept == 1.0
+    assert after.share_relevant > before.share_relevant
