@@ -54,6 +54,7 @@ from shopsearch.api.admission import (
 from shopsearch.api.click_through import ClickThrough, ClickThroughCollector
 from shopsearch.api.events_routes import events_router
 from shopsearch.api.guard import RequestGuard, admin_denial
+from shopsearch.api.merch_routes import merch_router
 from shopsearch.api.page_routes import page_router
 from shopsearch.api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
 from shopsearch.api.recommend_routes import recommend_router
@@ -72,6 +73,8 @@ from shopsearch.api.schemas import (
 from shopsearch.api.service import SearchService, ServiceError
 from shopsearch.api.settings import Settings
 from shopsearch.api.shoppers import ShopperSignals
+from shopsearch.api.suggest_routes import suggest_router
+from shopsearch.api.suggestions import Suggestions
 from shopsearch.indexer.events.store import EventStore
 from shopsearch.indexer.events.types import Event
 from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
@@ -322,6 +325,7 @@ def create_app(
     metrics = _Metrics()
     state: dict[str, Any] = {"service": service, "events": None, "live_recall": None}
     shoppers = ShopperSignals(settings, lambda: state["events"])
+    suggestions = Suggestions(settings, lambda: state["service"])  # GET /v1/suggest
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     # Made here, not in the lifespan: it binds to no event loop until a search runs.
     admission = AdmissionController(
@@ -525,6 +529,7 @@ def create_app(
             metrics.cut.labels(stage.split(" ")[0]).inc()
         metrics.requests.labels(endpoint, "200").inc()
         count_answer(response)
+        suggestions.record(req, response)  # a queue put: counted off the request path
         return Response(content=body, media_type="application/json")
 
     def count_answer(response: SearchResponse) -> None:
@@ -714,7 +719,9 @@ def create_app(
 
     recommendations = Recommendations(settings, lambda: state["events"])
     app.include_router(recommend_router(get_service, recommendations, shoppers))
+    app.include_router(suggest_router(get_service, suggestions, metrics.registry))
     app.include_router(page_router())  # GET /: the search page (api/static)
+    app.include_router(merch_router(get_service, admin))  # /v1/admin/rules
     app.include_router(
         events_router(
             lambda: state["events"],
