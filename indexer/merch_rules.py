@@ -35,7 +35,6 @@ from the next request on.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -49,7 +48,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from shopsearch.indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
+from shopsearch.indexer.durable import (
+    exclusive_lock,
+    fsync_dir,
+    remove_stale_temp_files,
+    write_atomic,
+)
 from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = [
@@ -208,13 +212,8 @@ class RulesStore(Generic[T]):
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive_lock(self.root / ".lock"):
+            yield
 
     def _highest(self) -> int:
         numbers = [

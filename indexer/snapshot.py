@@ -66,7 +66,12 @@ import numpy.typing as npt
 
 from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.crashpoints import crashpoint
-from shopsearch.indexer.durable import fsync_dir, remove_stale_temp_files, write_atomic
+from shopsearch.indexer.durable import (
+    exclusive_lock,
+    fsync_dir,
+    remove_stale_temp_files,
+    write_atomic,
+)
 from shopsearch.indexer.embedding_cache import EmbeddingCache
 from shopsearch.indexer.errors import SnapshotError
 from shopsearch.indexer.generations import BASE_FILES, snapshot_files, sweep_generations
@@ -311,13 +316,8 @@ class SnapshotStore:
     def _switch_lock(self) -> Iterator[None]:
         """Serialise switches of ``CURRENT`` and ``HISTORY`` (promote, rollback, prune)
         across processes and threads; a second one waits for the first."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".switch.lock").open("w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive_lock(self.root / ".switch.lock"):
+            yield
 
     def history(self) -> list[str]:
         """The served versions, oldest first, ending with ``CURRENT`` (see
