@@ -48,15 +48,14 @@ from shopsearch.api.schemas import SearchRequest, SearchResponse
 from shopsearch.api.service import REWRITER_KEY, SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.snapshot import LoadedSnapshot
-from shopsearch.retrieval.query_rewrite import QueryRewriter
-from shopsearch.retrieval.suggest import (
+from shopsearch.retrieval.popular_queries import (
     PopularIndex,
     PopularQueries,
-    SuggestIndex,
-    Suggestion,
     merge,
     verify_queries,
 )
+from shopsearch.retrieval.query_rewrite import QueryRewriter
+from shopsearch.retrieval.suggest import SuggestIndex, Suggestion
 
 __all__ = ["IndexState", "SuggestAnswer", "Suggestions"]
 

@@ -36,22 +36,17 @@ finished word the catalog does not know is replaced by a catalog word one edit a
 knows two edits and splits), and the word being typed (three or more characters) by the
 catalog word prefixes one edit away ("drlil" -> "drill", "cordles dr" -> "cordless dr").
 
-:class:`PopularQueries` counts past searches that returned results (text and counts,
-bounded) and :class:`PopularIndex` serves the ones that still match on a snapshot
-(:func:`verify_queries`); see their docstrings. Everything here is pure: no I/O, no
+Popular past queries live in :mod:`retrieval.popular_queries`. Everything here is pure: no I/O, no
 threads; the API's ``api/suggestions.py`` decides when to build and refresh.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import heapq
 import re
-import secrets
-import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,14 +57,12 @@ from shopsearch.retrieval.types import Product
 __all__ = [
     "KINDS",
     "MAX_PHRASE_WORDS",
-    "PopularIndex",
-    "PopularQueries",
+    "PREFIX_END",
     "SuggestIndex",
     "Suggestion",
-    "merge",
     "normalize",
     "tokens",
-    "verify_queries",
+    "top_by_count",
 ]
 
 #: Longest catalog phrase, in words (``SuggestIndex.build`` spells the three out, for
@@ -119,7 +112,7 @@ _STOP = frozenset(
 )
 _TOKEN = re.compile(r"\w+(?:(?:'|(?<=\d)[./](?=\d))\w+)*")
 _PHRASE, _BRAND, _CATEGORY = KINDS.index("phrase"), KINDS.index("brand"), KINDS.index("category")
-_END = "\U0010ffff"  # sorts after every character: key + _END closes a prefix range
+PREFIX_END = "\U0010ffff"  # sorts after every character: key + PREFIX_END closes a prefix range
 
 
 def tokens(text: str) -> list[str]:
@@ -150,7 +143,7 @@ def _edge_ok(word: str) -> bool:
     return word not in _STOP and (len(word) > 1 or word.isdigit())
 
 
-def _top(values: npt.NDArray[np.int32], lo: int, hi: int, k: int) -> list[int]:
+def top_by_count(values: npt.NDArray[np.int32], lo: int, hi: int, k: int) -> list[int]:
     """Indexes in ``[lo, hi)`` of the ``k`` largest values, largest first (ties: lower
     index first, i.e. alphabetical)."""
     if hi <= lo or k <= 0:
@@ -249,7 +242,7 @@ class SuggestIndex:
 
     def _range(self, sorted_texts: Sequence[str], key: str) -> tuple[int, int]:
         lo = bisect.bisect_left(sorted_texts, key)
-        return lo, bisect.bisect_left(sorted_texts, key + _END, lo)
+        return lo, bisect.bisect_left(sorted_texts, key + PREFIX_END, lo)
 
     def count_all(self, text: str) -> int:
         """Products whose title, brand or category has every word of ``text`` (0 when
@@ -315,7 +308,7 @@ class SuggestIndex:
             if lo == hi:
                 continue
             if start == 0:
-                for i in _top(self.df, lo, hi, 2 * size):
+                for i in top_by_count(self.df, lo, hi, 2 * size):
                     found.add(self.texts[i], KINDS[self.kinds[i]], int(self.df[i]))
                 return
             # With a head, a completion is kept only when some product has every word
@@ -323,7 +316,7 @@ class SuggestIndex:
             head = self._rows(words[:start])
             if head is None:
                 continue
-            for i in _top(self.df, lo, hi, 2 * size):
+            for i in top_by_count(self.df, lo, hi, 2 * size):
                 rows = self._rows(self.texts[i].split(), head)
                 if rows is not None:
                     found.add(f"{' '.join(words[:start])} {self.texts[i]}", "phrase", rows.size)
@@ -428,186 +421,3 @@ def _edits(word: str, alphabet: str) -> set[str]:
     out.discard(word)
     out.discard("")
     return out
-
-
-class _Counted:
-    """One past query: searches, distinct searchers, the searchers' hashes until it is
-    eligible (then None), and when it was last searched (a counter, not a time)."""
-
-    __slots__ = ("count", "distinct", "seen", "tick")
-
-    def __init__(
-        self, seen: set[bytes] | None, count: int = 0, distinct: int = 0, tick: int = 0
-    ) -> None:
-        self.seen = seen
-        self.count = count
-        self.distinct = distinct
-        self.tick = tick
-
-
-class PopularQueries:
-    """Counts of past searches that returned results: normalized text and counts only.
-
-    A query becomes *eligible* (may be suggested to anyone) once ``min_count`` distinct
-    searchers have sent it, so one shopper's odd query, however often they repeat it,
-    is never shown to others. Telling searchers apart needs something of theirs; it is
-    kept as small as it can be: a 64-bit keyed hash of the user or session under a key
-    drawn at random per process (never stored, never logged), held only while the query
-    is not yet eligible and dropped as soon as it is; a search without user or session
-    counts as a searcher of its own. Nothing here can be tied to a shopper after a
-    restart, and :meth:`dump` writes eligible queries' text and count only.
-
-    Bounded: at most ``max_entries`` queries; past that the tenth with the fewest
-    searches (not-yet-eligible first, then the least recent) is dropped. Thread-safe.
-    """
-
-    def __init__(self, *, min_count: int = 3, max_entries: int = 10_000) -> None:
-        if min_count < 1 or max_entries < 1:
-            raise ValueError(f"min_count and max_entries must be >= 1: {min_count}, {max_entries}")
-        self.min_count = min_count
-        self.max_entries = max_entries
-        self._key = secrets.token_bytes(16)
-        self._lock = threading.Lock()
-        self._entries: dict[str, _Counted] = {}
-        self._tick = 0
-        #: Bumped by every change: readers rebuild only when it moved.
-        self.version = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def record(self, query: str, searcher: str | None = None) -> None:
-        """Count one search of ``query`` (any form: it is normalized here) that returned
-        results. Queries without words, or longer than a suggestion, are ignored."""
-        text = normalize(query)
-        if not text or len(text) > MAX_QUERY_CHARS or text.count(" ") >= MAX_QUERY_WORDS:
-            return
-        tag = (
-            None
-            if searcher is None
-            else hashlib.blake2b(searcher.encode(), key=self._key, digest_size=8).digest()
-        )
-        with self._lock:
-            self._tick += 1
-            self.version += 1
-            entry = self._entries.get(text)
-            if entry is None:
-                entry = self._entries[text] = _Counted(set())
-                if len(self._entries) > self.max_entries:
-                    self._evict()
-            entry.count += 1
-            entry.tick = self._tick
-            if entry.seen is not None and (tag is None or tag not in entry.seen):
-                if tag is not None:
-                    entry.seen.add(tag)
-                entry.distinct += 1
-                if entry.distinct >= self.min_count:
-                    entry.seen = None  # eligible: who sent it is no longer needed
-
-    def _evict(self) -> None:
-        drop = max(1, len(self._entries) // 10)
-        victims = heapq.nsmallest(
-            drop,
-            self._entries.items(),
-            key=lambda item: (item[1].seen is None, item[1].count, item[1].tick),
-        )
-        for text, _ in victims:
-            del self._entries[text]
-
-    def eligible(self, limit: int | None = None) -> list[tuple[str, int]]:
-        """``(text, count)`` of the eligible queries, most searched first."""
-        with self._lock:
-            items = [(t, e.count) for t, e in self._entries.items() if e.seen is None]
-        items.sort(key=lambda item: (-item[1], item[0]))
-        return items if limit is None else items[:limit]
-
-    def dump(self) -> dict[str, int]:
-        """The eligible queries and their counts (what may be persisted)."""
-        return dict(self.eligible())
-
-    def load(self, counts: Mapping[str, int]) -> None:
-        """Add persisted :meth:`dump` output: each query eligible with its count."""
-        with self._lock:
-            for query, count in counts.items():
-                text = normalize(str(query))
-                if text and isinstance(count, int) and count > 0:
-                    self._tick += 1
-                    self._entries[text] = _Counted(None, count, self.min_count, self._tick)
-            while len(self._entries) > self.max_entries:
-                self._evict()
-            self.version += 1
-
-
-class PopularIndex:
-    """Eligible past queries verified on one snapshot, sorted for prefix lookup."""
-
-    def __init__(self, queries: Iterable[tuple[str, int, int]] = ()) -> None:
-        rows = sorted(queries)
-        self.texts = [text for text, _, _ in rows]
-        self.counts = np.array([count for _, count, _ in rows], dtype=np.int32)
-        self.products = np.array([products for _, _, products in rows], dtype=np.int32)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def suggest(self, typed: str, size: int) -> list[Suggestion]:
-        """Up to ``size`` past queries starting with ``typed`` (normalized; a trailing
-        space finishes the last word), most searched first."""
-        words = tokens(typed)
-        if not words or not self.texts:
-            return []
-        key = " ".join(words) + (" " if typed[-1:].isspace() else "")
-        lo = bisect.bisect_left(self.texts, key)
-        hi = bisect.bisect_left(self.texts, key + _END, lo)
-        return [
-            Suggestion(self.texts[i], "query", int(self.products[i]))
-            for i in _top(self.counts, lo, hi, size)
-        ]
-
-
-def verify_queries(
-    queries: Iterable[tuple[str, int]],
-    index: SuggestIndex,
-    checked: dict[str, int] | None = None,
-    searched: Callable[[str], str] | None = None,
-) -> PopularIndex:
-    """The past ``queries`` (text, count) that still match on ``index``'s snapshot: those
-    whose every word is in one live product's title, brand or category (``products`` =
-    how many such products). That product matches the query under any rule that asks for
-    some or all of its words, so a query that matched when searched but whose products
-    are gone is never suggested. A past query that matched only through descriptions or
-    the dense leg is left out too (a few good queries lost, never a suggestion that
-    finds nothing). ``searched`` is the service's query rewriting (the words checked are
-    those it will search). ``checked`` (text -> products) caches one snapshot's answers.
-    """
-    checked = {} if checked is None else checked
-    kept: list[tuple[str, int, int]] = []
-    for text, count in queries:
-        products = checked.get(text)
-        if products is None:
-            query = text if searched is None else searched(text)
-            products = checked[text] = index.count_all(query)
-        if products > 0:
-            kept.append((text, count, products))
-    return PopularIndex(kept)
-
-
-def merge(
-    popular: Sequence[Suggestion], catalog: Sequence[Suggestion], size: int
-) -> list[Suggestion]:
-    """One list of ``size``: past queries take up to half the places (rounded up), the
-    catalog the rest, then whichever has more fills in. A text is listed once, as a
-    past query when it is both (with the larger ``products``)."""
-    share = (size + 1) // 2
-    past = {s.text: s.products for s in popular}
-    in_catalog = {s.text: s.products for s in catalog}
-    out: dict[str, Suggestion] = {}
-    for s in (*popular[:share], *catalog, *popular[share:]):
-        if s.text in out:
-            continue
-        if s.text in past:
-            s = Suggestion(s.text, "query", max(past[s.text], in_catalog.get(s.text, 0)))
-        out[s.text] = s
-        if len(out) == size:
-            break
-    return list(out.values())

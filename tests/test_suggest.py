@@ -26,14 +26,9 @@ from shopsearch.indexer.catalog import ColumnMapping, load_catalog
 from shopsearch.indexer.judgments import load_homedepot
 from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.popular_queries import PopularQueries, merge, verify_queries
 from shopsearch.retrieval.suggest import KINDS as KINDS_ORDER
-from shopsearch.retrieval.suggest import (
-    PopularQueries,
-    SuggestIndex,
-    merge,
-    tokens,
-    verify_queries,
-)
+from shopsearch.retrieval.suggest import SuggestIndex, tokens
 from shopsearch.retrieval.types import Product
 
 KINDS = {"query", "phrase", "brand", "category"}
