@@ -23,7 +23,8 @@ from rich.table import Table
 from shopsearch.api.cli_common import IndexDirOption, console, fail, settings_from_options
 from shopsearch.indexer.merch_rules import RulesError, RulesStore
 from shopsearch.indexer.snapshot import SnapshotStore
-from shopsearch.rerank.merchandising import Rulebook, RuleSet, describe_change
+from shopsearch.rerank.merch_rule_model import RuleSet, describe_change
+from shopsearch.rerank.merchandising import Rulebook
 
 __all__ = ["read_rule_file", "rules_app"]
 

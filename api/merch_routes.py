@@ -29,15 +29,15 @@ from pydantic import BaseModel, Field
 from shopsearch.api.schemas import error_responses
 from shopsearch.api.service import SearchService
 from shopsearch.indexer.merch_rules import MAX_ACTOR_CHARS, RulesError, RulesVersion
-from shopsearch.rerank.merchandising import (
+from shopsearch.rerank.merch_rule_model import (
     HideRule,
     MoveRule,
     PinRule,
     Rule,
-    Rulebook,
     RuleSet,
     describe_change,
 )
+from shopsearch.rerank.merchandising import Rulebook
 from shopsearch.retrieval.filters import ProductTable
 
 __all__ = ["DEFAULT_ACTOR", "merch_router", "rule_warnings"]

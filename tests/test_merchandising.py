@@ -26,13 +26,8 @@ from shopsearch.api.cli import app as cli_app
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.merch_rules import AUDIT_LOG, RulesError, RulesStore
-from shopsearch.rerank.merchandising import (
-    MerchResult,
-    Rulebook,
-    RuleSet,
-    apply_rules,
-    describe_change,
-)
+from shopsearch.rerank.merch_rule_model import RuleSet, describe_change
+from shopsearch.rerank.merchandising import MerchResult, Rulebook, apply_rules
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.filters import Filters, ProductTable
 from shopsearch.retrieval.types import Candidate, Product
