@@ -324,8 +324,25 @@ class Settings(BaseSettings):
     )
     es_url: str | None = Field(
         None,
-        description="Elasticsearch URL, e.g. http://127.0.0.1:9200 (put credentials in "
-        "es_api_key or es_username/es_password, not in the URL).",
+        description="Elasticsearch URL, e.g. http://127.0.0.1:9200, or several nodes of one "
+        "cluster separated by commas (a request a dead node refuses goes to the next); put "
+        "credentials in es_api_key or es_username/es_password, not in the URL.",
+    )
+    es_shards: int = Field(
+        1, ge=1, le=1024, description="Primary shards of the indices new builds create."
+    )
+    es_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Replicas per shard of the indices new builds create: 0 for one node, "
+        "1 or more on a cluster, so that losing a node loses no shard.",
+    )
+    es_wait_for_active_shards: int | Literal["all"] = Field(
+        1,
+        description="Shard copies that must be active before a write starts (1 to "
+        "es_replicas + 1, or all). 1 keeps updates going while a node is down; a write is "
+        "acknowledged only once every in-sync copy holds it either way.",
     )
     es_index_prefix: str = Field(
         "shopsearch",
@@ -389,6 +406,30 @@ class Settings(BaseSettings):
     def merch_rules_dir(self) -> Path:
         """Where the merchandising rules live: ``merch_dir``, else ``<index_dir>/merch``."""
         return self.merch_dir if self.merch_dir is not None else self.index_dir / "merch"
+    @field_validator("es_url")
+    @classmethod
+    def _es_urls(cls, value: str | None) -> str | None:
+        # Several nodes are comma-separated: a typo in any of them fails here, by name.
+        if value is None:
+            return None
+        from shopsearch.retrieval.es_connection import split_urls
+        from shopsearch.retrieval.lexical_index import LexicalIndexError
+
+        try:
+            return ",".join(split_urls(value))
+        except LexicalIndexError as exc:  # pydantic reports ValueErrors by field
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _write_copies_exist(self) -> Settings:
+        wanted = self.es_wait_for_active_shards
+        if wanted != "all" and not 1 <= wanted <= self.es_replicas + 1:
+            raise ValueError(
+                f"es_wait_for_active_shards={wanted} must be 'all' or from 1 to "
+                f"es_replicas + 1 = {self.es_replicas + 1} (there are no more copies to wait for)"
+            )
+        return self
+
 
     def require_user_key(self) -> bytes:
         """The pseudonymisation key as bytes; call at start-up of anything that takes
@@ -437,3 +478,6 @@ class Settings(BaseSettings):
             if self.es_breaker_failures > 0
             else None,
         )
+            shards=self.es_shards,
+            replicas=self.es_replicas,
+            wait_for_active_shards=self.es_wait_for_active_shards,

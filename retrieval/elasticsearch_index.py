@@ -39,6 +39,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from shopsearch.retrieval.circuit_breaker import CircuitBreaker
+from shopsearch.retrieval.es_connection import (
+    LexicalHits,
+    coverage_of,
+    failover_options,
+    split_urls,
+)
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
 from shopsearch.retrieval.lexical_index import (
@@ -71,6 +77,10 @@ ANALYZER_CHOICES = ("auto", "english", "standard")
 #: ``refresh`` of single-document writes: ``"wait_for"`` returns once the change is
 #: searchable, ``True`` forces a refresh (costly), ``False`` returns at once.
 RefreshPolicy = Literal["wait_for"] | bool
+
+#: ``wait_for_active_shards`` of writes: how many copies of a shard must be active before
+#: a write starts (``"all"``: every configured copy).
+ActiveShards = int | Literal["all"]
 
 #: How many rejected documents an error message lists before "... and N more".
 _ERRORS_SHOWN = 20
@@ -125,8 +135,10 @@ class ElasticsearchIndex:
     """BM25 over an Elasticsearch index (or an alias), behind the ``LexicalIndex`` protocol.
 
     Give either ``client`` (an ``elasticsearch.Elasticsearch``, not closed by this object)
-    or ``url`` with optional ``api_key``, ``basic_auth`` and ``ca_certs`` (a client is made
-    and closed by :meth:`close`). Credentials are never logged nor put in errors.
+    or ``url`` (one node, or several comma-separated: a request to a dead node is retried
+    on the next, see :func:`~retrieval.es_connection.failover_options`) with optional
+    ``api_key``, ``basic_auth`` and ``ca_certs`` (a client is made and closed by
+    :meth:`close`). Credentials are never logged nor put in errors.
 
     ``timeout`` (seconds) bounds every query and count: an unreachable, failing or slower
     cluster raises :class:`LexicalIndexError`, so the service can answer from the dense
@@ -136,6 +148,13 @@ class ElasticsearchIndex:
     ``breaker`` (shared by every handle on the same cluster) guards :meth:`search` and
     :meth:`facets`: while it is open they raise :class:`LexicalIndexError` at once, with
     no request (``None``: every query tries the cluster).
+
+    ``shards`` and ``replicas`` are those of indices this handle creates (a cluster of
+    several nodes wants ``replicas >= 1``, so losing a node loses no shard).
+    ``wait_for_active_shards`` is how many copies of a shard must be active before a
+    write starts: 1 (Elasticsearch's default) keeps writes going while a node is down,
+    and is still safe, because a write is acknowledged only once every in-sync copy has
+    it; a larger number refuses writes while fewer copies run (after the bulk timeout).
 
     Connecting is lazy: the constructor makes no request.
     """
@@ -148,7 +167,7 @@ class ElasticsearchIndex:
         index: str,
         *,
         client: Elasticsearch | None = None,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         api_key: str | tuple[str, str] | None = None,
         basic_auth: tuple[str, str] | None = None,
         ca_certs: str | Path | None = None,
@@ -161,6 +180,7 @@ class ElasticsearchIndex:
         replicas: int = 0,
         chunk_size: int = 500,
         breaker: CircuitBreaker | None = None,
+        wait_for_active_shards: ActiveShards = 1,
     ) -> None:
         try:
             from elasticsearch import Elasticsearch
@@ -184,6 +204,13 @@ class ElasticsearchIndex:
             raise LexicalIndexError(
                 f"timeout={timeout} and admin_timeout={admin_timeout} must be positive seconds"
             )
+        if wait_for_active_shards != "all" and not (
+            isinstance(wait_for_active_shards, int) and 1 <= wait_for_active_shards <= replicas + 1
+        ):
+            raise LexicalIndexError(
+                f"wait_for_active_shards={wait_for_active_shards!r} must be 'all' or a number "
+                f"of shard copies from 1 to replicas + 1 = {replicas + 1}"
+            )
         if shards < 1 or replicas < 0 or chunk_size < 1:
             raise LexicalIndexError(
                 f"shards={shards} must be >= 1, replicas={replicas} >= 0, "
@@ -205,6 +232,7 @@ class ElasticsearchIndex:
         self.shards = shards
         self.replicas = replicas
         self.chunk_size = chunk_size
+        self.wait_for_active_shards: ActiveShards = wait_for_active_shards
         self._breaker = breaker
         self._analyzer_choice = analyzer
         self._analyzer: str | None = None  # of the existing index, once read
@@ -220,22 +248,25 @@ class ElasticsearchIndex:
             "replicas": replicas,
             "chunk_size": chunk_size,
             "breaker": breaker,
+            "wait_for_active_shards": wait_for_active_shards,
         }
         if client is not None:
             self._client = client
             self._owns_client = False
             self._where = _client_hosts(client)
         elif url is not None:
-            kwargs: dict[str, Any] = {"request_timeout": admin_timeout}
+            urls = split_urls(url)
+            # Several nodes: a request to a dead one is sent again to the next live one.
+            kwargs: dict[str, Any] = {"request_timeout": admin_timeout, **failover_options(urls)}
             if api_key is not None:
                 kwargs["api_key"] = api_key
             if basic_auth is not None:
                 kwargs["basic_auth"] = basic_auth
             if ca_certs is not None:
                 kwargs["ca_certs"] = str(ca_certs)
-            self._client = Elasticsearch(url, **kwargs)
+            self._client = Elasticsearch(urls, **kwargs)
             self._owns_client = True
-            self._where = _redact(url)
+            self._where = ", ".join(_redact(u) for u in urls)
 
     def __repr__(self) -> str:
         return f"ElasticsearchIndex(index={self.index!r}, at={self._where!r})"
@@ -542,6 +573,7 @@ class ElasticsearchIndex:
                 raise_on_error=False,
                 max_retries=3,  # only 429 "too many requests" is retried
                 refresh=refresh,
+                wait_for_active_shards=self.wait_for_active_shards,
             ):
                 (info,) = item.values()
                 if not ok and not (missing_ok and info.get("status") == 404):
@@ -559,7 +591,12 @@ class ElasticsearchIndex:
     def upsert(self, products: Sequence[Product]) -> None:
         """Add products, replacing whole documents with the same id; visible to searches
         when this returns if ``refresh`` is ``"wait_for"`` or ``True``. Raises
-        :class:`LexicalIndexError` naming every rejected product."""
+        :class:`LexicalIndexError` naming every rejected product.
+
+        Returning is the acknowledgement: every item of every bulk response was checked,
+        and Elasticsearch answers an item only once the primary and every in-sync replica
+        hold it, so an acknowledged product survives the loss of any one node holding a
+        copy. A request cut by a dying node is sent again to another (writes are by id)."""
         if not products:
             return
         rejected = self._bulk(
@@ -705,14 +742,17 @@ class ElasticsearchIndex:
             found = frozenset(hit["_id"] for hit in resp["hits"]["hits"])
         return MatchSet(ids=found, total=total)
 
-    def search(self, query: str, k: int, *, filters: Filters | None = None) -> list[LexicalHit]:
+    def search(self, query: str, k: int, *, filters: Filters | None = None) -> LexicalHits:
         """The best ``k`` products for ``query`` that pass ``filters``, best first.
 
         Raises :class:`LexicalIndexError` when the cluster is unreachable, answers an error,
-        takes longer than ``timeout`` or reports a timed-out (partial) result.
+        takes longer than ``timeout`` or reports a timed-out (partial) result. When some
+        shards have no live copy the cluster answers from the others: the hits then carry
+        their coverage (``hits.partial`` is e.g. ``"lexical: 2 of 3 shards"``), which the
+        service reports as degraded.
         """
         if k <= 0 or not query.strip():
-            return []
+            return LexicalHits([])
         if k > 10_000:
             raise LexicalIndexError(
                 f"k={k} is above Elasticsearch's index.max_result_window (10000); ask for fewer"
@@ -725,6 +765,9 @@ class ElasticsearchIndex:
             source=False,
             track_total_hits=False,
             timeout=f"{max(1, int(self.timeout * 1000))}ms",
+            # Stated, not left to the cluster's default: an answer from the live shards,
+            # reported as partial, is better than no lexical leg at all.
+            allow_partial_search_results=True,
         )
         if resp.get("timed_out"):
             raise LexicalIndexError(
@@ -732,9 +775,10 @@ class ElasticsearchIndex:
                 f"out after {self.timeout} s on the server (partial results dropped); raise "
                 "timeout= or check the cluster's load"
             )
-        return [
-            LexicalHit(id=hit["_id"], score=float(hit["_score"])) for hit in resp["hits"]["hits"]
-        ]
+        return LexicalHits(
+            (LexicalHit(id=hit["_id"], score=float(hit["_score"])) for hit in resp["hits"]["hits"]),
+            coverage_of(resp),
+        )
 
     def facets(
         self,
@@ -990,6 +1034,11 @@ class ElasticsearchConnection:
     handle, makes queries fail fast while the cluster keeps failing (see
     :mod:`retrieval.circuit_breaker`; ``None``: no breaker).
 
+    ``url`` names one node or several (comma-separated, or a sequence): the client sends
+    a request that a dead node refuses to the next one. ``shards``, ``replicas`` and
+    ``wait_for_active_shards`` are those of the indices builds create and of every write
+    (see :class:`ElasticsearchIndex`).
+
     Example (needs a running node)::
 
         with ElasticsearchConnection("http://127.0.0.1:9201", timeout=1.0) as es:
@@ -998,7 +1047,7 @@ class ElasticsearchConnection:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         api_key: str | None = None,
         basic_auth: tuple[str, str] | None = None,
@@ -1007,6 +1056,9 @@ class ElasticsearchConnection:
         admin_timeout: float = 60.0,
         refresh: RefreshPolicy = "wait_for",
         breaker: CircuitBreaker | None = None,
+        shards: int = 1,
+        replicas: int = 0,
+        wait_for_active_shards: ActiveShards = 1,
     ) -> None:
         # A placeholder name: the root handle is only used to derive per-index handles.
         self._root = ElasticsearchIndex(
@@ -1019,6 +1071,9 @@ class ElasticsearchConnection:
             admin_timeout=admin_timeout,
             refresh=refresh,
             breaker=breaker,
+            shards=shards,
+            replicas=replicas,
+            wait_for_active_shards=wait_for_active_shards,
         )
         self.timeout = float(timeout)
         self.refresh: RefreshPolicy = refresh
@@ -1069,8 +1124,8 @@ def _why(exc: Exception) -> str:
         return "timed out; is the cluster overloaded? raise the timeout if it is just slow"
     if isinstance(exc, ConnectionError):
         return (
-            "cannot connect; is the node running? (tests: `.ci/elasticsearch.sh start`, "
-            "or set SHOPSEARCH_ES_URL)"
+            "cannot connect to any node; is the cluster running? (tests: "
+            "`.ci/elasticsearch.sh start`, or set SHOPSEARCH_ES_URL)"
         )
     if isinstance(exc, ApiError):
         return f"HTTP {exc.status_code}: {_error_reason(exc.body) or exc.message}"
