@@ -388,24 +388,6 @@ class Settings(BaseSettings):
             )
         return value
 
-    @model_validator(mode="after")
-    def _one_way_to_authenticate(self) -> Settings:
-        if (self.es_username is None) != (self.es_password is None):
-            raise ValueError(
-                "Elasticsearch basic auth needs both es_username and es_password "
-                "(--es-username/--es-password or SHOPSEARCH_ES_USERNAME/_PASSWORD); one is unset"
-            )
-        if self.es_api_key is not None and self.es_username is not None:
-            raise ValueError(
-                "give either an Elasticsearch API key (es_api_key) or basic auth "
-                "(es_username/es_password), not both"
-            )
-        return self
-
-    @property
-    def merch_rules_dir(self) -> Path:
-        """Where the merchandising rules live: ``merch_dir``, else ``<index_dir>/merch``."""
-        return self.merch_dir if self.merch_dir is not None else self.index_dir / "merch"
     @field_validator("es_url")
     @classmethod
     def _es_urls(cls, value: str | None) -> str | None:
@@ -430,6 +412,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> Settings:
+        if (self.es_username is None) != (self.es_password is None):
+            raise ValueError(
+                "Elasticsearch basic auth needs both es_username and es_password "
+                "(--es-username/--es-password or SHOPSEARCH_ES_USERNAME/_PASSWORD); one is unset"
+            )
+        if self.es_api_key is not None and self.es_username is not None:
+            raise ValueError(
+                "give either an Elasticsearch API key (es_api_key) or basic auth "
+                "(es_username/es_password), not both"
+            )
+        return self
+
+    @property
+    def merch_rules_dir(self) -> Path:
+        """Where the merchandising rules live: ``merch_dir``, else ``<index_dir>/merch``."""
+        return self.merch_dir if self.merch_dir is not None else self.index_dir / "merch"
 
     def require_user_key(self) -> bytes:
         """The pseudonymisation key as bytes; call at start-up of anything that takes
@@ -474,10 +474,10 @@ class Settings(BaseSettings):
             timeout=self.es_timeout,
             admin_timeout=self.es_admin_timeout,
             refresh=self.es_refresh_policy(),
+            shards=self.es_shards,
+            replicas=self.es_replicas,
+            wait_for_active_shards=self.es_wait_for_active_shards,
             breaker=CircuitBreaker(self.es_breaker_failures, self.es_breaker_reset_s)
             if self.es_breaker_failures > 0
             else None,
         )
-            shards=self.es_shards,
-            replicas=self.es_replicas,
-            wait_for_active_shards=self.es_wait_for_active_shards,
