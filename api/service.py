@@ -604,10 +604,10 @@ class SearchService:
                     row_of = table.row_of
                     result.lexical = [(row_of[h.id], h.score) for h in hits if h.id in row_of]
                     lexical_full = len(hits) >= depth
-                except LexicalIndexError as exc:  # e.g. the cluster is down: no traceback
                     partial = getattr(hits, "partial", None)  # e.g. "lexical: 2 of 3 shards"
                     if partial and partial not in result.degraded:
                         result.degraded.append(partial)
+                except LexicalIndexError as exc:  # e.g. the cluster is down: no traceback
                     lexical_error = exc
                     result.degraded.append("lexical")
                     use_lexical = False
