@@ -57,6 +57,7 @@ from shopsearch.api.cli_common import (
 from shopsearch.api.settings import DEMO_USER_KEY, Settings
 from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
 from shopsearch.indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
+from shopsearch.retrieval.es_vector_index import EsVectorParams
 from shopsearch.retrieval.types import ShopsearchError
 
 app = typer.Typer(
@@ -117,6 +118,38 @@ def run_build(
     return build_loaded(products, report, settings, options)
 
 
+
+VectorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--vector",
+        help="Vector backend: faiss (in the snapshot) or elasticsearch (kNN on the cluster, "
+        "needs --es-url). build: what the new snapshot uses (default $SHOPSEARCH_VECTOR or "
+        "faiss); serve: what the served snapshot must use (serving follows its manifest).",
+    ),
+]
+
+
+def check_served_vector_backend(settings: Settings, vector: str) -> None:
+    """Exit with the reason when the ``CURRENT`` snapshot's vector leg is not ``vector``."""
+    store = SnapshotStore(settings.index_dir)
+    version = store.current()
+    if version is None:
+        return  # nothing built yet: the server says so itself
+    try:
+        kind = str(store.manifest(version).get("vector_index", {}).get("kind", "faiss"))
+    except SnapshotError as exc:
+        raise fail(exc) from exc
+    served = "elasticsearch" if kind == "elasticsearch" else "faiss"
+    if served != vector:
+        raise fail(
+            ValueError(
+                f"--vector {vector}: snapshot {version} was built with the {served} vector "
+                f"leg; rebuild with `shopsearch build --vector {vector}` or drop --vector"
+            ),
+            2,
+        )
+
 @app.command()
 def build(
     catalog: Annotated[
@@ -174,6 +207,23 @@ def build(
             "Default: $SHOPSEARCH_LEXICAL or tantivy.",
         ),
     ] = None,
+    vector: VectorOption = None,
+    es_vector_index_type: Annotated[
+        str | None,
+        typer.Option(
+            "--es-vector-index-type",
+            help="dense_vector index type of --vector elasticsearch: hnsw, int8_hnsw, "
+            "int4_hnsw or bbq_hnsw. Default: $SHOPSEARCH_ES_VECTOR_INDEX_TYPE or int8_hnsw.",
+        ),
+    ] = None,
+    es_num_candidates: Annotated[
+        int | None,
+        typer.Option(
+            "--es-num-candidates",
+            help="kNN candidates per shard of --vector elasticsearch (1-10000). "
+            "Default: $SHOPSEARCH_ES_NUM_CANDIDATES or 400.",
+        ),
+    ] = None,
     es_url: EsUrlOption = None,
     es_index_prefix: EsPrefixOption = None,
     es_api_key: EsApiKeyOption = None,
@@ -187,7 +237,8 @@ def build(
     The serving snapshot is only replaced after the new one loads and answers probe
     queries; a failed or interrupted build leaves it untouched. With
     --lexical elasticsearch the lexical leg is a new index <prefix>-<version> on the
-    cluster, and promotion also moves the alias <prefix> to it.
+    cluster, and promotion also moves the alias <prefix> to it. With --vector elasticsearch
+    the vector leg is kNN in <prefix>-vectors-<version> (alias <prefix>-vectors).
     """
     mapping = ColumnMapping(
         id_field, title_field, description_field, brand_field,
@@ -199,6 +250,9 @@ def build(
         device=device,
         encoder_backend=backend,
         lexical=lexical,
+        vector=vector,
+        es_vector_index_type=es_vector_index_type,
+        es_num_candidates=es_num_candidates,
         **es_overrides(
             es_url, es_index_prefix, es_api_key, es_username, es_password, es_ca_certs, es_timeout
         ),
@@ -213,6 +267,11 @@ def build(
         use_cache=embedding_cache,
         lexical=settings.lexical,
         es_index_prefix=settings.es_index_prefix,
+        vector=settings.vector,
+        es_vector=EsVectorParams(
+            index_options=settings.es_vector_index_type,
+            num_candidates=settings.es_num_candidates,
+        ),
     )
     try:
         manifest = run_build(
@@ -293,6 +352,7 @@ def serve(
     es_password: EsPasswordOption = None,
     es_ca_certs: EsCaCertsOption = None,
     es_timeout: EsTimeoutOption = None,
+    vector: VectorOption = None,
 ) -> None:
     """Serve the search API over HTTP (FastAPI + uvicorn).
 
@@ -314,6 +374,8 @@ def serve(
         port=port,
         **es_overrides(es_url, None, es_api_key, es_username, es_password, es_ca_certs, es_timeout),
     )
+    if vector is not None:  # serving follows the manifest; --vector says what it must say
+        check_served_vector_backend(settings, vector)
     try:
         settings.require_user_key()  # shopper ids are never stored or used raw
     except ValueError as exc:

@@ -579,6 +579,7 @@ class SearchService:
                         nprobe=params.nprobe,
                         refine_factor=params.refine_factor,
                         exact=params.exact_dense,
+                        filters=None if filters.is_empty() else filters,  # if it can, inside
                     )
                     keep = rows[0] >= 0
                     dense_rows = rows[0][keep]

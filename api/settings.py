@@ -27,6 +27,10 @@ DEMO_USER_KEY = "shopsearch-demo-key-not-a-secret"
 #: Lexical backend a snapshot is built with (``--lexical`` / ``SHOPSEARCH_LEXICAL``).
 LexicalBackend = Literal["tantivy", "elasticsearch"]
 LEXICAL_BACKENDS: tuple[str, ...] = get_args(LexicalBackend)
+#: Vector backend a snapshot is built with (``--vector`` / ``SHOPSEARCH_VECTOR``).
+VectorBackend = Literal["faiss", "elasticsearch"]
+#: ``dense_vector`` index types of an Elasticsearch vector leg.
+EsVectorIndexType = Literal["hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw"]
 
 
 class Settings(BaseSettings):
@@ -321,6 +325,20 @@ class Settings(BaseSettings):
     # manifest.
     lexical: LexicalBackend = Field(
         "tantivy", description="Lexical backend of new builds (serving follows the manifest)."
+    )
+    vector: VectorBackend = Field(
+        "faiss",
+        description="Vector backend of new builds: faiss (in the snapshot) or elasticsearch "
+        "(kNN in <prefix>-vectors-<version>); serving follows the manifest.",
+    )
+    es_vector_index_type: EsVectorIndexType = Field(
+        "int8_hnsw", description="dense_vector index_options.type of an Elasticsearch vector leg."
+    )
+    es_num_candidates: int = Field(
+        400,
+        ge=1,
+        le=10_000,
+        description="kNN candidates per shard of an Elasticsearch vector leg (recall vs latency).",
     )
     es_url: str | None = Field(
         None,

@@ -30,6 +30,11 @@ with ``BuildOptions(lexical="elasticsearch")`` it is the index ``<prefix>-<versi
 whose alias ``<prefix>`` moves with ``CURRENT`` (see :mod:`indexer.lexical_lifecycle`
 for the alias, orphan and pruning guarantees; use one prefix per index directory).
 
+**The vector leg** likewise goes through its
+:class:`~indexer.vector_lifecycle.VectorLifecycle`: FAISS in ``vectors/``, or with
+``BuildOptions(vector="elasticsearch")`` kNN in the index ``<prefix>-vectors-<version>``
+whose alias ``<prefix>-vectors`` moves with ``CURRENT`` too.
+
 The *serving path searches the snapshot's own index by name, never the alias*: a
 snapshot's product table, vectors and lexical index must answer for the same products,
 so a server (or a replica) still on the previous snapshot keeps answering from the
@@ -94,8 +99,15 @@ from shopsearch.indexer.lexical_lifecycle import (
 )
 from shopsearch.indexer.product_store import read_products, write_products
 from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.vector_lifecycle import (
+    VECTOR_BACKENDS,
+    VectorLifecycle,
+    vector_lifecycle,
+    vector_lifecycle_of,
+)
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.es_vector_index import EsVectorParams
 from shopsearch.retrieval.filters import ProductTable
 from shopsearch.retrieval.item_text import item_text
 from shopsearch.retrieval.lexical_index import LexicalIndex
@@ -103,8 +115,6 @@ from shopsearch.retrieval.match_calibration import MATCH_SET_KEY, calibrate_dens
 from shopsearch.retrieval.types import Product, ShopsearchError
 from shopsearch.retrieval.vector_index import (
     ExactIndex,
-    FaissIndex,
-    FaissParams,
     VectorIndex,
     load_vector_index,
     recall_at_k,
@@ -112,6 +122,7 @@ from shopsearch.retrieval.vector_index import (
 
 __all__ = [
     "LEXICAL_BACKENDS",
+    "VECTOR_BACKENDS",
     "BuildOptions",
     "LoadedSnapshot",
     "RollbackResult",
@@ -156,6 +167,11 @@ class BuildOptions:
     lexical: str = "tantivy"
     #: Elasticsearch index names are ``<prefix>-<version>``; the alias is ``<prefix>``.
     es_index_prefix: str = DEFAULT_ES_PREFIX
+    #: ``"faiss"`` (in the snapshot) or ``"elasticsearch"`` (kNN in the sibling index
+    #: ``<prefix>-vectors-<version>``, alias ``<prefix>-vectors``; needs ``es=``).
+    vector: str = "faiss"
+    #: Layout and search of an Elasticsearch vector leg (``index_options``, ``num_candidates``).
+    es_vector: EsVectorParams = field(default_factory=EsVectorParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +297,10 @@ class SnapshotStore:
         """The committed update generation of ``version`` (0 until an update)."""
         return int(self.manifest(version).get("generation", 0))
 
+    def vector(self, manifest: dict[str, Any]) -> VectorLifecycle:
+        """The lifecycle of the vector leg of the snapshot with ``manifest``."""
+        return vector_lifecycle_of(manifest, self.es)
+
     def lexical(self, manifest: dict[str, Any]) -> LexicalLifecycle:
         """The lifecycle of the lexical leg of the snapshot with ``manifest``, on this
         store's cluster connection (raises :class:`SnapshotError` for an unknown backend)."""
@@ -349,9 +369,15 @@ class SnapshotStore:
         manifest = self.manifest(version)  # raises if it does not exist
         undo = self.lexical(manifest).switch(version, manifest, action, self.current())
         try:
+            undo_vector = self.vector(manifest).switch(version, manifest, action, self.current())
+        except BaseException:
+            undo()
+            raise
+        try:
             crashpoint(f"{action}.before-current")
             write_atomic(self.current_file, lambda fh: fh.write(f"{version}\n".encode()))
         except BaseException:
+            undo_vector()
             undo()
             raise
         # CURRENT is the truth; a HISTORY that lags it by this switch is reconciled on read.
@@ -387,6 +413,7 @@ class SnapshotStore:
                     skipped.append((version, str(exc)))
                     continue
                 lexical.check_switch(version, "rollback")  # missing config, not damage: stop
+                self.vector(self.manifest(version)).check_switch(version, "rollback")
                 try:
                     if load is None:
                         load_snapshot(self.path(version), es=self.es)
@@ -449,6 +476,7 @@ class SnapshotStore:
                 crashpoint("prune.tombstoned")
                 if lexical is not None:
                     lexical.drop(version, manifest)
+                    self.vector(manifest).drop(version, manifest)
                 shutil.rmtree(tomb, ignore_errors=True)
                 log.info("pruned snapshot %s", version)
         for version in self.versions():
@@ -469,13 +497,14 @@ class SnapshotStore:
         return swept
 
     def lexical_names(self) -> set[str]:
-        """What the lexical legs of the snapshots kept on disk own outside their directories
-        (Elasticsearch indices); a build's orphan sweep keeps them. Raises
+        """What the lexical and vector legs of the snapshots kept on disk own outside their
+        directories (Elasticsearch indices); a build's orphan sweeps keep them. Raises
         :class:`SnapshotError` when a manifest cannot be read (so the sweep deletes nothing)."""
         names: set[str] = set()
         for version in self.versions():
             manifest = self.manifest(version)
             names |= self.lexical(manifest).names(manifest)
+            names |= self.vector(manifest).names(manifest)
         return names
 
     def clean_partial(self) -> None:
@@ -548,15 +577,6 @@ def probe_queries(products: Sequence[Product], count: int, seed: int = 1234) -> 
     return [" ".join(products[i].title.split()[:3]) for i in sorted(picks.tolist())]
 
 
-def _make_vector_index(
-    vectors: np.ndarray, options: BuildOptions
-) -> tuple[VectorIndex, FaissParams]:
-    params = FaissParams.for_size(
-        len(vectors), vectors.shape[1], nprobe=options.nprobe, refine_factor=options.refine_factor
-    )
-    return FaissIndex(vectors, params, use_gpu=options.use_gpu, seed=options.seed), params
-
-
 def make_table(products: Sequence[Product], tombstones: npt.NDArray[np.int64]) -> ProductTable:
     """The :class:`ProductTable` of a snapshot whose ``tombstones`` rows are dead: every
     row stays (rows are vector ids) but ``row_of`` maps only live ids, each to its live
@@ -603,7 +623,7 @@ def load_snapshot(
     files = snapshot_files(manifest)
     try:
         products = read_products(path / str(files["products"]))
-        vectors = load_vector_index(path / str(files["vectors"]), use_gpu=use_gpu)
+        vectors = load_vector_index(path / str(files["vectors"]), use_gpu=use_gpu, es=es)
         tombstones = (
             np.load(path / files["tombstones"]).astype(np.int64)
             if files["tombstones"]
@@ -695,11 +715,20 @@ def build_snapshot(
         field="lexical backend (BuildOptions.lexical)",
     )
     lexical.check_build()
+    dense = vector_lifecycle(
+        options.vector,
+        es=es,
+        es_prefix=options.es_index_prefix,
+        params=options.es_vector,
+        field="vector backend (BuildOptions.vector)",
+    )
+    dense.check_build()
     store = SnapshotStore(index_dir, es=es)
     timings: dict[str, float] = {}
     with store.build_lock():
         store.clean_partial()
         lexical.prepare_build(store.lexical_names)
+        dense.prepare_build(store.lexical_names)
         version = store.new_version(report.sha256)
         work = store.snapshots_dir / f".building-{version}"
         final = store.snapshots_dir / version
@@ -717,6 +746,7 @@ def build_snapshot(
                 timings,
                 es=es,
                 lexical=lexical,
+                dense=dense,
             )
             crashpoint("build.written")
             os.replace(work, final)
@@ -729,6 +759,7 @@ def build_snapshot(
             if store.current() != version:
                 shutil.rmtree(final, ignore_errors=True)
                 lexical.discard(version)
+                dense.discard(version)
             raise
         if options.promote:
             store.prune(options.keep)
@@ -747,6 +778,7 @@ def _build_into(
     *,
     es: ElasticsearchConnection | None,
     lexical: LexicalLifecycle,
+    dense: VectorLifecycle,
 ) -> dict[str, Any]:
     """Write snapshot ``version`` into ``work`` (its lexical leg through ``lexical``), load
     it back (through ``es`` when the leg is on a cluster) and validate it; returns the
@@ -775,7 +807,15 @@ def _build_into(
 
     t = time.perf_counter()
     with progress("building vector index", 1) as advance:
-        index, params = _make_vector_index(vectors, options)
+        index, vector_meta = dense.build(
+            version,
+            vectors,
+            products,
+            nprobe=options.nprobe,
+            refine_factor=options.refine_factor,
+            use_gpu=options.use_gpu,
+            seed=options.seed,
+        )
         advance(1)
     timings["vector_index_s"] = time.perf_counter() - t
 
@@ -813,7 +853,7 @@ def _build_into(
         "catalog": report.to_dict(),
         "counts": {"products": len(products), "skipped_rows": len(report.skipped)},
         "models": {"item_tower": encoder.info.to_dict(), "query_tower": encoder.info.to_dict()},
-        "vector_index": {**index.describe(), "exact_below": params.nlist == 0},
+        "vector_index": {**index.describe(), **vector_meta},
         "lexical_index": built.meta,
         "files": files,
         "generation": 0,

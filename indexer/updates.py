@@ -67,6 +67,7 @@ from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.item_text import item_text
 from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex
 from shopsearch.retrieval.types import Product, ShopsearchError
+from shopsearch.retrieval.vector_index import FilteringVectorIndex
 
 __all__ = [
     "UPDATE_LOG_LIMIT",
@@ -337,6 +338,9 @@ def _apply(
             snap.vectors.remove(np.asarray(newly_dead, dtype=np.int64))
         if len(new_rows):
             snap.vectors.add(vectors, new_rows)
+        if isinstance(snap.vectors, FilteringVectorIndex):  # it filters on the products' fields
+            rows = [*new_rows.tolist(), *(table.row_of[p.id] for p in fields_only)]
+            snap.vectors.put_products(np.asarray(rows, np.int64), [*to_encode, *fields_only])
         tombstones: npt.NDArray[np.int64] = np.asarray(sorted(dead), dtype=np.int64)
         updated_table = make_table(products, tombstones)
         timings["dense_s"] = time.perf_counter() - t

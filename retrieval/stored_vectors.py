@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from shopsearch.retrieval.types import ShopsearchError
+
+if TYPE_CHECKING:
+    from shopsearch.retrieval.filters import Filters
 
 __all__ = [
     "ExactIndex",
@@ -170,9 +173,11 @@ class ExactIndex(StoredRows):
         nprobe: int | None = None,
         refine_factor: int | None = None,
         exact: bool = False,
+        filters: Filters | None = None,
     ) -> tuple[FloatArray, RowArray]:
         """The exact top ``k`` (see ``VectorIndex.search``): ``nprobe``,
-        ``refine_factor`` and ``exact`` have nothing to change here."""
+        ``refine_factor`` and ``exact`` have nothing to change here, and ``filters`` are
+        left to the caller."""
         check_search_params(nprobe, refine_factor)
         queries = check_2d("queries", queries, self.dim)
         return exact_scan(self.vectors, self._allowed(id_filter), queries, k)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -41,12 +42,18 @@ from shopsearch.retrieval.stored_vectors import (
     grow,
     topk,
 )
+from shopsearch.retrieval.types import Product
+
+if TYPE_CHECKING:
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+    from shopsearch.retrieval.filters import Filters
 
 __all__ = [
     "IVF_MIN_SIZE",
     "ExactIndex",
     "FaissIndex",
     "FaissParams",
+    "FilteringVectorIndex",
     "VectorIndex",
     "VectorIndexError",
     "faiss_gpu_available",
@@ -80,9 +87,13 @@ class VectorIndex(Protocol):
         nprobe: int | None = None,
         refine_factor: int | None = None,
         exact: bool = False,
+        filters: Filters | None = None,
     ) -> tuple[FloatArray, RowArray]:
         """Top ``k`` rows per query. ``id_filter`` is a boolean mask over rows; only
-        rows where it is True may be returned.
+        rows where it is True may be returned. ``filters`` (the request's) are applied
+        inside the search by an index that can (:class:`FilteringVectorIndex`: then up to
+        ``k`` rows that pass them come back); the others ignore them and the caller
+        filters their answer.
 
         ``nprobe`` and ``refine_factor`` apply to this call only (None: the index's own,
         see :meth:`set_search_params`); the index is not changed, so concurrent searches
@@ -123,6 +134,17 @@ class VectorIndex(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Parameters for the snapshot manifest."""
+        ...
+
+
+@runtime_checkable
+class FilteringVectorIndex(VectorIndex, Protocol):
+    """A vector index that applies request ``filters`` inside :meth:`search` (the
+    Elasticsearch one): it keeps each row's filter fields, so whoever adds rows or changes
+    a product's fields in its row tells it the products."""
+
+    def put_products(self, rows: RowArray, products: Sequence[Product]) -> None:
+        """Record ``products`` (one per row) as the filter fields of stored ``rows``."""
         ...
 
 
@@ -279,6 +301,7 @@ class FaissIndex(StoredRows):
         nprobe: int | None = None,
         refine_factor: int | None = None,
         exact: bool = False,
+        filters: Filters | None = None,
     ) -> tuple[FloatArray, RowArray]:
         import faiss
 
@@ -383,8 +406,11 @@ class FaissIndex(StoredRows):
         return cls(vectors, params, coarse=coarse, alive=alive, use_gpu=use_gpu)
 
 
-def load_vector_index(directory: Path, *, use_gpu: bool | None = None) -> VectorIndex:
-    """Open whichever index ``directory`` holds (see ``vector_index.json``)."""
+def load_vector_index(
+    directory: Path, *, use_gpu: bool | None = None, es: ElasticsearchConnection | None = None
+) -> VectorIndex:
+    """Open whichever index ``directory`` holds (see ``vector_index.json``); ``es`` is the
+    cluster of an Elasticsearch one (opening makes no request)."""
     meta_path = directory / "vector_index.json"
     if not meta_path.exists():
         raise VectorIndexError(f"{meta_path} is missing: not a vector index directory")
@@ -393,7 +419,13 @@ def load_vector_index(directory: Path, *, use_gpu: bool | None = None) -> Vector
         return ExactIndex.load(directory)
     if kind == FaissIndex.kind:
         return FaissIndex.load(directory, use_gpu=use_gpu)
-    raise VectorIndexError(f"{meta_path}: unknown index kind {kind!r}; expected 'exact' or 'faiss'")
+    if kind == "elasticsearch":
+        from shopsearch.retrieval.es_vector_index import ElasticsearchVectorIndex
+
+        return ElasticsearchVectorIndex.load(directory, es)
+    raise VectorIndexError(
+        f"{meta_path}: unknown index kind {kind!r}; expected 'exact', 'faiss' or 'elasticsearch'"
+    )
 
 
 def recall_at_k(approx_rows: RowArray, exact_rows: RowArray, k: int) -> float:
