@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from shopsearch.retrieval.es_vector_fields import filter_clauses, filter_fields
 from shopsearch.retrieval.filters import Filters
-from shopsearch.retrieval.lexical_index import _category_levels
 from shopsearch.retrieval.stored_vectors import (
     FloatArray,
     RowArray,
@@ -121,49 +120,6 @@ class EsVectorParams:
             raise VectorIndexError(
                 f"m={self.m} must be >= 2 and ef_construction={self.ef_construction} >= m"
             )
-
-
-def filter_fields(product: Product) -> dict[str, Any]:
-    """The filter fields of ``product``'s document, folded as
-    :class:`~retrieval.filters.ProductTable` folds them (and as the lexical leg does)."""
-    doc: dict[str, Any] = {"id": product.id}
-    if product.brand:
-        doc["brand_kw"] = product.brand.casefold()
-    if product.category:
-        doc["category_kw"] = _category_levels(product.category)
-    attrs = [f"{k}={v.casefold()}" for k, v in product.attributes.items() if v]
-    if attrs:
-        doc["attr_kw"] = attrs
-    if product.price is not None and math.isfinite(product.price):
-        doc["price"] = float(product.price)
-    if product.in_stock is not None:
-        doc["in_stock"] = bool(product.in_stock)
-    return doc
-
-
-def filter_clauses(filters: Filters) -> list[dict[str, Any]]:
-    """``filters`` as Elasticsearch filter clauses over :func:`filter_fields`; they select
-    what :meth:`~retrieval.filters.ProductTable.mask` selects (tests check it)."""
-    out: list[dict[str, Any]] = []
-    if filters.brand:
-        out.append({"terms": {"brand_kw": sorted({b.casefold() for b in filters.brand})}})
-    if filters.category is not None:
-        levels = _category_levels(filters.category)
-        if levels:
-            out.append({"term": {"category_kw": levels[-1]}})
-    if filters.price_min is not None or filters.price_max is not None:
-        bounds: dict[str, float] = {}
-        if filters.price_min is not None:
-            bounds["gte"] = float(filters.price_min)
-        if filters.price_max is not None:
-            bounds["lte"] = float(filters.price_max)
-        out.append({"range": {"price": bounds}})
-    if filters.in_stock is not None:
-        out.append({"term": {"in_stock": bool(filters.in_stock)}})
-    for key, values in filters.attributes.items():
-        if values:
-            out.append({"terms": {"attr_kw": sorted({f"{key}={v.casefold()}" for v in values})}})
-    return out
 
 
 def _mapping(params: EsVectorParams, dim: int) -> dict[str, Any]:
