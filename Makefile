@@ -35,12 +35,18 @@ typecheck: install
 # The whole suite, slow tests included, against a real Elasticsearch node that this
 # target downloads (Maven Central, cached), starts, and always stops; the search page's
 # browser tests get Debian's Chromium (.ci/chromium.sh installs it when missing).
+# The scale-out tests get a 3-node cluster beside the single node (.ci/es-cluster.sh,
+# started in parallel with it; both always stopped).
 test: install lint typecheck
 	@set -e; \
 	.ci/chromium.sh; \
-	trap '.ci/elasticsearch.sh stop' EXIT; \
+	trap 'wait; .ci/elasticsearch.sh stop || true; .ci/es-cluster.sh stop' EXIT; \
+	.ci/elasticsearch.sh fetch; \
+	.ci/es-cluster.sh start >/dev/null & cluster=$$!; \
 	.ci/elasticsearch.sh start; \
-	SHOPSEARCH_ES_URL=$$(.ci/elasticsearch.sh url) $(BIN)/python -m pytest
+	wait $$cluster; \
+	SHOPSEARCH_ES_URL=$$(.ci/elasticsearch.sh url) \
+	SHOPSEARCH_ES_CLUSTER_URLS=$$(.ci/es-cluster.sh urls) $(BIN)/python -m pytest
 
 test-fast: install  ## unit tests only (no slow, no Elasticsearch)
 	$(BIN)/python -m pytest -m 'not slow and not elasticsearch'
