@@ -746,10 +746,11 @@ class ElasticsearchIndex:
         """The best ``k`` products for ``query`` that pass ``filters``, best first.
 
         Raises :class:`LexicalIndexError` when the cluster is unreachable, answers an error,
-        takes longer than ``timeout`` or reports a timed-out (partial) result. When some
-        shards have no live copy the cluster answers from the others: the hits then carry
-        their coverage (``hits.partial`` is e.g. ``"lexical: 2 of 3 shards"``), which the
-        service reports as degraded.
+        takes longer than ``timeout`` or reports a timed-out (partial) result. A partial
+        answer is asked for once more (one request more); when some shards still have no
+        live copy the cluster answers from the others: the hits then carry their coverage
+        (``hits.partial`` is e.g. ``"lexical: 2 of 3 shards"``), which the service reports
+        as degraded.
         """
         if k <= 0 or not query.strip():
             return LexicalHits([])
@@ -757,18 +758,25 @@ class ElasticsearchIndex:
             raise LexicalIndexError(
                 f"k={k} is above Elasticsearch's index.max_result_window (10000); ask for fewer"
             )
-        resp = self._guarded_search(
-            f"searching {self.index!r}",
-            index=self.index,
-            query=self._query(query, filters),
-            size=k,
-            source=False,
-            track_total_hits=False,
-            timeout=f"{max(1, int(self.timeout * 1000))}ms",
+        request: dict[str, Any] = {
+            "index": self.index,
+            "query": self._query(query, filters),
+            "size": k,
+            "source": False,
+            "track_total_hits": False,
+            "timeout": f"{max(1, int(self.timeout * 1000))}ms",
             # Stated, not left to the cluster's default: an answer from the live shards,
             # reported as partial, is better than no lexical leg at all.
-            allow_partial_search_results=True,
-        )
+            "allow_partial_search_results": True,
+        }
+        doing = f"searching {self.index!r}"
+        resp = self._guarded_search(doing, **request)
+        if coverage_of(resp).partial and not resp.get("timed_out"):
+            # Asked once more: a shard fails for one request when the node holding the copy
+            # that ran its query phase dies before the fetch phase (which is not moved to
+            # another copy); asked again, the cluster routes to a live copy. Still partial:
+            # no copy of that shard is live, and the hits say so.
+            resp = self._guarded_search(doing, **request)
         if resp.get("timed_out"):
             raise LexicalIndexError(
                 f"Elasticsearch at {self._where}, searching {self.index!r}: the query timed "
