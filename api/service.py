@@ -646,7 +646,11 @@ class SearchService:
                 break
             depth = min(depth * 4, params.max_depth)  # widen: filters ate the candidates
 
-        if params.match_only:
+        # Without a whole lexical answer (the cluster failed, was cut or answered from
+        # some shards) the result set cannot be known: every candidate stays, and the
+        # cluster is not asked again within the same budget.
+        lexical_whole = not any(s.startswith("lexical") for s in (*result.degraded, *result.cut))
+        if params.match_only and lexical_whole:
             self._keep_matches(result, filters)
         if on_dense is not None and use_dense and qvec is not None and dense_rows is not None:
             on_dense(snap, qvec, dense_rows, result.depth)

@@ -28,6 +28,7 @@ from shopsearch.indexer.nightly import NightlyInputs, dataset_fingerprint, night
 from shopsearch.indexer.snapshot import SnapshotStore
 from shopsearch.indexer.updates import apply_updates
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.match_set import MATCH_RULE_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -212,7 +213,8 @@ def test_dataset_key_follows_queries_judgments_and_reranker(data: dict[str, Path
     assert dataset_fingerprint("d", changed) != key
     plain = ServeDefaultsEvaluator(Settings(), dataset).dataset_key
     reranked = ServeDefaultsEvaluator(Settings(reranker_dir=Path(".")), dataset).dataset_key
-    assert plain.endswith("default-no-rerank") and reranked.endswith("default-rerank")
+    assert plain.endswith(f"default-no-rerank:{MATCH_RULE_VERSION}")
+    assert reranked.endswith(f"default-rerank:{MATCH_RULE_VERSION}")
 
 
 def test_inputs_of_a_plain_build_never_match_a_reranker() -> None:
