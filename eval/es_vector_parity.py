@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     vectors = np.asarray(snap.vectors.vectors_of(np.arange(n)))
     dataset = load_homedepot(args.dev, args.catalog)
     queries = list(dataset.queries)[: args.limit_queries]
+    # Metrics average over the dataset's queries: keep only those that are run.
+    dataset = dataclasses.replace(dataset, queries=tuple(queries))
     # The snapshot's own towers: the query tower must match the item tower that built it.
     encoder = Encoder(Path(snap.item_model["path"]), device="cpu")
     qvecs = encoder.encode_query([normalize_query(q.text) for q in queries])
