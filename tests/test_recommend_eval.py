@@ -207,3 +207,37 @@ def test_cli_eval_recommend_and_train_recommender(tmp_path: Path) -> None:
     assert bundle.similar_chain.similar("A1", 1)[0].item == "B1"
     # N1 is unknown to this model (not in --history): popularity still answers.
     assert bundle.similar_chain.similar("N1", 1)
+
+
+def test_holdout_split_cuts_the_last_days_as_the_trainer_validates() -> None:
+    from shopsearch.eval.recommend.cli import holdout_split
+
+    ts = pd.to_datetime([T0 + timedelta(days=d) for d in (0, 10, 19, 20, 21, 30)])
+    lines = pd.DataFrame({"ts": ts, "item": list("abcdef")})
+    before, last = holdout_split(lines, 10.0)
+    # The cut is the newest timestamp minus 10 days: day 20 is in the held-out part.
+    assert before["item"].tolist() == ["a", "b", "c"]
+    assert last["item"].tolist() == ["d", "e", "f"]
+    assert list(last.index) == [0, 1, 2]
+    with pytest.raises(ValueError, match="positive"):
+        holdout_split(lines, 0.0)
+    empty_before, empty_last = holdout_split(lines.iloc[:0], 10.0)
+    assert empty_before.empty and empty_last.empty
+
+
+def test_cli_holdout_days_refuses_a_test_file_and_bad_numbers(tmp_path: Path) -> None:
+    from shopsearch.api.cli import app, mount_plugins
+
+    mount_plugins(app)
+    runner = CliRunner()
+    out = str(tmp_path / "eval")
+    test_file = tmp_path / "t.csv"
+    test_file.write_text("x")
+    both = runner.invoke(
+        app, ["eval", "recommend", "--out", out, "--test", str(test_file), "--holdout-days", "30"]
+    )
+    assert both.exit_code != 0 and "leave out --test" in both.output
+    bad = runner.invoke(app, ["eval", "recommend", "--out", out, "--holdout-days", "-1"])
+    assert bad.exit_code != 0 and "positive" in bad.output
+    none = runner.invoke(app, ["eval", "recommend", "--out", out])
+    assert none.exit_code != 0 and "--holdout-days" in none.output

@@ -6,11 +6,12 @@ Mounted on the ``eval`` sub-app by :mod:`eval.cli`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,12 +20,34 @@ from rich.table import Table
 
 from shopsearch.indexer.progress import Advance
 
-__all__ = ["recommend_command"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["holdout_split", "recommend_command"]
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 DEFAULT_RETAIL = Path("../shared/datasets/online-retail/transactions.csv.gz")
+
+
+def holdout_split(lines: pd.DataFrame, days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``lines`` before their last ``days`` and those last days (the cut the trainer's
+    validation uses: newest timestamp minus ``days``), each re-indexed from 0.
+
+    Raises:
+        ValueError: ``days`` is not a positive finite number.
+    """
+    if not (days > 0 and math.isfinite(days)):
+        raise ValueError(f"holdout days must be a positive number, got {days}")
+    import pandas as pd  # deferred: the CLI mounts this module at every start
+
+    if lines.empty:
+        return lines, lines
+    start = lines["ts"].max() - pd.Timedelta(days=days)
+    before = lines[lines["ts"] < start].reset_index(drop=True)
+    last = lines[lines["ts"] >= start].reset_index(drop=True)
+    return before, last
 
 
 @contextmanager
@@ -70,6 +93,14 @@ def recommend_command(
         float, typer.Option(help="Budget of the training run (tuning stops at it).")
     ] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the R2/R3 item samples.")] = 0,
+    holdout_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Score the last N days of the history instead of the test period (which is "
+            "then not read): the month to choose settings on. With --dev and 30, models learn "
+            "from the history before September 2011 and are scored on September."
+        ),
+    ] = None,
 ) -> None:
     """Compare recommendation strategies on R1, R1-new, R2 (and R3) side by side.
 
@@ -100,8 +131,14 @@ def recommend_command(
         )
     if dev and test is not None:
         raise typer.BadParameter("--dev splits --history itself; leave out --test")
-    if not dev and test is None:
-        raise typer.BadParameter("pass --test FILE (the evaluation period), or --dev")
+    if not dev and test is None and holdout_days is None:
+        raise typer.BadParameter(
+            "pass --test FILE (the evaluation period), --dev, or --holdout-days N"
+        )
+    if holdout_days is not None and test is not None:
+        raise typer.BadParameter("--holdout-days scores the end of --history; leave out --test")
+    if holdout_days is not None and not (holdout_days > 0 and math.isfinite(holdout_days)):
+        raise typer.BadParameter(f"--holdout-days must be a positive number, got {holdout_days}")
     registry = models_dir_setting(models_dir)
     started = time.monotonic()
     try:
@@ -111,6 +148,12 @@ def recommend_command(
             history_lines, test_lines = split.history, split.test
         elif test is not None:
             history_lines, test_lines = lines, load_lines(test)
+        else:
+            history_lines, test_lines = lines, lines.iloc[:0]
+        if holdout_days is not None:
+            # The test period is set aside unread: settings are chosen on the history's
+            # own last days, the test period only confirms them.
+            history_lines, test_lines = holdout_split(history_lines, holdout_days)
         if history_lines.empty or test_lines.empty:
             raise typer.BadParameter(
                 f"history has {len(history_lines)} and test {len(test_lines)} purchase lines; "
@@ -169,7 +212,7 @@ def recommend_command(
         raise typer.Exit(2) from exc
     meta = {
         "history": f"{history} ({history_lines['ts'].min()} .. {history_lines['ts'].max()})",
-        "test": f"{'--dev split' if dev else test} ({test_lines['ts'].min()} .. "
+        "test": f"{_test_name(dev, test, holdout_days)} ({test_lines['ts'].min()} .. "
         f"{test_lines['ts'].max()})",
         "recommender": trained_note,
         "seed": seed,
@@ -191,3 +234,9 @@ def recommend_command(
     for note in evaluation.notes:
         console.print(f"note: {note}")
     console.print(f"wrote {out}/metrics.json, latency.json, report.md, report.html")
+
+
+def _test_name(dev: bool, test: Path | None, holdout_days: float | None) -> str:
+    if holdout_days is not None:
+        return f"the last {holdout_days:g} days of the {'--dev ' if dev else ''}history"
+    return "--dev split" if dev else str(test)
