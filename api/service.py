@@ -573,7 +573,7 @@ class SearchService:
             if use_dense and qvec is not None:
                 t = time.perf_counter()
                 try:
-                    scores, rows = snap.vectors.search(
+                    dense_hits = snap.vectors.search(
                         qvec,
                         depth,
                         nprobe=params.nprobe,
@@ -581,6 +581,10 @@ class SearchService:
                         exact=params.exact_dense,
                         filters=None if filters.is_empty() else filters,  # if it can, inside
                     )
+                    scores, rows = dense_hits
+                    partial = getattr(dense_hits, "partial", None)  # "dense: 2 of 3 shards"
+                    if partial and partial not in result.degraded:
+                        result.degraded.append(partial)
                     keep = rows[0] >= 0
                     dense_rows = rows[0][keep]
                     result.dense = list(

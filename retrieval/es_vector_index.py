@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from shopsearch.retrieval.es_connection import ShardCoverage, coverage_of
 from shopsearch.retrieval.es_vector_fields import filter_clauses, filter_fields
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.stored_vectors import (
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INDEX_OPTIONS",
     "MAX_KNN",
+    "DenseHits",
     "ElasticsearchVectorIndex",
     "EsVectorParams",
     "filter_clauses",
@@ -120,6 +122,32 @@ class EsVectorParams:
             raise VectorIndexError(
                 f"m={self.m} must be >= 2 and ef_construction={self.ef_construction} >= m"
             )
+
+
+class DenseHits(tuple[FloatArray, RowArray]):
+    """``(scores, rows)`` of a kNN search, with the shard coverage they come from.
+
+    A plain pair to every caller of ``VectorIndex.search`` (``scores, rows = ...``);
+    ``partial`` is what the service adds to an answer's ``degraded``, as it does for
+    the lexical leg's :class:`~retrieval.es_connection.LexicalHits` (``None`` when every
+    shard answered every query).
+    """
+
+    coverage: ShardCoverage | None
+
+    def __new__(
+        cls, scores: FloatArray, rows: RowArray, coverage: ShardCoverage | None = None
+    ) -> DenseHits:
+        self = super().__new__(cls, (scores, rows))
+        self.coverage = coverage
+        return self
+
+    @property
+    def partial(self) -> str | None:
+        """``"dense: <n> of <m> shards"`` while coverage is partial, else ``None``."""
+        if self.coverage is None or not self.coverage.partial:
+            return None
+        return f"dense: {self.coverage}"
 
 
 def _mapping(params: EsVectorParams, dim: int) -> dict[str, Any]:
@@ -385,21 +413,23 @@ class ElasticsearchVectorIndex(StoredRows):
         refine_factor: int | None = None,
         exact: bool = False,
         filters: Filters | None = None,
-    ) -> tuple[FloatArray, RowArray]:
+    ) -> DenseHits:
         """Top ``k`` rows per query (see ``VectorIndex.search``). ``filters`` run inside
         the kNN search, so up to ``k`` rows that pass them come back; ``exact`` scans the
         stored vectors and, as FAISS does, leaves ``filters`` to the caller. ``nprobe``
-        has no meaning for HNSW and is ignored."""
+        has no meaning for HNSW and is ignored. When some shard had no live copy the
+        cluster answers from the others, and the result's ``partial`` says so (e.g.
+        ``"dense: 2 of 3 shards"``)."""
         check_search_params(nprobe, refine_factor)
         queries = check_2d("queries", queries, self.dim)
         if k <= 0:
-            return topk(np.zeros((len(queries), 0), np.float32), 0)
+            return DenseHits(*topk(np.zeros((len(queries), 0), np.float32), 0))
         allowed = self._allowed(id_filter)
         if exact or len(allowed) == 0:
-            return exact_scan(self.vectors, allowed, queries, k)
+            return DenseHits(*exact_scan(self.vectors, allowed, queries, k))
         factor = self.params.refine_factor if refine_factor is None else refine_factor
         fetch = min(MAX_KNN, k * factor)
-        cand = self._knn_rows(
+        cand, coverage = self._knn_rows(
             queries, fetch, None if filters is None or filters.is_empty() else filters
         )
         # A row the snapshot does not hold (an update applied to the cluster but never
@@ -421,13 +451,17 @@ class ElasticsearchVectorIndex(StoredRows):
             short = (top_r < 0).any(axis=1) & (allowed.sum() > (top_r >= 0).sum(axis=1))
             if short.any():
                 top_s[short], top_r[short] = exact_scan(self.vectors, allowed, queries[short], k)
-        return top_s, top_r
+        return DenseHits(top_s, top_r, coverage)
 
-    def _knn_rows(self, queries: FloatArray, k: int, filters: Filters | None) -> RowArray:
-        """The rows the cluster answers for each query, ``-1``-padded to ``k`` columns."""
+    def _knn_rows(
+        self, queries: FloatArray, k: int, filters: Filters | None
+    ) -> tuple[RowArray, ShardCoverage | None]:
+        """The rows the cluster answers for each query, ``-1``-padded to ``k`` columns,
+        and the coverage of the least covered answer (``None``: every shard answered)."""
         from elasticsearch import ApiError, TransportError
 
         out = np.full((len(queries), k), -1, dtype=np.int64)
+        worst: ShardCoverage | None = None
         es = self._cluster("searching")
         breaker = es.breaker
         if breaker is not None and not breaker.allow():
@@ -454,10 +488,19 @@ class ElasticsearchVectorIndex(StoredRows):
                 for i, resp in enumerate(responses):
                     if "error" in resp:
                         raise VectorIndexError(f"kNN search of {self.index!r}: {resp['error']}")
-                    if resp.get("timed_out") or resp["_shards"].get("failed"):
-                        # Answered from the shards that could (a replica answers for a
-                        # dead node's shards, so this means a shard has no live copy).
+                    if coverage_of(resp).partial:
+                        # Asked once more, as the lexical leg does: a shard fails for one
+                        # request when the node holding the copy that ran its query phase
+                        # dies before the fetch phase; asked again, a live copy answers.
+                        q = batch[i]
+                        resp = client.search(index=self.index, **self.knn_body(q, k, filters))
+                    coverage = coverage_of(resp)
+                    if coverage.partial:
+                        # Still partial: some shard has no live copy (a replica would
+                        # answer for a dead node's shards); the answer says so.
                         log.warning("partial kNN answer from %s: %s", self.index, resp["_shards"])
+                        if worst is None or coverage.successful < worst.successful:
+                            worst = coverage
                     hits = [int(h["fields"]["row"][0]) for h in resp["hits"]["hits"]]
                     out[start + i, : len(hits)] = hits
         except ApiError as exc:
@@ -473,7 +516,7 @@ class ElasticsearchVectorIndex(StoredRows):
                     breaker.record_success()
                 else:
                     breaker.record_failure(failure)
-        return out
+        return out, worst
 
     # -- persistence ------------------------------------------------------------------------
 
