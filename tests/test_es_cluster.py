@@ -513,3 +513,102 @@ def test_both_legs_on_the_cluster_agree_with_the_embedded_engine(
         (q, ids(ours[q]), before[q]) for q in queries if q not in same
     ]
     assert overlap >= 0.6
+
+
+def test_hybrid_searches_on_both_legs_survive_a_killed_node(
+    both_legs: dict[str, SearchService], sample_products: list[Product], cluster: Any
+) -> None:
+    """Hybrid searches through the service, both legs on the cluster, while a node holding
+    primaries of both replicated indices dies: none fails, none changes, none is degraded;
+    on the indices without replicas both legs say which part of the answer is missing."""
+    rep, bare = (leg_indices(both_legs[n]) for n in ("replicated", "bare"))
+    primaries = [shard_nodes(cluster, index)["p"] for index in (*rep, *bare)]
+    victims = sorted(set.intersection(*primaries))
+    assert victims, f"no node holds primaries of all four indices: {primaries}"
+    victim = victims[0]
+
+    candidates = hybrid_queries(sample_products)
+    expected = {q: ids(hybrid(both_legs["replicated"], q)) for q in candidates}
+    queries = [q for q in candidates if expected[q]]
+    assert len(queries) >= 10
+    assert all(not hybrid(both_legs["bare"], q).degraded for q in queries)
+
+    total = 240
+    records: list[tuple[float, str, float, list[str], bool]] = []  # t0, index, s, ...
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def loop(worker: int) -> None:
+        i = worker
+        while not stop.is_set():
+            with lock:
+                if sum(r[1] == "replicated" for r in records) >= total:
+                    return
+            q = queries[i % len(queries)]
+            i += 2
+            for name in ("replicated", "bare"):
+                t0 = time.perf_counter()
+                try:
+                    resp = hybrid(both_legs[name], q)
+                except Exception as exc:
+                    with lock:
+                        errors.append(f"{name} {q!r}: {type(exc).__name__}: {exc}")
+                    continue
+                took = time.perf_counter() - t0
+                with lock:
+                    records.append((t0, name, took, list(resp.degraded), ids(resp) == expected[q]))
+
+    workers = [threading.Thread(target=loop, args=(w,)) for w in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        wait_until("50 queries before the kill", lambda: len(records) >= 50, 120)
+        pid = kill_node(victim)
+        kill = time.perf_counter()
+        for w in workers:
+            w.join(timeout=300)
+    finally:
+        stop.set()
+    assert not any(w.is_alive() for w in workers), "the query loop did not finish in 300 s"
+
+    reps = [r for r in records if r[1] == "replicated"]
+    rep_after = [r for r in reps if r[0] >= kill]
+    bare_after = [r for r in records if r[1] == "bare" and r[0] >= kill]
+    degraded_rep = [r for r in reps if r[3]]
+    degraded_bare = [r for r in bare_after if r[3]]
+    calm = [r[2] for r in reps if r[0] < kill]
+    rough = [r[2] for r in rep_after]
+    print(
+        f"\nhybrid, both legs on the cluster: killed node {victim} (pid {pid}) after "
+        f"{len(calm)} queries; {len(reps)} queries on the replicated indices, {len(errors)} "
+        f"failed, {len(degraded_rep)} degraded, {sum(not r[4] for r in rep_after)} answers "
+        f"differing from before the kill; latency before the kill p50 {ms(calm, 50):.1f} ms "
+        f"p99 {ms(calm, 99):.1f} ms, after p50 {ms(rough, 50):.1f} ms p99 {ms(rough, 99):.1f} "
+        f"ms, max {max(rough, default=0) * 1000:.0f} ms; indices without replicas: "
+        f"{len(degraded_bare)} of {len(bare_after)} answers after the kill degraded "
+        f"({sorted({d for r in degraded_bare for d in r[3]})})"
+    )
+    assert not errors, errors[:5]
+    assert rep_after, "no query ran after the kill"
+    assert not degraded_rep, degraded_rep[:5]
+    assert all(r[4] for r in rep_after), [r for r in rep_after if not r[4]][:5]
+    # Without replicas each leg lost one shard of three, and each says so in numbers.
+    assert not [r for r in records if r[1] == "bare" and r[0] < kill and r[3]]
+    assert degraded_bare and all(set(r[3]) <= set(BOTH_PARTIAL) for r in degraded_bare)
+    first = next(i for i, r in enumerate(bare_after) if r[3] == BOTH_PARTIAL)
+    assert all(r[3] == BOTH_PARTIAL for r in bare_after[first:]), bare_after[first:][:5]
+    assert first < len(bare_after) // 2, f"only {first} answers after the kill saw the loss"
+    # The dense leg by itself, in dense mode and at the index: the same coverage.
+    assert hybrid(both_legs["bare"], queries[0], "dense").degraded == BOTH_PARTIAL[:1]
+    qvec = both_legs["bare"].encoder.encode_query([queries[0]])
+    assert (
+        getattr(both_legs["bare"].snapshot.vectors.search(qvec, 10), "partial", None)
+        == (BOTH_PARTIAL[0])
+    )
+
+    # The node comes back with its shards: whole answers again.
+    run_script("start-node", str(victim))
+    cluster.cluster.health(wait_for_status="green", wait_for_nodes=3, timeout="120s")
+    assert all(not hybrid(both_legs["bare"], q).degraded for q in queries)
+    assert getattr(both_legs["bare"].snapshot.vectors.search(qvec, 10), "partial", 1) is None
