@@ -477,9 +477,8 @@ class ElasticsearchVectorIndex(StoredRows):
             for start in range(0, len(queries), _MSEARCH_BATCH):
                 batch = queries[start : start + _MSEARCH_BATCH]
                 if len(batch) == 1:
-                    responses = [
-                        client.search(index=self.index, **self.knn_body(batch[0], k, filters))
-                    ]
+                    body = self.knn_body(batch[0], k, filters)
+                    responses: list[dict[str, Any]] = [client.search(index=self.index, **body).body]
                 else:
                     searches: list[dict[str, Any]] = []
                     for q in batch:
@@ -493,7 +492,8 @@ class ElasticsearchVectorIndex(StoredRows):
                         # request when the node holding the copy that ran its query phase
                         # dies before the fetch phase; asked again, a live copy answers.
                         q = batch[i]
-                        resp = client.search(index=self.index, **self.knn_body(q, k, filters))
+                        body = self.knn_body(q, k, filters)
+                        resp = client.search(index=self.index, **body).body
                     coverage = coverage_of(resp)
                     if coverage.partial:
                         # Still partial: some shard has no live copy (a replica would
