@@ -564,6 +564,7 @@ def test_hybrid_searches_on_both_legs_survive_a_killed_node(
         w.start()
     try:
         wait_until("50 queries before the kill", lambda: len(records) >= 50, 120)
+        sent = time.perf_counter()
         pid = kill_node(victim)
         kill = time.perf_counter()
         for w in workers:
@@ -594,7 +595,8 @@ def test_hybrid_searches_on_both_legs_survive_a_killed_node(
     assert not degraded_rep, degraded_rep[:5]
     assert all(r[4] for r in rep_after), [r for r in rep_after if not r[4]][:5]
     # Without replicas each leg lost one shard of three, and each says so in numbers.
-    assert not [r for r in records if r[1] == "bare" and r[0] < kill and r[3]]
+    # (An answer that ended before the kill was sent; one in flight may see the loss.)
+    assert not [r for r in records if r[1] == "bare" and r[0] + r[2] < sent and r[3]]
     assert degraded_bare and all(set(r[3]) <= set(BOTH_PARTIAL) for r in degraded_bare)
     first = next(i for i, r in enumerate(bare_after) if r[3] == BOTH_PARTIAL)
     assert all(r[3] == BOTH_PARTIAL for r in bare_after[first:]), bare_after[first:][:5]
