@@ -148,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=Path(snap.item_model["path"]),
     )
     service = SearchService(settings, encoder=encoder)
+    # Loaded by the service, so both variants answer as served: query rewriting and the
+    # result set's calibration live beside the snapshot (``extra``), shared by both.
+    service.load(version)
+    served = service.snapshot
     quality: dict[str, dict[str, float]] = {}
     for leg_name, index in legs.items():
-        variant = dataclasses.replace(snap, vectors=index, version=f"{version}:{leg_name}")
+        if leg_name == "faiss":
+            index = served.vectors
+        variant = dataclasses.replace(served, vectors=index, version=f"{version}:{leg_name}")
         service.use_snapshot(variant)
         for mode in ("hybrid", "dense"):
             run: dict[str, dict[str, float]] = {}
