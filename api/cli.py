@@ -118,7 +118,6 @@ def run_build(
     return build_loaded(products, report, settings, options)
 
 
-
 VectorOption = Annotated[
     str | None,
     typer.Option(
@@ -149,6 +148,7 @@ def check_served_vector_backend(settings: Settings, vector: str) -> None:
             ),
             2,
         )
+
 
 @app.command()
 def build(
