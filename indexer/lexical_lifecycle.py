@@ -39,18 +39,22 @@ the snapshot's own index by name, never the alias (see :mod:`indexer.snapshot`).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from shopsearch.indexer.errors import SnapshotError
+from shopsearch.indexer.es_alias_lifecycle import (
+    AliasedIndexLifecycle,
+    SwitchAction,
+    Undo,
+    nothing_to_undo,
+)
 from shopsearch.indexer.generations import BASE_FILES
 from shopsearch.indexer.progress import ProgressFactory
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
-from shopsearch.retrieval.lexical_index import LexicalIndex, LexicalIndexError, TantivyIndex
+from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex
 from shopsearch.retrieval.types import Product
 
 __all__ = [
@@ -71,17 +75,6 @@ log = logging.getLogger(__name__)
 
 #: Elasticsearch index names are ``<prefix>-<version>`` and the alias is ``<prefix>``.
 DEFAULT_ES_PREFIX = "shopsearch"
-
-#: What a switch of ``CURRENT`` is doing (also the first word of its crash points).
-SwitchAction = Literal["promote", "rollback"]
-#: Puts back what a :meth:`LexicalLifecycle.switch` changed; never raises for the cluster.
-Undo = Callable[[], None]
-
-_DOING: dict[str, str] = {"promote": "promoting", "rollback": "rolling back to"}
-
-
-def _nothing() -> None:
-    """The undo of a switch that changed nothing."""
 
 
 def es_index_name(prefix: str, version: str) -> str:
@@ -197,7 +190,7 @@ class TantivyLifecycle:
     def switch(
         self, version: str, manifest: Mapping[str, Any], action: SwitchAction, current: str | None
     ) -> Undo:
-        return _nothing  # any Elasticsearch alias stays where it is
+        return nothing_to_undo  # any Elasticsearch alias stays where it is
 
     def drop(self, version: str, manifest: Mapping[str, Any]) -> None:
         pass
@@ -206,65 +199,21 @@ class TantivyLifecycle:
         return set()
 
 
-class ElasticsearchLifecycle:
-    """The cluster administration of snapshots' Elasticsearch legs: versioned indices
-    ``<prefix>-<version>``, the alias ``<prefix>``, their promotion, pruning and orphan
-    sweep (see the module docstring), over the calls of
-    :class:`~retrieval.elasticsearch_index.ElasticsearchIndex`.
+class ElasticsearchLifecycle(AliasedIndexLifecycle):
+    """The cluster administration of snapshots' Elasticsearch lexical legs: versioned
+    indices ``<prefix>-<version>``, the alias ``<prefix>``, their promotion, pruning and
+    orphan sweep (:class:`~indexer.es_alias_lifecycle.AliasedIndexLifecycle`), over the
+    calls of :class:`~retrieval.elasticsearch_index.ElasticsearchIndex`. ``prefix`` names
+    the indices a build writes and sweeps."""
 
-    ``es`` may be None: every step that needs the cluster then raises
-    :class:`SnapshotError` saying how to give it, except :meth:`drop` and
-    :meth:`discard`, which log and leave the index to the next build's sweep.
-    ``prefix`` names the indices a build writes and sweeps.
-    """
-
-    backend = "elasticsearch"
+    leg = "lexical"
+    manifest_key = "lexical_index"
 
     def __init__(self, es: ElasticsearchConnection | None, prefix: str = DEFAULT_ES_PREFIX) -> None:
-        self.es = es
-        self.prefix = prefix
+        super().__init__(es, prefix, alias=prefix)
 
-    def __repr__(self) -> str:
-        return f"ElasticsearchLifecycle(prefix={self.prefix!r}, es={self.es!r})"
-
-    def _cluster(self, version: str, doing: str) -> ElasticsearchConnection:
-        if self.es is None:
-            raise SnapshotError(
-                f"snapshot {version} keeps its lexical leg in Elasticsearch; {doing} it needs "
-                "the cluster: give --es-url (or set SHOPSEARCH_ES_URL)"
-            )
-        return self.es
-
-    @staticmethod
-    def _target(manifest: Mapping[str, Any]) -> tuple[str, str]:
-        """``(alias, index)`` recorded in the manifest."""
-        meta = manifest["lexical_index"]
-        return str(meta["alias"]), str(meta["index"])
-
-    def check_build(self) -> None:
-        if self.es is None:
-            raise SnapshotError(
-                "--lexical elasticsearch needs the cluster: give --es-url (or SHOPSEARCH_ES_URL)"
-            )
-
-    def prepare_build(self, kept: Callable[[], set[str]]) -> list[str]:
-        """Delete ``<prefix>-<timestamp>-*`` indices that no kept snapshot names and no
-        alias points at; returns the deleted names."""
-        if self.es is None:
-            raise SnapshotError("removing orphan Elasticsearch indices needs the cluster (es=)")
-        admin = self.es.index(self.prefix)
-        pattern = re.compile(rf"^{re.escape(self.prefix)}-\d{{8}}t\d{{6}}z-")
-        named = kept()  # a manifest that cannot be read raises: delete nothing
-        aliased = admin.aliased_indices(self.prefix)
-        doomed = [
-            name
-            for name in admin.versions(self.prefix)
-            if pattern.match(name) and name not in named and name not in aliased
-        ]
-        for name in doomed:
-            admin.drop_index(name)
-            log.info("deleted orphan Elasticsearch index %s (no kept snapshot names it)", name)
-        return doomed
+    def index_name(self, version: str) -> str:
+        return es_index_name(self.prefix, version)
 
     def build(
         self, work: Path, version: str, products: Sequence[Product], progress: ProgressFactory
@@ -276,19 +225,6 @@ class ElasticsearchLifecycle:
         return LexicalBuild(
             meta={**remote.describe(), "alias": self.prefix, "cluster": es.where}, file=None
         )
-
-    def discard(self, version: str) -> None:
-        if self.es is None:
-            return
-        index = es_index_name(self.prefix, version)
-        try:
-            self.es.index(index).drop_index(index)
-        except LexicalIndexError as exc:
-            log.warning(
-                "could not delete the failed build's index %s (%s); the next build deletes it",
-                index,
-                exc,
-            )
 
     def open(
         self, path: Path, manifest: Mapping[str, Any], lexical_file: str | None
@@ -302,57 +238,6 @@ class ElasticsearchLifecycle:
                 "(or SHOPSEARCH_ES_URL, and credentials if the cluster needs them)"
             )
         return self.es.index(index)
-
-    def check_switch(self, version: str, action: SwitchAction) -> None:
-        self._cluster(version, _DOING[action])
-
-    def switch(
-        self, version: str, manifest: Mapping[str, Any], action: SwitchAction, current: str | None
-    ) -> Undo:
-        """Move the alias to the snapshot's index in one ``_aliases`` request; the undo
-        moves it back to the index it pointed at (if any)."""
-        alias, index = self._target(manifest)
-        admin = self._cluster(version, _DOING[action]).index(alias)
-        try:
-            previous = admin.current_index(alias)
-            admin.promote(alias, index)
-        except LexicalIndexError as exc:
-            raise SnapshotError(
-                f"cannot {action} to {version}: moving alias {alias!r} to {index!r} "
-                f"failed ({exc}); CURRENT still names {current}"
-            ) from exc
-        if previous in (None, index):
-            return _nothing
-
-        def undo() -> None:
-            with suppress(LexicalIndexError):
-                admin.promote(alias, str(previous))
-
-        return undo
-
-    def drop(self, version: str, manifest: Mapping[str, Any]) -> None:
-        index = self._target(manifest)[1]
-        if self.es is None:
-            log.warning(
-                "pruned snapshot %s without a cluster connection: its Elasticsearch index %s "
-                "stays until the next Elasticsearch build deletes orphans",
-                version,
-                index,
-            )
-            return
-        try:
-            self.es.index(index).drop_index(index)
-        except LexicalIndexError as exc:
-            log.warning(
-                "could not delete Elasticsearch index %s of pruned snapshot %s (%s); the next "
-                "Elasticsearch build deletes it",
-                index,
-                version,
-                exc,
-            )
-
-    def names(self, manifest: Mapping[str, Any]) -> set[str]:
-        return {self._target(manifest)[1]}
 
 
 #: The lifecycle of each lexical backend, made from the cluster connection and prefix.

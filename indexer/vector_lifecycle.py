@@ -24,18 +24,21 @@ that no kept snapshot names and no alias points at.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
 from typing import Any, Protocol
 
 import numpy as np
 
 from shopsearch.indexer.errors import SnapshotError
-from shopsearch.indexer.lexical_lifecycle import DEFAULT_ES_PREFIX, SwitchAction, Undo
+from shopsearch.indexer.es_alias_lifecycle import (
+    AliasedIndexLifecycle,
+    SwitchAction,
+    Undo,
+    nothing_to_undo,
+)
+from shopsearch.indexer.lexical_lifecycle import DEFAULT_ES_PREFIX
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.es_vector_index import ElasticsearchVectorIndex, EsVectorParams
-from shopsearch.retrieval.lexical_index import LexicalIndexError
 from shopsearch.retrieval.stored_vectors import VectorIndexError
 from shopsearch.retrieval.types import Product
 from shopsearch.retrieval.vector_index import FaissIndex, FaissParams, VectorIndex
@@ -51,12 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_DOING: dict[str, str] = {"promote": "promoting", "rollback": "rolling back to"}
-
-
-def _nothing() -> None:
-    """The undo of a switch that changed nothing."""
 
 
 def es_vector_index_name(prefix: str, version: str) -> str:
@@ -154,7 +151,7 @@ class FaissLifecycle:
     def switch(
         self, version: str, manifest: Mapping[str, Any], action: SwitchAction, current: str | None
     ) -> Undo:
-        return _nothing
+        return nothing_to_undo
 
     def drop(self, version: str, manifest: Mapping[str, Any]) -> None:
         pass
@@ -163,13 +160,14 @@ class FaissLifecycle:
         return set()
 
 
-class ElasticsearchVectorLifecycle:
+class ElasticsearchVectorLifecycle(AliasedIndexLifecycle):
     """Vector indices ``<prefix>-vectors-<version>`` and their alias ``<prefix>-vectors``
-    (see the module docstring). ``es`` None: every step that needs the cluster raises
-    :class:`SnapshotError` saying how to give it, except :meth:`drop` and
-    :meth:`discard`, which log. ``params`` lay out and search new builds."""
+    (see the module docstring; the shared steps are
+    :class:`~indexer.es_alias_lifecycle.AliasedIndexLifecycle`'s). ``params`` lay out and
+    search new builds."""
 
-    backend = "elasticsearch"
+    leg = "vector"
+    manifest_key = "vector_index"
 
     def __init__(
         self,
@@ -177,50 +175,11 @@ class ElasticsearchVectorLifecycle:
         prefix: str = DEFAULT_ES_PREFIX,
         params: EsVectorParams | None = None,
     ) -> None:
-        self.es = es
-        self.prefix = prefix
-        self.alias = f"{prefix}-vectors"
+        super().__init__(es, prefix, alias=f"{prefix}-vectors")
         self.params = params or EsVectorParams()
 
-    def __repr__(self) -> str:
-        return f"ElasticsearchVectorLifecycle(alias={self.alias!r}, es={self.es!r})"
-
-    def _cluster(self, version: str, doing: str) -> ElasticsearchConnection:
-        if self.es is None:
-            raise SnapshotError(
-                f"snapshot {version} keeps its vector leg in Elasticsearch; {doing} it needs "
-                "the cluster: give --es-url (or set SHOPSEARCH_ES_URL)"
-            )
-        return self.es
-
-    @staticmethod
-    def _target(manifest: Mapping[str, Any]) -> tuple[str, str]:
-        meta = manifest["vector_index"]
-        return str(meta["alias"]), str(meta["index"])
-
-    def check_build(self) -> None:
-        if self.es is None:
-            raise SnapshotError(
-                "--vector elasticsearch needs the cluster: give --es-url (or SHOPSEARCH_ES_URL)"
-            )
-
-    def prepare_build(self, kept: Callable[[], set[str]]) -> list[str]:
-        """Delete ``<prefix>-vectors-<timestamp>-*`` indices no kept snapshot names and no
-        alias points at; returns their names."""
-        es = self._cluster("(next)", "sweeping orphans of")
-        admin = es.index(self.alias)
-        pattern = re.compile(rf"^{re.escape(self.alias)}-\d{{8}}t\d{{6}}z-")
-        named = kept()
-        aliased = admin.aliased_indices(self.alias)
-        doomed = [
-            n
-            for n in admin.versions(self.alias)
-            if pattern.match(n) and n not in named and n not in aliased
-        ]
-        for name in doomed:
-            admin.drop_index(name)
-            log.info("deleted orphan Elasticsearch vector index %s", name)
-        return doomed
+    def index_name(self, version: str) -> str:
+        return es_vector_index_name(self.prefix, version)
 
     def build(
         self,
@@ -244,60 +203,6 @@ class ElasticsearchVectorLifecycle:
         except VectorIndexError as exc:
             raise SnapshotError(f"building the Elasticsearch vector index {name}: {exc}") from exc
         return index, {"exact_below": False, "alias": self.alias}
-
-    def discard(self, version: str) -> None:
-        if self.es is None:
-            return
-        name = es_vector_index_name(self.prefix, version)
-        try:
-            self.es.index(name).drop_index(name)
-        except LexicalIndexError as exc:
-            log.warning("could not delete the failed build's vector index %s (%s)", name, exc)
-
-    def check_switch(self, version: str, action: SwitchAction) -> None:
-        self._cluster(version, _DOING[action])
-
-    def switch(
-        self, version: str, manifest: Mapping[str, Any], action: SwitchAction, current: str | None
-    ) -> Undo:
-        """Move the alias to the snapshot's vector index in one ``_aliases`` request; the
-        undo moves it back."""
-        alias, index = self._target(manifest)
-        admin = self._cluster(version, _DOING[action]).index(alias)
-        try:
-            previous = admin.current_index(alias)
-            admin.promote(alias, index)
-        except LexicalIndexError as exc:
-            raise SnapshotError(
-                f"cannot {action} to {version}: moving alias {alias!r} to {index!r} "
-                f"failed ({exc}); CURRENT still names {current}"
-            ) from exc
-        if previous in (None, index):
-            return _nothing
-
-        def undo() -> None:
-            with suppress(LexicalIndexError):
-                admin.promote(alias, str(previous))
-
-        return undo
-
-    def drop(self, version: str, manifest: Mapping[str, Any]) -> None:
-        index = self._target(manifest)[1]
-        if self.es is None:
-            log.warning(
-                "pruned snapshot %s without a cluster connection: its vector index %s stays "
-                "until the next Elasticsearch vector build deletes orphans",
-                version,
-                index,
-            )
-            return
-        try:
-            self.es.index(index).drop_index(index)
-        except LexicalIndexError as exc:
-            log.warning("could not delete vector index %s of pruned %s (%s)", index, version, exc)
-
-    def names(self, manifest: Mapping[str, Any]) -> set[str]:
-        return {self._target(manifest)[1]}
 
 
 #: Vector backends a snapshot can be built with.

@@ -180,10 +180,10 @@ def test_the_elasticsearch_lifecycle_on_a_cluster_that_is_down(
         assert index.index == ES_MANIFEST["lexical_index"]["index"]  # type: ignore[attr-defined]
         with pytest.raises(SnapshotError, match="CURRENT still names older"):
             lexical.switch(version, ES_MANIFEST, "promote", "older")
-        caplog.set_level(logging.WARNING, logger="shopsearch.indexer.lexical_lifecycle")
+        caplog.set_level(logging.WARNING, logger="shopsearch.indexer.es_alias_lifecycle")
         lexical.drop(version, ES_MANIFEST)
         lexical.discard(version)
-    assert "of pruned snapshot" in caplog.text and "failed build's index" in caplog.text
+    assert "of pruned snapshot" in caplog.text and "failed build's lexical index" in caplog.text
 
 
 # -- the store drives any lifecycle the same way ------------------------------------------
