@@ -45,6 +45,7 @@ from shopsearch.retrieval.es_connection import (
     failover_options,
     split_urls,
 )
+from shopsearch.retrieval.es_vector_fields import filter_clauses
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
 from shopsearch.retrieval.lexical_index import (
@@ -651,29 +652,6 @@ class ElasticsearchIndex:
         names = sorted(resp.body)
         return names[0] if len(names) == 1 else None
 
-    def _filter_clauses(self, filters: Filters) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if filters.brand:
-            out.append({"terms": {"brand_kw": sorted({b.casefold() for b in filters.brand})}})
-        if filters.category is not None:
-            levels = _category_levels(filters.category)
-            if levels:
-                out.append({"term": {"category_kw": levels[-1]}})
-        if filters.price_min is not None or filters.price_max is not None:
-            bounds: dict[str, float] = {}
-            if filters.price_min is not None:
-                bounds["gte"] = float(filters.price_min)
-            if filters.price_max is not None:
-                bounds["lte"] = float(filters.price_max)
-            out.append({"range": {"price": bounds}})
-        if filters.in_stock is not None:
-            out.append({"term": {"in_stock": bool(filters.in_stock)}})
-        for key, values in filters.attributes.items():
-            if values:
-                terms = sorted({f"{key}={v.casefold()}" for v in values})
-                out.append({"terms": {"attr_kw": terms}})
-        return out
-
     def _query(self, query: str, filters: Filters | None) -> dict[str, Any]:
         fields = [f"{name}^{boost:g}" for name, boost in self.field_boosts.items()]
         return {
@@ -687,7 +665,7 @@ class ElasticsearchIndex:
                         }
                     }
                 ],
-                "filter": self._filter_clauses(filters) if filters is not None else [],
+                "filter": filter_clauses(filters) if filters is not None else [],
             }
         }
 
@@ -711,7 +689,7 @@ class ElasticsearchIndex:
                 "minimum_should_match": self.MATCH_MINIMUM,
             }
         }
-        clauses = self._filter_clauses(filters) if filters is not None else []
+        clauses = filter_clauses(filters) if filters is not None else []
         doing = f"counting matches in {self.index!r}"
         timeout = f"{max(1, int(self.timeout * 1000))}ms"
         total_resp = self._guarded_search(
@@ -831,7 +809,7 @@ class ElasticsearchIndex:
         if query is not None and query.strip():
             q = self._query(query, filters)
         else:
-            q = {"bool": {"filter": self._filter_clauses(filters) if filters else []}}
+            q = {"bool": {"filter": filter_clauses(filters) if filters else []}}
         resp = self._guarded_search(
             f"aggregating facets of {self.index!r}",
             index=self.index,

@@ -5,8 +5,7 @@ Folded exactly as :class:`~retrieval.filters.ProductTable` and the lexical leg f
 them (``brand_kw`` case-folded, ``category_kw`` with every path prefix, ``attr_kw`` as
 ``key=value``), so a filter inside the kNN search selects what the service's own filter
 check selects (tests/test_es_vector.py compares them). The lexical leg's
-``ElasticsearchIndex`` has the same folding in private methods; these are the vector
-leg's own, so neither module reaches into the other.
+``ElasticsearchIndex`` filters with the same :func:`filter_clauses`.
 """
 
 from __future__ import annotations
