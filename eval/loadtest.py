@@ -151,12 +151,21 @@ class _Level:
 
 
 def _one_request(client: httpx.Client, query: str, size: int) -> str | None:
-    """Send one search; return None on success, else a short error description."""
-    try:
-        response = client.get(SEARCH_PATH, params={"q": query, "size": size})
-        response.read()
-    except httpx.HTTPError as error:
-        return f"{type(error).__name__}: {error}"
+    """Send one search; return None on success, else a short error description.
+
+    A kept-alive connection that the server closed as this request went out (a reset or
+    a closed stream before any answer) is retried once on a fresh connection, as
+    browsers and urllib3 retry an idempotent GET; a second failure is an error."""
+    for attempt in (1, 2):
+        try:
+            response = client.get(SEARCH_PATH, params={"q": query, "size": size})
+            response.read()
+            break
+        except (httpx.ReadError, httpx.RemoteProtocolError) as error:
+            if attempt == 2:
+                return f"{type(error).__name__}: {error}"
+        except httpx.HTTPError as error:
+            return f"{type(error).__name__}: {error}"
     if response.status_code == 503:
         return _REFUSED
     if response.status_code >= 400:
