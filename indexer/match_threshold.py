@@ -9,29 +9,16 @@ catalog, so it is measured once per build and stored in the manifest under
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from shopsearch.indexer.snapshot import LoadedSnapshot
-from shopsearch.retrieval.match_calibration import MATCH_SET_KEY, calibrate_dense_threshold
+from shopsearch.indexer.snapshot import LoadedSnapshot, calibrate_snapshot
+from shopsearch.retrieval.match_calibration import MATCH_SET_KEY
 
-__all__ = ["calibrate_snapshot", "dense_threshold", "ensure_calibrated"]
+__all__ = ["dense_threshold", "ensure_calibrated"]
 
 QueryEncoder = Callable[[Sequence[str]], npt.NDArray[np.float32]]
-
-
-def calibrate_snapshot(snap: LoadedSnapshot, encode_query: QueryEncoder) -> dict[str, Any]:
-    """Measure ``snap``'s dense-match threshold with ``encode_query`` (the query tower
-    of the snapshot's item model); the manifest's ``match_set`` entry."""
-    return calibrate_dense_threshold(
-        snap.table.products,
-        snap.table.row_of,
-        lambda texts: encode_query(texts),
-        snap.vectors.vectors_of,
-        snap.lexical,
-    )
 
 
 def ensure_calibrated(snap: LoadedSnapshot, encode_query: QueryEncoder) -> None:

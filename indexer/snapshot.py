@@ -130,6 +130,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotStore",
     "build_snapshot",
+    "calibrate_snapshot",
     "es_index_name",
     "load_snapshot",
     "make_table",
@@ -876,19 +877,27 @@ def _build_into(
     loaded = load_snapshot(work, use_gpu=options.use_gpu, es=es)
     manifest["validation"] = _validate(loaded, probes, probe_vectors)
     t = time.perf_counter()
-    manifest[MATCH_SET_KEY] = calibrate_dense_threshold(
-        loaded.table.products,
-        loaded.table.row_of,
-        encoder.encode_query,
-        loaded.vectors.vectors_of,
-        loaded.lexical,
-    )
+    manifest[MATCH_SET_KEY] = calibrate_snapshot(loaded, encoder.encode_query)
     timings["match_threshold_s"] = time.perf_counter() - t
     timings["validate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
     manifest["build"]["timings_s"] = {name: round(v, 3) for name, v in timings.items()}
     (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def calibrate_snapshot(
+    snap: LoadedSnapshot, encode_query: Callable[[Sequence[str]], np.ndarray]
+) -> dict[str, Any]:
+    """Measure ``snap``'s dense-match threshold (:mod:`retrieval.match_calibration`) with
+    ``encode_query``, the query tower of its item model: the manifest's ``match_set``."""
+    return calibrate_dense_threshold(
+        snap.table.products,
+        snap.table.row_of,
+        lambda texts: encode_query(texts),
+        snap.vectors.vectors_of,
+        snap.lexical,
+    )
 
 
 def _torch_threads() -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "MatchSet",
     "analyze",
     "min_should_match",
+    "stem_analyzer",
     "term_combinations",
 ]
 
@@ -72,7 +73,7 @@ def min_should_match(n_terms: int) -> int:
 
 
 @lru_cache(maxsize=1)
-def _analyzer() -> Any:
+def stem_analyzer() -> Any:
     """tantivy's ``en_stem`` pipeline (the text fields' analyser), built once."""
     import tantivy
 
@@ -90,7 +91,7 @@ def analyze(text: str) -> list[str]:
     (split on non-alphanumerics, lower-cased, Porter-stemmed), in first-seen order,
     at most :data:`MAX_MATCH_TERMS`."""
     seen: dict[str, None] = {}
-    for token in _analyzer().analyze(text):
+    for token in stem_analyzer().analyze(text):
         seen.setdefault(token, None)
     return list(seen)[:MAX_MATCH_TERMS]
 

@@ -18,13 +18,11 @@ class ResultSet:
     ``total`` counts every lexical match of the index (filters included), retrieved or
     not, plus the dense matches among the candidates that are not lexical matches: a
     dense neighbour beyond the retrieval depth is not counted (the dense leg's depth
-    bounds what it can vouch for). ``dense_only``: how many of ``candidates`` are in the
-    set by similarity alone.
+    bounds what it can vouch for).
     """
 
     candidates: list[Candidate]
     total: int
-    dense_only: int
 
 
 def restrict_to_matches(
@@ -58,4 +56,4 @@ def restrict_to_matches(
         ):
             kept.append(cand)
             dense_only += 1
-    return ResultSet(candidates=kept, total=found.total + dense_only, dense_only=dense_only)
+    return ResultSet(candidates=kept, total=found.total + dense_only)

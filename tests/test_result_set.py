@@ -14,24 +14,15 @@ from shopsearch.indexer.snapshot import SnapshotStore
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.item_text import DESCRIPTION_CHARS
 from shopsearch.retrieval.match_calibration import MATCH_SET_KEY, calibrate_dense_threshold
-from shopsearch.retrieval.match_set import analyze, min_should_match
+from shopsearch.retrieval.match_set import analyze, min_should_match, stem_analyzer
 from shopsearch.retrieval.types import Product
 
 
 def _words(product: Product) -> set[str]:
     """Every analysed term of the product's indexed text (analyze() keeps six)."""
-    import tantivy
-
-    analyzer = (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(40))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
     parts = [product.title, product.brand or "", product.category or ""]
     parts.append((product.description or "")[:DESCRIPTION_CHARS])
-    return set(analyzer.analyze(" ".join(parts)))
+    return set(stem_analyzer().analyze(" ".join(parts)))
 
 
 def test_min_should_match() -> None:
