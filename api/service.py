@@ -654,6 +654,8 @@ class SearchService:
         # some shards) the result set cannot be known: every candidate stays, and the
         # cluster is not asked again within the same budget.
         lexical_whole = not any(s.startswith("lexical") for s in (*result.degraded, *result.cut))
+        breaker = self.es.breaker if self.es is not None else None
+        lexical_whole = lexical_whole and (breaker is None or breaker.state == "closed")
         if params.match_only and lexical_whole:
             self._keep_matches(result, filters)
         if on_dense is not None and use_dense and qvec is not None and dense_rows is not None:
