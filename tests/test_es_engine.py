@@ -516,7 +516,11 @@ def test_stopping_the_node_mid_run_degrades_answers_and_fails_builds_cleanly(
     before = [o for t0, _, o in outcomes if t0 < gone_at]
     after = [(d, o) for t0, d, o in outcomes if t0 > gone_at]
     assert before and before[0] == "ok", before[:5]
-    assert [o for _, _, o in outcomes if o not in ("ok", "lexical")] == []
+    # While the node is going down a search can find it up for the lexical leg and gone
+    # for the result-set count a millisecond later: that answer is still whole hits,
+    # served and marked "match_set". Errors and empty answers are never allowed.
+    allowed_before = ("ok", "lexical", "match_set")
+    assert [o for o in before if o not in allowed_before] == [], before
     assert len(after) >= 10
     assert all(o == "lexical" for _, o in after), after
     slowest = max(d for d, _ in after)
