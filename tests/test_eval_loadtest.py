@@ -22,7 +22,8 @@ from shopsearch.eval.loadtest import (
 
 
 class SearchHandler(BaseHTTPRequestHandler):
-    """``/v1/search``: 200 with JSON; 500 for q=boom; q=slow sleeps 50 ms; 404 elsewhere."""
+    """``/v1/search``: 200 with JSON; 500 for q=boom; 503 with ``Retry-After: 1`` for
+    q=busy; q=slow sleeps 50 ms; 404 elsewhere."""
 
     seen: ClassVar[list[tuple[str, str]]] = []
 
@@ -35,12 +36,16 @@ class SearchHandler(BaseHTTPRequestHandler):
             status, body = 404, b"{}"
         elif query == "boom":
             status, body = 500, b'{"error": "boom"}'
+        elif query == "busy":
+            status, body = 503, b'{"detail": "busy"}'
         else:
             if query == "slow":
                 time.sleep(0.05)
             status, body = 200, json.dumps({"hits": [], "q": query}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if status == 503:
+            self.send_header("Retry-After", "1")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -81,8 +86,11 @@ def test_levels_counts_and_errors(server: str) -> None:
         p50, p95, p99 = result.latency.p50_ms, result.latency.p95_ms, result.latency.p99_ms
         assert p50 is not None and p95 is not None and p99 is not None
         assert p50 <= p95 <= p99
-    assert len(SearchHandler.seen) == 2 + 30 + 30
-    assert ("toliet seat", "10") in SearchHandler.seen
+    # The prober's own requests reach the same server: its "/healthz" (no query) and its
+    # searches ("probe N"). Only the load's are counted here.
+    sent = [seen for seen in SearchHandler.seen if seen[0] and not seen[0].startswith("probe ")]
+    assert len(sent) == 2 + 30 + 30
+    assert ("toliet seat", "10") in sent
 
 
 def test_time_bound_stops_a_level(server: str) -> None:
@@ -98,6 +106,25 @@ def test_time_bound_stops_a_level(server: str) -> None:
     assert time.perf_counter() - start < 2.0
     assert 2 <= result.n_requests < 40 and result.n_errors == 0
     assert result.latency.p50_ms is not None and result.latency.p50_ms >= 50
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_refused_clients_wait_as_told_unless_told_not_to(server: str, honour: bool) -> None:
+    (result,) = run_load_test(
+        server,
+        ["busy"],
+        concurrency_levels=(2,),
+        max_requests=10_000,
+        max_seconds=0.5,
+        warmup_requests=0,
+        honour_retry_after=honour,
+    )
+    assert result.n_errors == 0 and result.latency.n == 0
+    if honour:  # one refusal each, then a 1 s wait that outlasts the level
+        assert result.n_rejected == 2
+    else:  # asking again at once
+        assert result.n_rejected > 10
+    assert result.rejected_latency.p50_ms is not None
 
 
 def test_connection_errors_are_counted() -> None:
