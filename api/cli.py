@@ -56,7 +56,8 @@ from shopsearch.api.cli_common import (
 )
 from shopsearch.api.settings import DEMO_USER_KEY, Settings
 from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
-from shopsearch.indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions
 from shopsearch.retrieval.es_vector_index import EsVectorParams
 from shopsearch.retrieval.types import ShopsearchError
 

@@ -31,7 +31,7 @@ from rich.progress import (
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.progress import Advance
-from shopsearch.indexer.snapshot import BuildOptions
+from shopsearch.indexer.snapshot_build import BuildOptions
 from shopsearch.retrieval.model_registry import resolve_model
 from shopsearch.retrieval.types import Product, ShopsearchError
 
@@ -272,7 +272,7 @@ def build_loaded(
 ) -> dict[str, object]:
     """Build (and, per ``options``, promote) a snapshot of loaded products with progress
     bars, encoding with ``settings``' towers (raises what ``build_snapshot`` raises)."""
-    from shopsearch.indexer.snapshot import build_snapshot
+    from shopsearch.indexer.snapshot_build import build_snapshot
     from shopsearch.retrieval.encoders import Encoder
 
     encoder = Encoder(settings.model_dir, device=settings.device, backend=settings.encoder_backend)

@@ -20,7 +20,7 @@ from shopsearch.api.recommendations import Recommendation, Recommendations
 from shopsearch.api.schemas import MAX_FILTER_CHARS, FilterSpec, PriceRange, error_responses
 from shopsearch.api.service import SearchService, to_filters
 from shopsearch.api.shoppers import ShopperSignals
-from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.filters import Filters
 
 __all__ = ["RecommendResponse", "recommend_router"]

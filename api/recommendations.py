@@ -32,7 +32,7 @@ import numpy as np
 
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.events.store import EventStore
-from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.indexer.training.recommender import load_recommender
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.model_registry import RegistryError, resolve_model

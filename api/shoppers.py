@@ -28,7 +28,7 @@ import numpy as np
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.events.privacy import pseudonymise
 from shopsearch.indexer.events.store import EventStore
-from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.rerank.personal import PersonalParams, PersonalRescorer, default_weights
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence

@@ -47,7 +47,7 @@ from typing import Literal
 from shopsearch.api.schemas import SearchRequest, SearchResponse
 from shopsearch.api.service import REWRITER_KEY, SearchService
 from shopsearch.api.settings import Settings
-from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.popular_queries import (
     PopularIndex,
     PopularQueries,

@@ -43,12 +43,9 @@ from shopsearch.api.settings import Settings  # noqa: E402
 from shopsearch.eval.metrics import evaluate_protocol_a  # noqa: E402
 from shopsearch.indexer.catalog import ColumnMapping, load_catalog  # noqa: E402
 from shopsearch.indexer.judgments import load_homedepot  # noqa: E402
-from shopsearch.indexer.snapshot import (  # noqa: E402
-    BuildOptions,
-    SnapshotStore,
-    build_snapshot,
-    load_snapshot,
-)
+from shopsearch.indexer.snapshot import SnapshotStore  # noqa: E402
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot  # noqa: E402
+from shopsearch.indexer.snapshot_load import load_snapshot  # noqa: E402
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection  # noqa: E402
 from shopsearch.retrieval.encoders import Encoder  # noqa: E402
 from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex  # noqa: E402

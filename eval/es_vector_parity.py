@@ -37,7 +37,8 @@ from shopsearch.api.service import SearchService, normalize_query
 from shopsearch.api.settings import Settings
 from shopsearch.eval.metrics import evaluate_protocol_a
 from shopsearch.indexer.judgments import load_homedepot
-from shopsearch.indexer.snapshot import SnapshotStore, load_snapshot
+from shopsearch.indexer.snapshot import SnapshotStore
+from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.es_vector_index import ElasticsearchVectorIndex, EsVectorParams

@@ -156,7 +156,8 @@ def nightly_command(
     from shopsearch.indexer.judgments import DatasetError
     from shopsearch.indexer.nightly import NightlyInputs, NightlyPolicy, run_nightly
     from shopsearch.indexer.nightly_report import comparison_rows, write_report
-    from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore
+    from shopsearch.indexer.snapshot import SnapshotStore
+    from shopsearch.indexer.snapshot_build import BuildOptions
     from shopsearch.retrieval.encoders import model_info
     from shopsearch.retrieval.types import ShopsearchError
 

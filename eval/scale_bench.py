@@ -28,13 +28,9 @@ from shopsearch.eval.loadtest import summarize_latencies
 from shopsearch.eval.scale import scale_catalog, write_catalog
 from shopsearch.indexer.catalog import ColumnMapping, load_catalog
 from shopsearch.indexer.progress import ProgressFactory, no_progress
-from shopsearch.indexer.snapshot import (
-    MANIFEST,
-    BuildOptions,
-    SnapshotError,
-    SnapshotStore,
-    build_snapshot,
-)
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_load import MANIFEST
 from shopsearch.retrieval.encoders import Encoder
 
 __all__ = ["ScalePoint", "approx_recall", "run_scale_bench"]

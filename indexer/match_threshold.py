@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from shopsearch.indexer.snapshot import LoadedSnapshot, calibrate_snapshot
+from shopsearch.indexer.snapshot_build import calibrate_snapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.match_calibration import MATCH_SET_KEY
 
 __all__ = ["dense_threshold", "ensure_calibrated"]

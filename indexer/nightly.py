@@ -47,7 +47,8 @@ from shopsearch.indexer.crashpoints import crashpoint
 from shopsearch.indexer.generations import update_lock
 from shopsearch.indexer.history import now
 from shopsearch.indexer.quality_gate import DEFAULT_GATE_METRICS, GateResult, check_gate
-from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore, write_manifest
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_load import write_manifest
 
 __all__ = [
     "NightlyInputs",

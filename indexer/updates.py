@@ -52,14 +52,18 @@ import numpy as np
 import numpy.typing as npt
 
 from shopsearch.indexer.crashpoints import crashpoint
-from shopsearch.indexer.generations import generation_files, sweep_generations_locked, update_lock
+from shopsearch.indexer.generations import (
+    generation_files,
+    snapshot_files,
+    sweep_generations_locked,
+    update_lock,
+)
 from shopsearch.indexer.product_store import write_products
-from shopsearch.indexer.snapshot import (
+from shopsearch.indexer.snapshot import SnapshotError
+from shopsearch.indexer.snapshot_load import (
     LoadedSnapshot,
-    SnapshotError,
     load_snapshot,
     make_table,
-    snapshot_files,
     write_manifest,
 )
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError

@@ -26,7 +26,7 @@ from shopsearch.api.cli import sample_catalog_path
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import load_catalog
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.encoders import Encoder, default_model_path
 from shopsearch.retrieval.types import Product
 

@@ -26,7 +26,7 @@ from shopsearch.api.schemas import SearchRequest, SearchResponse
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.rerank.cross_encoder import Reranker
 from shopsearch.rerank.score_cache import ScoreCache
 from shopsearch.retrieval.deadline import Deadline

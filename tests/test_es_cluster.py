@@ -32,7 +32,7 @@ from shopsearch.api.schemas import SearchRequest
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.es_connection import LexicalHits

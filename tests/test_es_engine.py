@@ -34,13 +34,9 @@ from shopsearch.api.schemas import SearchRequest
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
-from shopsearch.indexer.snapshot import (
-    BuildOptions,
-    SnapshotError,
-    SnapshotStore,
-    build_snapshot,
-    es_index_name,
-)
+from shopsearch.indexer.lexical_lifecycle import es_index_name
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.lexical_index import LexicalIndexError

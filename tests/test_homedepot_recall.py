@@ -19,7 +19,7 @@ from shopsearch.api.settings import Settings
 from shopsearch.eval.runner import default_configurations, evaluate_configurations
 from shopsearch.indexer.catalog import ColumnMapping, load_catalog
 from shopsearch.indexer.judgments import EvalDataset, load_homedepot
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,8 @@ import pytest
 from shopsearch.api.cli import sample_catalog_path
 from shopsearch.eval.loadtest import free_port
 from shopsearch.indexer.catalog import load_catalog
-from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot
+from shopsearch.indexer.snapshot import SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.encoders import Encoder
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,8 @@ from shopsearch.indexer.lexical_lifecycle import (
     lifecycle_of,
 )
 from shopsearch.indexer.progress import no_progress
-from shopsearch.indexer.snapshot import BuildOptions, SnapshotError, SnapshotStore, build_snapshot
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.lexical_index import LexicalIndex

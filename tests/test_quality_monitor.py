@@ -31,7 +31,8 @@ from shopsearch.api.app import create_app
 from shopsearch.api.quality_monitor import LiveRecallMonitor, rerank_outcome
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
-from shopsearch.indexer.snapshot import SnapshotStore, snapshot_files
+from shopsearch.indexer.generations import snapshot_files
+from shopsearch.indexer.snapshot import SnapshotStore
 from shopsearch.rerank.cross_encoder import Reranker
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.vector_index import FaissIndex, FaissParams

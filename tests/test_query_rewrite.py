@@ -11,7 +11,7 @@ from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.indexer.training.inputs import TrainingInputs, rewrite_splits
 from shopsearch.retrieval.encoders import Encoder, default_model_path
 from shopsearch.retrieval.query_rewrite import QueryRewriter, UnitNormalizer

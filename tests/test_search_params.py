@@ -30,8 +30,9 @@ from shopsearch.eval.runner import (
     parse_sweep,
     sweep_configurations,
 )
+from shopsearch.indexer.generations import snapshot_files
 from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
-from shopsearch.indexer.snapshot import SnapshotStore, snapshot_files
+from shopsearch.indexer.snapshot import SnapshotStore
 from shopsearch.rerank.cross_encoder import Reranker
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.fusion import FusionMethod

@@ -36,7 +36,9 @@ from shopsearch.api.cli import sample_catalog_path
 from shopsearch.indexer.catalog import load_catalog
 from shopsearch.indexer.crashpoints import CRASHPOINTS
 from shopsearch.indexer.embedding_cache import CACHE_FILE
-from shopsearch.indexer.snapshot import BuildOptions, SnapshotStore, build_snapshot, load_snapshot
+from shopsearch.indexer.snapshot import SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.indexer.updates import apply_updates
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.types import Product

@@ -25,13 +25,9 @@ from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.embedding_cache import CACHE_FILE, EmbeddingCache
 from shopsearch.indexer.history import prune_plan, rollback_candidates, served_stack
-from shopsearch.indexer.snapshot import (
-    BuildOptions,
-    SnapshotError,
-    SnapshotStore,
-    build_snapshot,
-    load_snapshot,
-)
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.indexer.updates import apply_updates
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.types import Product

@@ -10,13 +10,9 @@ import pytest
 
 from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.embedding_cache import EmbeddingCache
-from shopsearch.indexer.snapshot import (
-    BuildOptions,
-    SnapshotError,
-    SnapshotStore,
-    build_snapshot,
-    load_snapshot,
-)
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.types import Product
 

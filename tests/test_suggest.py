@@ -24,7 +24,7 @@ from shopsearch.api.suggestions import Suggestions
 from shopsearch.eval.suggest_bench import prefixes_of, run_suggest_bench
 from shopsearch.indexer.catalog import ColumnMapping, load_catalog
 from shopsearch.indexer.judgments import load_homedepot
-from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.popular_queries import PopularQueries, merge, verify_queries
 from shopsearch.retrieval.suggest import KINDS as KINDS_ORDER

@@ -276,7 +276,7 @@ def test_separate_towers_reload_as_one_model(tmp_path: Path, tiny_data) -> None:
     from shopsearch.api.service import SearchService
     from shopsearch.api.settings import Settings
     from shopsearch.indexer.catalog import CatalogReport
-    from shopsearch.indexer.snapshot import BuildOptions, build_snapshot
+    from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
 
     report = CatalogReport(path="t", format="jsonl", sha256="t" * 64, rows_read=12, products=12)
     index_dir = tmp_path / "index"

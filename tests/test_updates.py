@@ -27,13 +27,9 @@ from shopsearch.api.schemas import SearchRequest
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.indexer.catalog import CatalogReport
-from shopsearch.indexer.snapshot import (
-    BuildOptions,
-    SnapshotError,
-    SnapshotStore,
-    build_snapshot,
-    load_snapshot,
-)
+from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
+from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
+from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.indexer.updates import UpdateError, apply_updates
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder, ModelInfo

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from shopsearch.indexer.embedding_cache import EmbeddingCache
 from shopsearch.indexer.judgments import EvalDataset, JudgedQuery
 from shopsearch.indexer.progress import ProgressFactory, no_progress
-from shopsearch.indexer.snapshot import LoadedSnapshot
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.indexer.training.dev_metrics import RetrievalDevSet
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.item_text import item_text

@@ -154,7 +154,8 @@ def open_mining(
             encoded by other towers than the ones it names.
     """
     if options.index_dir is not None:
-        from shopsearch.indexer.snapshot import SnapshotStore, load_snapshot
+        from shopsearch.indexer.snapshot import SnapshotStore
+        from shopsearch.indexer.snapshot_load import load_snapshot
 
         store = SnapshotStore(options.index_dir)
         version = store.current()
