@@ -17,8 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from shopsearch.api.recommendations import Recommendation, Recommendations
+from shopsearch.api.retrieval_stages import to_filters
 from shopsearch.api.schemas import MAX_FILTER_CHARS, FilterSpec, PriceRange, error_responses
-from shopsearch.api.service import SearchService, to_filters
+from shopsearch.api.service import SearchService
 from shopsearch.api.shoppers import ShopperSignals
 from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.filters import Filters

@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Literal
 
 from shopsearch.api.schemas import SearchRequest, SearchResponse
-from shopsearch.api.service import REWRITER_KEY, SearchService
+from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
+from shopsearch.api.snapshot_prep import REWRITER_KEY
 from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.popular_queries import (
     PopularIndex,

@@ -37,8 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shopsearch.api.retrieval_stages import normalize_query  # noqa: E402
 from shopsearch.api.schemas import SearchRequest  # noqa: E402
-from shopsearch.api.service import SearchService, normalize_query  # noqa: E402
+from shopsearch.api.service import SearchService  # noqa: E402
 from shopsearch.api.settings import Settings  # noqa: E402
 from shopsearch.eval.metrics import evaluate_protocol_a  # noqa: E402
 from shopsearch.indexer.catalog import ColumnMapping, load_catalog  # noqa: E402

@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from shopsearch.api.retrieval_stages import normalize_query
 from shopsearch.api.schemas import SearchRequest
-from shopsearch.api.service import SearchService, normalize_query
+from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.eval.metrics import evaluate_protocol_a
 from shopsearch.indexer.judgments import load_homedepot

@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from shopsearch.api.rerank_stage import Scorer
+from shopsearch.api.retrieval_stages import normalize_query
 from shopsearch.api.schemas import SearchRequest
-from shopsearch.api.service import Scorer, SearchService, normalize_query
+from shopsearch.api.service import SearchService
 from shopsearch.eval.loadtest import summarize_latencies
 from shopsearch.eval.metrics import (
     MetricsResult,

@@ -54,8 +54,8 @@ def test_filters_never_leak_and_widen(
             {"brand": ["DeWalt", "Milwaukee"], "in_stock": True, "price": {"max": 200}},
         ),
     ]
+    from shopsearch.api.retrieval_stages import to_filters
     from shopsearch.api.schemas import FilterSpec
-    from shopsearch.api.service import to_filters
 
     for q, spec in cases:
         request = SearchRequest(q=q, size=20, filters=spec)

@@ -1,0 +1,72 @@
+"""The models a search service answers with: the runtime of its query tower, the fusion
+of a request that names none (which follows whether the towers were fine-tuned), and the
+ids and checksums each answer reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from shopsearch.api.settings import Settings
+from shopsearch.indexer.snapshot_load import LoadedSnapshot
+from shopsearch.rerank.cross_encoder import Reranker
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.fusion import FusionChoice, FusionMethod, default_fusion
+from shopsearch.retrieval.model_registry import towers_fine_tuned
+
+__all__ = ["fusion_default", "models_answering", "query_tower"]
+
+log = logging.getLogger(__name__)
+
+
+def query_tower(settings: Settings, encoder: Encoder) -> Encoder:
+    """The query tower: ``encoder`` itself, or the same weights on the runtime
+    ``Settings.query_backend`` names (``auto``: fp32 onnxruntime, the same vectors
+    in half the time, when ``encoder`` runs torch on a CPU)."""
+    backend = settings.query_backend
+    if backend == "auto":
+        on_cpu = not encoder.device.startswith("cuda")
+        backend = "onnx" if on_cpu and encoder.backend == "torch" else "same"
+    if backend in ("same", encoder.backend):
+        return encoder
+    query = Encoder(
+        encoder.path,
+        device=settings.device,
+        backend=backend,
+        onnx_threads=settings.onnx_threads,
+    )
+    log.info("query tower on %s (item tower on %s)", query.backend, encoder.backend)
+    return query
+
+
+def fusion_default(settings: Settings, encoder: Encoder) -> FusionChoice:
+    """The fusion of a request that names none: ``Settings.fusion``, or with ``auto``
+    the one suited to ``encoder``'s towers (fine-tuned or not)."""
+    if settings.fusion != "auto":
+        return FusionChoice(
+            FusionMethod(settings.fusion), settings.lexical_weight, "set by SHOPSEARCH_FUSION"
+        )
+    return default_fusion(
+        fine_tuned=towers_fine_tuned(Path(encoder.info.path)),
+        base_lexical_weight=settings.base_lexical_weight,
+    )
+
+
+def models_answering(
+    query_encoder: Encoder, snap: LoadedSnapshot | None, reranker: Reranker | None
+) -> dict[str, dict[str, str] | None]:
+    """Ids and short checksums of the models answering queries: ``query_encoder``, the
+    item tower that built ``snap`` (None: no snapshot) and ``reranker`` (None: none)."""
+
+    def short(info: dict[str, str]) -> dict[str, str]:
+        return {"id": info["id"], "sha256": info["sha256"][:12]}
+
+    query = query_encoder.info
+    return {
+        # The runtime's checksum, and that of the weights it runs (the item tower's
+        # when the query tower is the same model on a faster runtime).
+        "query_tower": {**short(query.to_dict()), "weights_sha256": query.weights_sha256[:12]},
+        "item_tower": short(snap.item_model) if snap else None,
+        "reranker": short(reranker.info.to_dict()) if reranker else None,
+    }
