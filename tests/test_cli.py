@@ -175,7 +175,7 @@ MANIFEST: dict[str, object] = {
 
 @pytest.mark.parametrize("field", ["counts", "lexical_index", "build", "vector_index"])
 def test_build_summary_refuses_a_malformed_manifest_by_name(tmp_path: Path, field: str) -> None:
-    from shopsearch.api.cli import _print_build_summary
+    from shopsearch.api.cli_index import _print_build_summary
     from shopsearch.indexer.snapshot import SnapshotError
 
     _print_build_summary(MANIFEST, tmp_path, promoted=True)  # the well-formed one prints
@@ -192,7 +192,7 @@ def test_build_summary_checks_hold_under_python_optimize(tmp_path: Path) -> None
     code = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from api.cli import _print_build_summary\n"
+        "from api.cli_index import _print_build_summary\n"
         "_print_build_summary(json.loads(sys.argv[1]), Path('.'), promoted=True)\n"
     )
     broken = json.dumps({**MANIFEST, "counts": None})
