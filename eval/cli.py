@@ -9,7 +9,8 @@ __all__ = ["register"]
 
 def register(app: typer.Typer) -> None:
     """Add the evaluation commands to the ``shopsearch`` app."""
-    from shopsearch.eval.commands import bench_command, eval_app
+    from shopsearch.eval.commands import eval_app
+    from shopsearch.eval.commands_bench import bench_command
     from shopsearch.eval.facet_honesty import facets_command
     from shopsearch.eval.nightly_cli import nightly_command
     from shopsearch.eval.pareto_cli import pareto_command
