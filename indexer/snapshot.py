@@ -87,19 +87,15 @@ from shopsearch.indexer.lexical_lifecycle import (
     SwitchAction,
     lifecycle_of,
 )
-from shopsearch.indexer.snapshot_load import MANIFEST, LoadedSnapshot, load_snapshot
+from shopsearch.indexer.snapshot_load import MANIFEST, load_snapshot
 from shopsearch.indexer.vector_lifecycle import VectorLifecycle, vector_lifecycle_of
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 
 __all__ = [
-    # LoadedSnapshot and load_snapshot are re-exported: api/service.py imports them from
-    # here; other code imports them from their home, indexer.snapshot_load.
-    "LoadedSnapshot",
     "RollbackResult",
     "SnapshotError",
     "SnapshotInfo",
     "SnapshotStore",
-    "load_snapshot",
 ]
 
 log = logging.getLogger(__name__)
