@@ -16,7 +16,8 @@ from shopsearch.retrieval.fusion import BASE_TOWERS_LEXICAL_WEIGHT
 from shopsearch.retrieval.search_params import FUSION_NAMES, MAX_NPROBE, FusionName, MergeName
 
 if TYPE_CHECKING:
-    from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RefreshPolicy
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
+    from shopsearch.retrieval.es_handle import RefreshPolicy
 
 __all__ = ["DEMO_USER_KEY", "LEXICAL_BACKENDS", "Settings"]
 

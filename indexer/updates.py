@@ -66,8 +66,9 @@ from shopsearch.indexer.snapshot_load import (
     make_table,
     write_manifest,
 )
-from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.es_bulk import RejectedDocumentsError
 from shopsearch.retrieval.item_text import item_text
 from shopsearch.retrieval.lexical_index import LexicalIndex, TantivyIndex
 from shopsearch.retrieval.types import Product, ShopsearchError

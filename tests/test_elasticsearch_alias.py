@@ -190,7 +190,7 @@ def test_the_analyzer_follows_the_cluster_and_is_recorded(es_client: Any, prefix
 def test_rejected_documents_fail_the_build_by_id_and_leave_the_alias(
     es_client: Any, prefix: str
 ) -> None:
-    from shopsearch.retrieval.elasticsearch_index import RejectedDocumentsError
+    from shopsearch.retrieval.es_bulk import RejectedDocumentsError
 
     (serving,) = built_versions(es_client, prefix, [4])
     admin = es_index(es_client, prefix)

@@ -37,8 +37,9 @@ from shopsearch.indexer.catalog import CatalogReport
 from shopsearch.indexer.lexical_lifecycle import es_index_name
 from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
 from shopsearch.indexer.snapshot_build import BuildOptions, build_snapshot
-from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection, RejectedDocumentsError
+from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.es_bulk import RejectedDocumentsError
 from shopsearch.retrieval.lexical_index import LexicalIndexError
 from shopsearch.retrieval.types import Product
 

@@ -1,0 +1,227 @@
+"""The read path of the Elasticsearch lexical index: BM25 search, match sets, facets.
+
+:class:`EsLexicalSearch` is the query half of
+:class:`~retrieval.elasticsearch_index.ElasticsearchIndex`. A query is one
+``multi_match`` of type :attr:`~EsLexicalSearch.MULTI_MATCH_TYPE` (``most_fields``) over
+the boosted text fields, its filters inside the engine as
+:func:`~retrieval.es_vector_fields.filter_clauses`; every request goes through the
+handle's circuit breaker (:meth:`~retrieval.es_handle.EsHandle._guarded_search`) and is
+bounded by its query ``timeout``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shopsearch.retrieval.es_connection import LexicalHits, coverage_of
+from shopsearch.retrieval.es_handle import EsHandle
+from shopsearch.retrieval.es_vector_fields import filter_clauses
+from shopsearch.retrieval.filters import Filters
+from shopsearch.retrieval.lexical_index import LexicalHit, LexicalIndexError
+from shopsearch.retrieval.match_set import MatchSet
+
+__all__ = ["EsLexicalSearch", "FacetCounts"]
+
+
+@dataclass(frozen=True, slots=True)
+class FacetCounts:
+    """Aggregation counts over the documents matching a query and filters.
+
+    ``terms`` maps a facet field to ``(value, count)`` pairs, most frequent first (brand
+    and attribute values are case-folded, as filters compare them); ``price`` holds
+    ``(min, max, count)`` per requested range, ``min`` inclusive and ``max`` exclusive
+    (Elasticsearch's range aggregation semantics), ``None`` meaning unbounded.
+    """
+
+    total: int
+    terms: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    price: list[tuple[float | None, float | None, int]] = field(default_factory=list)
+
+
+class EsLexicalSearch(EsHandle):
+    """:meth:`search`, :meth:`match_set` and :meth:`facets` of an index handle (see
+    :class:`~retrieval.elasticsearch_index.ElasticsearchIndex`)."""
+
+    MULTI_MATCH_TYPE = "most_fields"
+
+    def _query(self, query: str, filters: Filters | None) -> dict[str, Any]:
+        fields = [f"{name}^{boost:g}" for name, boost in self.field_boosts.items()]
+        return {
+            "bool": {
+                "must": [
+                    {
+                        "multi_match": {
+                            "query": query,
+                            "type": self.MULTI_MATCH_TYPE,
+                            "fields": fields,
+                        }
+                    }
+                ],
+                "filter": filter_clauses(filters) if filters is not None else [],
+            }
+        }
+
+    #: :func:`retrieval.match_set.min_should_match` in Elasticsearch's syntax: every term
+    #: up to two, then all but half of them rounded down (= half rounded up). The terms
+    #: are the cluster analyser's (``english`` drops stop words the embedded index keeps).
+    MATCH_MINIMUM = "2<-50%"
+
+    def match_set(
+        self, query: str, ids: Sequence[str], *, filters: Filters | None = None
+    ) -> MatchSet:
+        """See :meth:`LexicalIndex.match_set`: a ``combined_fields`` query over the text
+        fields with :data:`MATCH_MINIMUM`; two requests (the total, exactly counted, and
+        which of ``ids`` match), each through the circuit breaker."""
+        if not query.strip():
+            return MatchSet(ids=frozenset(), total=0)
+        matches = {
+            "combined_fields": {
+                "query": query,
+                "fields": list(self.field_boosts),
+                "minimum_should_match": self.MATCH_MINIMUM,
+            }
+        }
+        clauses = filter_clauses(filters) if filters is not None else []
+        doing = f"counting matches in {self.index!r}"
+        timeout = f"{max(1, int(self.timeout * 1000))}ms"
+        total_resp = self._guarded_search(
+            doing,
+            index=self.index,
+            query={"bool": {"must": [matches], "filter": clauses}},
+            size=0,
+            track_total_hits=True,
+            timeout=timeout,
+        )
+        total = int(total_resp["hits"]["total"]["value"])
+        found: frozenset[str] = frozenset()
+        if ids and total:
+            resp = self._guarded_search(
+                doing,
+                index=self.index,
+                query={
+                    "bool": {
+                        "must": [matches],
+                        "filter": [*clauses, {"ids": {"values": list(ids)}}],
+                    }
+                },
+                size=len(ids),
+                source=False,
+                track_total_hits=False,
+                timeout=timeout,
+            )
+            found = frozenset(hit["_id"] for hit in resp["hits"]["hits"])
+        return MatchSet(ids=found, total=total)
+
+    def search(self, query: str, k: int, *, filters: Filters | None = None) -> LexicalHits:
+        """The best ``k`` products for ``query`` that pass ``filters``, best first.
+
+        Raises :class:`LexicalIndexError` when the cluster is unreachable, answers an error,
+        takes longer than ``timeout`` or reports a timed-out (partial) result. A partial
+        answer is asked for once more (one request more); when some shards still have no
+        live copy the cluster answers from the others: the hits then carry their coverage
+        (``hits.partial`` is e.g. ``"lexical: 2 of 3 shards"``), which the service reports
+        as degraded.
+        """
+        if k <= 0 or not query.strip():
+            return LexicalHits([])
+        if k > 10_000:
+            raise LexicalIndexError(
+                f"k={k} is above Elasticsearch's index.max_result_window (10000); ask for fewer"
+            )
+        request: dict[str, Any] = {
+            "index": self.index,
+            "query": self._query(query, filters),
+            "size": k,
+            "source": False,
+            "track_total_hits": False,
+            "timeout": f"{max(1, int(self.timeout * 1000))}ms",
+            # Stated, not left to the cluster's default: an answer from the live shards,
+            # reported as partial, is better than no lexical leg at all.
+            "allow_partial_search_results": True,
+        }
+        doing = f"searching {self.index!r}"
+        resp = self._guarded_search(doing, **request)
+        if coverage_of(resp).partial and not resp.get("timed_out"):
+            # Asked once more: a shard fails for one request when the node holding the copy
+            # that ran its query phase dies before the fetch phase (which is not moved to
+            # another copy); asked again, the cluster routes to a live copy. Still partial:
+            # no copy of that shard is live, and the hits say so.
+            resp = self._guarded_search(doing, **request)
+        if resp.get("timed_out"):
+            raise LexicalIndexError(
+                f"Elasticsearch at {self._where}, searching {self.index!r}: the query timed "
+                f"out after {self.timeout} s on the server (partial results dropped); raise "
+                "timeout= or check the cluster's load"
+            )
+        return LexicalHits(
+            (LexicalHit(id=hit["_id"], score=float(hit["_score"])) for hit in resp["hits"]["hits"]),
+            coverage_of(resp),
+        )
+
+    def facets(
+        self,
+        query: str | None = None,
+        *,
+        filters: Filters | None = None,
+        fields: Sequence[str] = ("brand", "category"),
+        price_ranges: Sequence[tuple[float | None, float | None]] = (),
+        size: int = 10,
+    ) -> FacetCounts:
+        """Terms and price-range counts over the products matching ``query`` (all when
+        ``None`` or blank) and ``filters``.
+
+        ``fields`` are ``brand`` (case-folded values), ``category`` (full paths as
+        written), ``category_level`` (every path prefix, case-folded) or an attribute key
+        (its case-folded values); ``size`` is the number of values per field.
+        """
+        aggs: dict[str, Any] = {}
+        for name in fields:
+            if name == "brand":
+                aggs[name] = {"terms": {"field": "brand_kw", "size": size}}
+            elif name == "category":
+                aggs[name] = {"terms": {"field": "category.raw", "size": size}}
+            elif name == "category_level":
+                aggs[name] = {"terms": {"field": "category_kw", "size": size}}
+            else:
+                if not name or "=" in name:
+                    raise LexicalIndexError(f"facet field {name!r} is not a valid attribute key")
+                aggs[name] = {
+                    "terms": {"field": "attr_kw", "include": f"{re.escape(name)}=.*", "size": size}
+                }
+        if price_ranges:
+            ranges = []
+            for lo, hi in price_ranges:
+                spec: dict[str, float] = {}
+                if lo is not None:
+                    spec["from"] = float(lo)
+                if hi is not None:
+                    spec["to"] = float(hi)
+                ranges.append(spec)
+            aggs["__price"] = {"range": {"field": "price", "ranges": ranges}}
+        if query is not None and query.strip():
+            q = self._query(query, filters)
+        else:
+            q = {"bool": {"filter": filter_clauses(filters) if filters else []}}
+        resp = self._guarded_search(
+            f"aggregating facets of {self.index!r}",
+            index=self.index,
+            query=q,
+            size=0,
+            aggs=aggs,
+            track_total_hits=True,
+            timeout=f"{max(1, int(self.timeout * 1000))}ms",
+        )
+        out_aggs = resp.get("aggregations", {})
+        terms: dict[str, list[tuple[str, int]]] = {}
+        for name in fields:
+            buckets = out_aggs.get(name, {}).get("buckets", [])
+            prefix = f"{name}=" if name not in ("brand", "category", "category_level") else ""
+            terms[name] = [(str(b["key"])[len(prefix) :], int(b["doc_count"])) for b in buckets]
+        price = [
+            (b.get("from"), b.get("to"), int(b["doc_count"]))
+            for b in out_aggs.get("__price", {}).get("buckets", [])
+        ]
+        return FacetCounts(total=int(resp["hits"]["total"]["value"]), terms=terms, price=price)
