@@ -21,6 +21,9 @@ The float32 matrix and the ``alive`` mask stay in the snapshot directory, as FAI
 ``exact`` oracle and ``size`` without a request, so a snapshot loads while the cluster
 is down (its dense searches then fail and the service answers from what remains).
 
+Writes (documents, bulk requests, ``add``/``put_products``/``remove``) and the cluster
+plumbing are :class:`~retrieval.es_vector_writes.EsVectorWrites`, the base class.
+
 Example (needs a running node)::
 
     with ElasticsearchConnection("http://127.0.0.1:9201") as es:
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,25 +44,22 @@ import numpy as np
 import numpy.typing as npt
 
 from shopsearch.retrieval.es_connection import ShardCoverage, coverage_of
+from shopsearch.retrieval.es_mappings import filter_field_mappings
 from shopsearch.retrieval.es_vector_fields import filter_clauses, filter_fields
+from shopsearch.retrieval.es_vector_writes import EsVectorWrites
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.stored_vectors import (
     FloatArray,
     RowArray,
-    StoredRows,
     VectorIndexError,
     check_2d,
-    check_new_rows,
     check_search_params,
     exact_scan,
-    grow,
     topk,
 )
 from shopsearch.retrieval.types import Product
 
 if TYPE_CHECKING:
-    from elasticsearch import Elasticsearch
-
     from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 
 __all__ = [
@@ -169,22 +169,12 @@ def _mapping(params: EsVectorParams, dim: int) -> dict[str, Any]:
                 "similarity": params.similarity,
                 "index_options": options,
             },
-            "brand_kw": {"type": "keyword"},
-            "category_kw": {"type": "keyword"},
-            "attr_kw": {"type": "keyword"},
-            "price": {"type": "double"},
-            "in_stock": {"type": "boolean"},
+            **filter_field_mappings(),
         },
     }
 
 
-def _vector_json(vector: npt.NDArray[np.float32]) -> list[float]:
-    # Six decimals (Python prints the shortest repr): a third of float32's 17-digit JSON,
-    # below int8 quantisation's error; the refine uses the exact stored vectors.
-    return np.round(vector.astype(np.float64), 6).tolist()  # type: ignore[no-any-return]
-
-
-class ElasticsearchVectorIndex(StoredRows):
+class ElasticsearchVectorIndex(EsVectorWrites):
     """kNN in the Elasticsearch index ``index`` plus an exact refine over the stored rows.
 
     Row ``i`` of ``vectors`` is id ``i``; ``alive`` marks rows not removed. ``es`` is the
@@ -216,26 +206,7 @@ class ElasticsearchVectorIndex(StoredRows):
         where = self.es.where if self.es is not None else "no cluster"
         return f"ElasticsearchVectorIndex(index={self.index!r}, size={self.size}, at={where!r})"
 
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def _cluster(self, doing: str) -> ElasticsearchConnection:
-        if self.es is None:
-            raise VectorIndexError(
-                f"{doing} the Elasticsearch vector index {self.index!r} needs the cluster: "
-                "give --es-url (or SHOPSEARCH_ES_URL)"
-            )
-        return self.es
-
-    def _client(self, doing: str, *, admin: bool) -> Elasticsearch:
-        handle = self._cluster(doing).index(self.index)
-        timeout = handle.admin_timeout if admin else handle.timeout
-        return handle.client.options(request_timeout=timeout)
-
-    def _error(self, doing: str, exc: Exception) -> VectorIndexError:
-        where = self.es.where if self.es is not None else "?"
-        return VectorIndexError(f"Elasticsearch at {where}, {doing}: {str(exc)[:300]}")
-
-    # -- build and writes -------------------------------------------------------------------
+    # -- build ------------------------------------------------------------------------------
 
     @classmethod
     def build(
@@ -292,88 +263,6 @@ class ElasticsearchVectorIndex(StoredRows):
                 f"{index!r} holds {count} documents after the build, not {len(vectors)}"
             )
         return self
-
-    def _documents(
-        self, rows: RowArray, products: Sequence[Product] | None
-    ) -> Iterator[dict[str, Any]]:
-        for i, row in enumerate(rows.tolist()):
-            doc: dict[str, Any] = {"row": row, "vector": _vector_json(self.vectors[row])}
-            if products is not None:
-                doc.update(filter_fields(products[i]))
-            yield {"_op_type": "index", "_id": str(row), "_source": doc}
-
-    def _bulk(self, actions: Iterable[dict[str, Any]], *, doing: str, refresh: Any) -> None:
-        """Send ``actions``; raise naming the rows refused (a 404 of a delete is not)."""
-        from elasticsearch import ApiError, TransportError, helpers
-
-        client = self._client(doing, admin=True)
-        refused: list[str] = []
-        try:
-            for ok, item in helpers.streaming_bulk(
-                client,
-                actions,
-                index=self.index,
-                chunk_size=500,
-                raise_on_error=False,
-                max_retries=3,
-                refresh=refresh,
-            ):
-                (info,) = item.values()
-                if not ok and info.get("status") != 404:
-                    refused.append(f"row {info.get('_id')}: {str(info.get('error'))[:200]}")
-        except (ApiError, TransportError) as exc:
-            raise self._error(doing, exc) from exc
-        if refused:
-            more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-            raise VectorIndexError(
-                f"{doing}: Elasticsearch refused {len(refused)} documents: "
-                f"{'; '.join(refused[:10])}{more}"
-            )
-
-    def _refresh_policy(self) -> Any:
-        return self.es.refresh if self.es is not None else "wait_for"
-
-    def add(self, vectors: FloatArray, rows: RowArray) -> None:
-        """Add vectors under new rows, locally and in the cluster (without filter fields
-        until :meth:`put_products` gives them: a filtered search cannot return them before)."""
-        vectors, rows = check_new_rows(vectors, rows, self.vectors.shape)
-        self.vectors, self.alive = grow(self.vectors, self.alive, rows, vectors)
-        self._bulk(
-            self._documents(rows, None),
-            doing=f"adding {len(rows)} vectors to {self.index!r}",
-            refresh=self._refresh_policy(),
-        )
-
-    def put_products(self, rows: RowArray, products: Sequence[Product]) -> None:
-        """(Re)write the documents of stored ``rows`` whole, with the filter fields of
-        ``products`` (one per row): after :meth:`add`, and when a product's fields change
-        in its row. Raises :class:`VectorIndexError` for a row not stored."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) != len(products):
-            raise VectorIndexError(f"{len(rows)} rows but {len(products)} products")
-        if len(rows) == 0:
-            return
-        if rows.min() < 0 or rows.max() >= len(self.vectors):
-            raise VectorIndexError(f"rows must be stored rows (0..{len(self.vectors) - 1})")
-        self._bulk(
-            self._documents(rows, products),
-            doing=f"writing {len(rows)} documents of {self.index!r}",
-            refresh=self._refresh_policy(),
-        )
-
-    def remove(self, rows: RowArray) -> None:
-        """Remove rows (never returned again); unknown rows are ignored."""
-        rows = np.asarray(rows, dtype=np.int64)
-        rows = rows[(rows >= 0) & (rows < len(self.alive))]
-        # Locally first: a row removed here is never returned, even before the delete is
-        # visible in the cluster (or when it fails: running the update again converges).
-        self.alive[rows] = False
-        actions = ({"_op_type": "delete", "_id": str(r)} for r in rows.tolist())
-        self._bulk(
-            actions,
-            doing=f"removing {len(rows)} rows of {self.index!r}",
-            refresh=self._refresh_policy(),
-        )
 
     # -- search -----------------------------------------------------------------------------
 
