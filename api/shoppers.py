@@ -170,7 +170,7 @@ def personalize(
     query_vector: Callable[[], np.ndarray],
 ) -> int:
     """Re-score the head (``depth`` first) of ``result.filtered`` (an
-    :class:`api.service.Retrieval`) for a shopper with ``history``; re-order it by the new
+    :class:`api.retrieval_stages.Retrieval`) for a shopper with ``history``; re-order it by the new
     scores, set each head candidate's ``personal_score`` and ``final_score``; return how
     many distinct history items took part. Only re-orders: the set of hits is unchanged."""
     head = result.filtered[:depth]

@@ -234,7 +234,7 @@ def _label(value: object) -> str:
 
 class _RerankMemo:
     """A reranker with its scores remembered per ``(query, text)``: the scorer eval
-    passes to each search (:class:`api.service.Scorer`).
+    passes to each search (:class:`api.rerank_stage.Scorer`).
 
     Configurations that rerank the same candidates (a sweep of the merge weight, or of
     fusion methods that share a head) score each pair once. ``hits`` counts the pairs

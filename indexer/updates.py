@@ -5,7 +5,7 @@ Both legs follow every change:
 * **dense** -- the vector index keeps *tombstones*: a row is never reused, so changing a
   product's vector removes its old row and appends the product (and its new vector)
   under a new row. The dead row stays in the product store, listed in the snapshot's
-  tombstones file, and is never returned (:func:`indexer.snapshot.make_table` leaves
+  tombstones file, and is never returned (:func:`indexer.snapshot_load.make_table` leaves
   dead ids out of ``row_of``; the vector index never returns a removed row).
   A change that leaves :func:`~retrieval.item_text.item_text` unchanged (price, stock,
   image, attributes) replaces the product in its row, without re-encoding.
