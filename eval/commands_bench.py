@@ -53,6 +53,13 @@ def bench_command(
     concurrency: Annotated[str, typer.Option(help="HTTP concurrency levels.")] = "1,4,16",
     max_requests: Annotated[int, typer.Option(help="HTTP requests per level, at most.")] = 1000,
     max_seconds: Annotated[float, typer.Option(help="Seconds per HTTP level, at most.")] = 30.0,
+    retry_after: Annotated[
+        bool,
+        typer.Option(
+            help="HTTP clients refused with 503 wait the Retry-After the server sent, as a "
+            "well-behaved front-end does; --no-retry-after asks again at once (a retry storm)."
+        ),
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Write the numbers as JSON here.")] = None,
     scale: Annotated[
         str | None,
@@ -221,6 +228,7 @@ def bench_command(
                 concurrency_levels=levels,
                 max_requests=max_requests,
                 max_seconds=max_seconds,
+                honour_retry_after=retry_after,
             )
         finally:
             server.terminate()
@@ -240,6 +248,7 @@ def bench_command(
         ):
             http_table.add_column(col, justify="right")
         report["http"] = []
+        report["http_honour_retry_after"] = retry_after
         for r in results:
             lat = r.latency
             report["http"].append(  # type: ignore[attr-defined]
