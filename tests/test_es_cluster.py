@@ -230,6 +230,7 @@ def test_searches_survive_a_killed_node_and_report_partial_coverage(
         w.start()
     try:
         wait_until("60 queries before the kill", lambda: len(records) >= 60, 60)
+        kill_started = time.perf_counter()
         pid = kill_node(victim)
         killed_at.append(time.perf_counter())
         for w in workers:
@@ -239,7 +240,9 @@ def test_searches_survive_a_killed_node_and_report_partial_coverage(
     assert not any(w.is_alive() for w in workers), "the query loop did not finish in 240 s"
 
     kill = killed_at[0]
-    before = [r for r in records if r[0] < kill]
+    # A query in flight while the node was being killed may or may not see it go: it is
+    # in neither list (it still must not fail, and the replicated index must stay whole).
+    before = [r for r in records if r[0] + r[2] < kill_started]
     after = [r for r in records if r[0] >= kill]
     rep_after = [r for r in after if r[1] == "replicated"]
     bare_after = [r for r in after if r[1] == "bare"]
