@@ -1,11 +1,21 @@
 """The HTTP API (FastAPI). Domain errors become HTTP status codes here and only here.
 
 Endpoints: ``GET/POST /v1/search``, ``GET /v1/products/{id}``, ``/healthz``, ``/readyz``,
-``/metrics`` (Prometheus) and token-protected ``/v1/admin/*`` (reload, snapshots,
-promote, rollback, and incremental updates: ``POST /v1/admin/products`` with a JSON list
-of products to upsert, ``DELETE /v1/admin/products/{id}``). A background thread watches
+``/metrics`` (Prometheus) and token-protected ``/v1/admin/*``. A background thread watches
 ``CURRENT`` (and the serving snapshot's update generation) and swaps in a newly promoted
 or updated snapshot without dropping in-flight requests.
+
+:func:`create_app` wires the app together; the rest lives beside what it does and is
+mounted here as routers:
+
+- api/admin_routes.py: reload, snapshots, promote, rollback, and incremental updates
+  (``POST /v1/admin/products`` with a JSON list of products to upsert, ``ProductIn``;
+  ``DELETE /v1/admin/products/{id}``);
+- api/merch_routes.py (``/v1/admin/rules``), api/events_routes.py, api/recommend_routes.py,
+  api/suggest_routes.py, api/page_routes.py (the search page at ``/``);
+- api/service_metrics.py: the Prometheus metrics (``ServiceMetrics``, ``CacheCollector``);
+- api/admission.py and api/guard.py: the middleware (admission control, admin token and
+  body-size limits).
 
 ``/metrics`` includes search quality: live recall of the vector index on sampled
 searches (api/quality_monitor.py), zero-result, rewrite and rerank-outcome counts, and
@@ -19,32 +29,17 @@ api/dashboards/shopsearch-grafana.json charts them.
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
+from shopsearch.api.admin_routes import admin_router
 from shopsearch.api.admission import (
     AdmissionController,
     AdmissionGate,
@@ -71,224 +66,28 @@ from shopsearch.api.schemas import (
     error_responses,
 )
 from shopsearch.api.service import SearchService, ServiceError
+from shopsearch.api.service_metrics import CacheCollector, ServiceMetrics
 from shopsearch.api.settings import Settings
 from shopsearch.api.shoppers import ShopperSignals
 from shopsearch.api.suggest_routes import suggest_router
 from shopsearch.api.suggestions import Suggestions
 from shopsearch.indexer.events.store import EventStore
 from shopsearch.indexer.events.types import Event
-from shopsearch.indexer.snapshot import SnapshotError, SnapshotStore
-from shopsearch.indexer.updates import UpdateError, UpdateReport
+from shopsearch.indexer.snapshot import SnapshotError
+from shopsearch.indexer.updates import UpdateError
 from shopsearch.retrieval.deadline import Deadline
 from shopsearch.retrieval.filters import InvalidFilterError
 from shopsearch.retrieval.lexical_index import LexicalIndexError
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.search_params import ModeName
-from shopsearch.retrieval.types import (
-    MAX_ATTRIBUTE_KEY_CHARS,
-    MAX_ATTRIBUTE_VALUE_CHARS,
-    MAX_BRAND_CHARS,
-    MAX_CATEGORY_CHARS,
-    MAX_DESCRIPTION_CHARS,
-    MAX_ID_CHARS,
-    MAX_IMAGE_URL_CHARS,
-    MAX_TITLE_CHARS,
-    Product,
-)
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-# Latency buckets (seconds) from 0.5 ms to 2.5 s: stages range from microseconds (fuse)
-# to hundreds of milliseconds (rerank on CPU).
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY_CHARS)]
-AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_CHARS)]
-
-
-class ProductIn(BaseModel):
-    """A product to upsert through ``POST /v1/admin/products``. Field lengths are capped
-    by the same limits as catalog rows (``retrieval.types.MAX_*_CHARS``): longer is a 422."""
-
-    # strict: a JSON false is not a price of 0, nor 1 an in-stock flag.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    # The pattern documents what _not_blank checks (with a better message than a pattern's).
-    id: str = Field(min_length=1, max_length=MAX_ID_CHARS, json_schema_extra={"pattern": NOT_BLANK})
-    title: str = Field(
-        min_length=1, max_length=MAX_TITLE_CHARS, json_schema_extra={"pattern": NOT_BLANK}
-    )
-    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
-    brand: str = Field("", max_length=MAX_BRAND_CHARS)
-    category: str = Field(
-        "", max_length=MAX_CATEGORY_CHARS, description="Category path, e.g. 'Tools > Power Tools'."
-    )
-    price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    in_stock: bool | None = None
-    image_url: str = Field("", max_length=MAX_IMAGE_URL_CHARS)
-    attributes: dict[AttributeKey, AttributeValue] = Field(default_factory=dict)
-
-    @field_validator("id", "title")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank (whitespace only); send the product's text")
-        return value
-
-    def to_product(self) -> Product:
-        return Product(**self.model_dump())
-
-
-#: Products one ``POST /v1/admin/products`` may carry (bigger batches: `shopsearch update`).
-MAX_UPSERTS = 10_000
-
-
-def _update_response(
-    report: UpdateReport, index_version: str, ids: Sequence[str] = ()
-) -> JSONResponse:
-    """200 with the report, or 422 naming every rejected product (the rest was applied).
-
-    The 422's ``detail`` has the shape of every other 422 (a list of ``{loc, msg, type}``,
-    ``loc`` = ``["body", <index in the request>, "id"]``), so one client-side handler reads
-    them all; the report's fields stand beside it."""
-    body: dict[str, Any] = {"index_version": index_version, **report.to_dict()}
-    if report.rejected:
-        position = {pid: i for i, pid in enumerate(ids)}
-        body["detail"] = [
-            {
-                "loc": ["body", position[pid], "id"] if pid in position else ["body"],
-                "msg": f"product {pid!r} rejected and not applied ({reason}); the others were",
-                "type": "value_error",
-            }
-            for pid, reason in report.rejected
-        ]
-        return JSONResponse(status_code=422, content=body)
-    return JSONResponse(content=body)
-
-
-class _Metrics:
-    """Prometheus metrics of one app (own registry: several apps can live in one process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "shopsearch_requests_total",
-            "Search API requests.",
-            ["endpoint", "status"],
-            registry=self.registry,
-        )
-        self.stage = Histogram(
-            "shopsearch_stage_latency_seconds",
-            "Latency of each query-path stage.",
-            ["stage"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
-        self.degraded = Counter(
-            "shopsearch_degraded_total",
-            "Answers served without a failed stage.",
-            ["stage"],
-            registry=self.registry,
-        )
-        self.reloads = Counter(
-            "shopsearch_snapshot_reloads_total",
-            "Snapshot swaps.",
-            ["result"],
-            registry=self.registry,
-        )
-        self.rejected = Counter(
-            "shopsearch_rejected_total",
-            "Searches refused by admission control (queue_full, deadline, cancelled).",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.cut = Counter(
-            "shopsearch_cut_total",
-            "Answers that left out work to meet their deadline, by what was cut.",
-            ["stage"],
-            registry=self.registry,
-        )
-        self.abandoned = Counter(
-            "shopsearch_abandoned_total",
-            "Searches whose client hung up before the answer (their work stopped early).",
-            registry=self.registry,
-        )
-        self.breaker_open = Gauge(
-            "shopsearch_es_breaker_open",
-            "1 while the Elasticsearch circuit breaker fails lexical queries fast.",
-            registry=self.registry,
-        )
-        self.running = Gauge(
-            "shopsearch_searches_running", "Searches computing now.", registry=self.registry
-        )
-        self.waiting = Gauge(
-            "shopsearch_searches_waiting",
-            "Searches waiting for a worker.",
-            registry=self.registry,
-        )
-        # Search quality (rates in PromQL: each over shopsearch_searches_total).
-        self.searches = Counter(
-            "shopsearch_searches",
-            "Searches answered (status 200), result-cache hits included.",
-            registry=self.registry,
-        )
-        self.zero_results = Counter(
-            "shopsearch_zero_result_searches",
-            "Searches answered with no hit at all (total 0; a page past the end is not one).",
-            registry=self.registry,
-        )
-        self.rewritten = Counter(
-            "shopsearch_rewritten_searches",
-            "Searches whose query the rewriter changed (units, spelling) before retrieval.",
-            registry=self.registry,
-        )
-        self.rerank = Counter(
-            "shopsearch_rerank",
-            "Searches by rerank outcome: applied; skipped (wanted, not run: no model, the "
-            "deadline, too few candidates); degraded (the reranker failed); off (not wanted).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        for outcome in ("applied", "skipped", "degraded", "off"):
-            self.rerank.labels(outcome)  # every outcome exported from the start, at 0
-
-
-class _CacheCollector(Collector):
-    """``shopsearch_cache_{hits,misses}_total`` and ``shopsearch_cache_entries`` by
-    ``cache`` (rerank, result), read from the service's caches at each scrape: the caches
-    keep the counts (under their own lock), so the request path pays nothing for them."""
-
-    def __init__(self, service: Callable[[], SearchService | None]) -> None:
-        self._service = service
-
-    def collect(self) -> Iterator[Metric]:
-        hits = CounterMetricFamily(
-            "shopsearch_cache_hits",
-            "Lookups answered from a cache (rerank: per query-product pair; result: per search).",
-            labels=["cache"],
-        )
-        misses = CounterMetricFamily(
-            "shopsearch_cache_misses",
-            "Lookups a cache could not answer (rerank: per pair; result: per search without a "
-            "shopper).",
-            labels=["cache"],
-        )
-        entries = GaugeMetricFamily(
-            "shopsearch_cache_entries", "Entries a cache holds now.", labels=["cache"]
-        )
-        svc = self._service()
-        for name, stats in (svc.cache_stats() if svc is not None else {}).items():
-            hits.add_metric([name], stats.hits)
-            misses.add_metric([name], stats.misses)
-            entries.add_metric([name], stats.entries)
-        yield from (hits, misses, entries)
-
 
 def _watch_snapshots(
-    service: SearchService, metrics: _Metrics, interval: float, stop: threading.Event
+    service: SearchService, metrics: ServiceMetrics, interval: float, stop: threading.Event
 ) -> None:
     while not stop.wait(interval):
         try:
@@ -297,9 +96,6 @@ def _watch_snapshots(
         except Exception:  # keep serving the old snapshot; say why in the log
             log.exception("could not load the newly promoted snapshot; still serving the old one")
             metrics.reloads.labels("error").inc()
-
-
-_ADMIN_ERRORS = error_responses(400, 401, 404, 409, 413, 503)
 
 
 def _json_safe(error: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +118,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. The service (models + snapshot) is opened at start-up unless given."""
     settings = settings or Settings()
-    metrics = _Metrics()
+    metrics = ServiceMetrics()
     state: dict[str, Any] = {"service": service, "events": None, "live_recall": None}
     shoppers = ShopperSignals(settings, lambda: state["events"])
     suggestions = Suggestions(settings, lambda: state["service"])  # GET /v1/suggest
@@ -340,7 +136,7 @@ def create_app(
         return float(breaker is not None and breaker.state != "closed")
 
     metrics.breaker_open.set_function(breaker_open)
-    metrics.registry.register(_CacheCollector(lambda: state["service"]))
+    metrics.registry.register(CacheCollector(lambda: state["service"]))
     metrics.registry.register(LiveRecallCollector(lambda: state["live_recall"]))
     click_through = ClickThrough()
     metrics.registry.register(ClickThroughCollector(lambda: click_through))
@@ -648,75 +444,8 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/admin/reload", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
-    def admin_reload(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
-        """Load the snapshot CURRENT names now (instead of waiting for the watcher)."""
-        changed = svc.reload_if_changed()
-        return {"reloaded": changed, "index_version": svc.snapshot.version}
-
-    @app.get("/v1/admin/snapshots", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
-    def admin_snapshots() -> list[dict[str, Any]]:
-        return [
-            {
-                "version": s.version,
-                "created_at": s.created_at,
-                "products": s.products,
-                "current": s.current,
-            }
-            for s in SnapshotStore(settings.index_dir).list_snapshots()
-        ]
-
-    @app.post("/v1/admin/products", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
-    def admin_upsert_products(
-        products: list[ProductIn],
-        svc: Annotated[SearchService, Depends(get_service)],
-    ) -> JSONResponse:
-        """Upsert products into the serving snapshot (both legs), persisted and served at
-        once. A price or stock change is applied without re-encoding. 422 lists the
-        products that were rejected (and not applied); the rest was."""
-        if len(products) > MAX_UPSERTS:
-            raise HTTPException(
-                status_code=413,
-                detail=f"{len(products)} products in one request; send at most {MAX_UPSERTS} "
-                "(or use `shopsearch update` for bulk changes)",
-            )
-        report = svc.apply_updates([p.to_product() for p in products], [])
-        return _update_response(report, svc.snapshot.version, [p.id for p in products])
-
-    @app.delete(
-        "/v1/admin/products/{product_id}", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS
-    )
-    def admin_delete_product(
-        product_id: str, svc: Annotated[SearchService, Depends(get_service)]
-    ) -> JSONResponse:
-        """Delete a product from the serving snapshot (both legs); 404 when it has none."""
-        report = svc.apply_updates([], [product_id])
-        if report.not_found:
-            raise HTTPException(status_code=404, detail=f"no product with id {product_id!r}")
-        return _update_response(report, svc.snapshot.version)
-
-    @app.post("/v1/admin/promote/{version}", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
-    def admin_promote(
-        version: str, svc: Annotated[SearchService, Depends(get_service)]
-    ) -> dict[str, Any]:
-        svc.load(version)  # load first: a snapshot that does not load is never promoted
-        svc.store.promote(version)  # CURRENT, and the alias of an Elasticsearch snapshot
-        return {"index_version": version}
-
-    @app.post("/v1/admin/rollback", dependencies=[Depends(admin)], responses=_ADMIN_ERRORS)
-    def admin_rollback(svc: Annotated[SearchService, Depends(get_service)]) -> dict[str, Any]:
-        """Serve again the snapshot that served before this one (promotion history).
-
-        The target is loaded (and served) before ``CURRENT`` switches to it; one that
-        does not load is passed over (listed in ``skipped``); 409 when none loads, with
-        ``CURRENT`` and the serving snapshot unchanged."""
-        result = svc.store.rollback(load=svc.load)
-        return {
-            "index_version": result.version,
-            "previous": result.previous,
-            "skipped": [{"version": v, "reason": redact(why)} for v, why in result.skipped],
-        }
-
+    # Here, after /metrics: the schema lists the admin paths in this place, as before.
+    app.include_router(admin_router(get_service, admin, settings, redact))
     recommendations = Recommendations(settings, lambda: state["events"])
     app.include_router(recommend_router(get_service, recommendations, shoppers))
     app.include_router(suggest_router(get_service, suggestions, metrics.registry))

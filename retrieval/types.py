@@ -37,7 +37,7 @@ class ShopsearchError(Exception):
 
 # Longest value (in characters) each product field may hold. The one definition: the
 # catalog readers reject a longer value as a bad row (indexer/catalog.py) and the admin
-# upsert answers 422 (api/app.py). They bound memory and index size against a broken
+# upsert answers 422 (api/admin_routes.py). They bound memory and index size against a broken
 # export (a 1 MB "title"), far above real values: Home Depot titles reach 147 characters.
 #: Elasticsearch caps ``_id`` at 512 bytes; an id with non-ASCII characters that fits
 #: here but not there is rejected, by name, when the index is built.
