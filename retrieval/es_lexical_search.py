@@ -74,7 +74,15 @@ class EsLexicalSearch(EsHandle):
     ) -> MatchSet:
         """See :meth:`LexicalIndex.match_set`: a ``combined_fields`` query over the text
         fields with :data:`MATCH_MINIMUM`; two requests (the total, exactly counted, and
-        which of ``ids`` match), each through the circuit breaker."""
+        which of ``ids`` match), each through the circuit breaker.
+
+        A partial answer is asked for once more, as :meth:`search` does; while some shard
+        has no live copy the count covers the live shards only, which the same query's
+        lexical hits report as their coverage (the answer's ``degraded`` line
+        ``"lexical: 2 of 3 shards"``). A timed-out count raises
+        :class:`LexicalIndexError` (the service then keeps every candidate, degraded
+        ``"match_set"``) rather than under-count silently.
+        """
         if not query.strip():
             return MatchSet(ids=frozenset(), total=0)
         matches = {
@@ -87,7 +95,7 @@ class EsLexicalSearch(EsHandle):
         clauses = filter_clauses(filters) if filters is not None else []
         doing = f"counting matches in {self.index!r}"
         timeout = f"{max(1, int(self.timeout * 1000))}ms"
-        total_resp = self._guarded_search(
+        total_resp = self._search_whole(
             doing,
             index=self.index,
             query={"bool": {"must": [matches], "filter": clauses}},
@@ -95,10 +103,15 @@ class EsLexicalSearch(EsHandle):
             track_total_hits=True,
             timeout=timeout,
         )
+        if total_resp.get("timed_out"):
+            raise LexicalIndexError(
+                f"Elasticsearch at {self._where}, {doing}: the count timed out after "
+                f"{self.timeout} s on the server; raise timeout= or check the cluster's load"
+            )
         total = int(total_resp["hits"]["total"]["value"])
         found: frozenset[str] = frozenset()
         if ids and total:
-            resp = self._guarded_search(
+            resp = self._search_whole(
                 doing,
                 index=self.index,
                 query={
@@ -114,6 +127,20 @@ class EsLexicalSearch(EsHandle):
             )
             found = frozenset(hit["_id"] for hit in resp["hits"]["hits"])
         return MatchSet(ids=found, total=total)
+
+    def _search_whole(self, doing: str, **request: Any) -> dict[str, Any]:
+        """One search through the circuit breaker, asked once more when its answer is
+        partial (some shard failed) without having timed out.
+
+        A shard fails for one request when the node holding the copy that ran its query
+        phase dies before the fetch phase (which is not moved to another copy); asked
+        again, the cluster routes to a live copy. Still partial: no copy of that shard is
+        live, and the answer's ``_shards`` says so.
+        """
+        resp = self._guarded_search(doing, **request)
+        if coverage_of(resp).partial and not resp.get("timed_out"):
+            resp = self._guarded_search(doing, **request)
+        return resp
 
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> LexicalHits:
         """The best ``k`` products for ``query`` that pass ``filters``, best first.
@@ -143,13 +170,7 @@ class EsLexicalSearch(EsHandle):
             "allow_partial_search_results": True,
         }
         doing = f"searching {self.index!r}"
-        resp = self._guarded_search(doing, **request)
-        if coverage_of(resp).partial and not resp.get("timed_out"):
-            # Asked once more: a shard fails for one request when the node holding the copy
-            # that ran its query phase dies before the fetch phase (which is not moved to
-            # another copy); asked again, the cluster routes to a live copy. Still partial:
-            # no copy of that shard is live, and the hits say so.
-            resp = self._guarded_search(doing, **request)
+        resp = self._search_whole(doing, **request)
         if resp.get("timed_out"):
             raise LexicalIndexError(
                 f"Elasticsearch at {self._where}, searching {self.index!r}: the query timed "
