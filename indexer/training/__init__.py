@@ -16,7 +16,8 @@ answers a query).
   (teacher margins) and :mod:`~indexer.training.compress` (layer pruning, distilled labels).
 - :mod:`~indexer.training.mined_data`: judged queries mined into training pairs and
   triplets (BM25 and dense hard negatives).
-- :mod:`~indexer.training.sequence`, :mod:`~indexer.training.personal`,
+- :mod:`~indexer.training.sequence` (examples and batches in
+  :mod:`~indexer.training.sequence_data`), :mod:`~indexer.training.personal`,
   :mod:`~indexer.training.recommender` (with its `_tuning` and `_ranker`): the
   shopper models (sequence model, shopper-aware re-scorer, recommender bundle).
 

@@ -20,6 +20,11 @@ figures of the first phase (the refit has no held-out month left to be scored on
 
 On the development split (lines before 2011-10-01) the validation month is September 2011
 and October is never seen. Training sets torch's thread count for its duration only.
+
+This module holds the configuration, the training loop (loss, per-epoch validation,
+early stopping, refit) and :func:`train_sequence`; the lines-to-examples work (the
+columns read, vocabulary, baskets, examples, the validation month) and the batching are
+in :mod:`indexer.training.sequence_data`.
 """
 
 from __future__ import annotations
@@ -31,21 +36,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import scipy.sparse as sp
 
 from shopsearch.indexer.progress import ProgressFactory, no_progress
 from shopsearch.indexer.training.budget import Deadline, TrainingError
 from shopsearch.indexer.training.loop import seed_everything
+from shopsearch.indexer.training.sequence_data import (
+    Baskets,
+    Examples,
+    Objective,
+    Validation,
+    bucketed_batches,
+    check_lines,
+    shopper_baskets,
+    tensor_batch,
+    training_examples,
+    validation_examples,
+    validation_month_start,
+    vocabulary,
+)
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.sequence import SequenceConfig, SequenceNet, save_model
 
 __all__ = [
-    "REQUIRED_COLUMNS",
     "SequenceTrainingConfig",
     "SequenceTrainingResult",
     "train_sequence",
@@ -53,9 +70,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Columns ``train_sequence`` reads from its lines (those of :func:`indexer.retail.load_lines`).
-REQUIRED_COLUMNS = ("invoice", "stock_code", "ts", "customer")
-Objective = Literal["new", "all"]
 _MASKED = -1e9  # a logit that softmax turns into 0 without the NaN of 0 * -inf
 
 
@@ -111,181 +125,22 @@ class SequenceTrainingResult:
     seconds: float
 
 
-# -- data ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Baskets:
-    """Each shopper's invoices in time order: item indices (distinct, line order) and time."""
-
-    items: list[list[npt.NDArray[np.int64]]]
-    times: list[list[pd.Timestamp]]
-
-
-def _check_lines(lines: pd.DataFrame) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in lines.columns]
-    if missing:
-        raise TrainingError(
-            f"purchase lines lack column(s) {', '.join(missing)}; pass the frame of "
-            "indexer.retail.load_lines (columns invoice, stock_code, ts, customer, ...)"
-        )
-
-
-def _vocabulary(lines: pd.DataFrame, item_texts: Mapping[str, str]) -> tuple[list[str], int]:
-    """Items shoppers bought (most bought first: learned ids), then items known only by
-    their text (no id embedding). Returns the items and how many are trained."""
-    bought = lines.loc[lines["customer"] != "", "stock_code"].value_counts()
-    # value_counts ties are in no fixed order: sort by (-count, id) for determinism.
-    trained = sorted(bought.index, key=lambda i: (-int(bought[i]), i))
-    known = set(trained)
-    text_only = sorted(i for i in item_texts if i not in known)
-    return trained + text_only, len(trained)
-
-
-def _baskets(lines: pd.DataFrame, index: Mapping[str, int]) -> _Baskets:
-    df = lines.loc[lines["customer"] != "", ["customer", "invoice", "stock_code", "ts"]].copy()
-    df["item"] = df["stock_code"].map(index)
-    df = df.dropna(subset=["item"]).drop_duplicates(["invoice", "item"])
-    df["item"] = df["item"].astype(np.int64)
-    heads = df.groupby("invoice", sort=False).agg(customer=("customer", "first"), ts=("ts", "min"))
-    heads = heads.reset_index().sort_values(["customer", "ts", "invoice"], kind="stable")
-    by_invoice = {inv: g.to_numpy() for inv, g in df.groupby("invoice", sort=False)["item"]}
-    items: list[list[npt.NDArray[np.int64]]] = []
-    times: list[list[pd.Timestamp]] = []
-    for _, group in heads.groupby("customer", sort=True):
-        items.append([by_invoice[i] for i in group["invoice"]])
-        times.append(list(group["ts"]))
-    return _Baskets(items, times)
-
-
-@dataclass(frozen=True)
-class _Examples:
-    tokens: npt.NDArray[np.int64]  # (n, max_len), right-padded, item index + 1
-    lengths: npt.NDArray[np.int64]
-    targets: sp.csr_matrix  # (n, n_items) binary
-    seen: sp.csr_matrix  # (n, n_items) binary: items bought before (masked for "new")
-    weights: npt.NDArray[np.float32]  # per example, mean 1
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-
-def _pack(
-    inputs: Sequence[npt.NDArray[np.int64]],
-    targets: Sequence[npt.NDArray[np.int64]],
-    seen: Sequence[npt.NDArray[np.int64]],
-    n_items: int,
-    max_len: int,
-) -> _Examples:
-    tokens = np.zeros((len(inputs), max_len), dtype=np.int64)
-    lengths = np.zeros(len(inputs), dtype=np.int64)
-    for row, seq in enumerate(inputs):
-        seq = seq[-max_len:]
-        tokens[row, : len(seq)] = seq + 1
-        lengths[row] = len(seq)
-
-    def csr(rows: Sequence[npt.NDArray[np.int64]]) -> sp.csr_matrix:
-        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
-        cols = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        data = np.ones(len(cols), dtype=np.float32)
-        return sp.csr_matrix((data, cols, indptr), shape=(len(rows), n_items))
-
-    weights = np.ones(len(inputs), dtype=np.float32)
-    return _Examples(tokens, lengths, csr(targets), csr(seen), weights)
-
-
-def _examples(
-    baskets: _Baskets,
-    n_items: int,
-    cfg: SequenceTrainingConfig,
-    before: pd.Timestamp | None,
-) -> _Examples:
-    """One example per (shopper, invoice after the first) whose invoice is before
-    ``before``: the target is that invoice's items and those of the shopper's invoices in
-    the next ``horizon_days`` (still before ``before``), weighted by recency."""
-    inputs, targets, seen, stamps = [], [], [], []
-    horizon = pd.Timedelta(days=cfg.horizon_days)
-    for items, times in zip(baskets.items, baskets.times, strict=True):
-        for t in range(1, len(items)):
-            if before is not None and times[t] >= before:
-                break
-            history = np.concatenate(items[:t])
-            bought = np.unique(history)
-            u = t + 1
-            while (
-                u < len(items)
-                and times[u] < times[t] + horizon
-                and (before is None or times[u] < before)
-            ):
-                u += 1
-            target = np.unique(np.concatenate(items[t:u]))
-            if cfg.objective == "new":
-                target = target[~np.isin(target, bought)]
-            if len(target) == 0:
-                continue
-            inputs.append(history)
-            targets.append(target)
-            seen.append(bought)
-            stamps.append(times[t])
-    packed = _pack(inputs, targets, seen, n_items, cfg.model.max_len)
-    if cfg.recency_half_life_days and stamps:
-        end = max(stamps)
-        age = np.array([(end - ts).total_seconds() / 86400.0 for ts in stamps])
-        weights = 0.5 ** (age / cfg.recency_half_life_days)
-        packed.weights[:] = weights / weights.mean()
-    return packed
-
-
-@dataclass(frozen=True)
-class _Validation:
-    examples: _Examples  # targets: everything bought in the month; seen: before it
-    shoppers: list[str]
-
-
-def _validation(baskets: _Baskets, n_items: int, max_len: int, start: pd.Timestamp) -> _Validation:
-    inputs, targets, seen, shoppers = [], [], [], []
-    for s, (items, times) in enumerate(zip(baskets.items, baskets.times, strict=True)):
-        cut = next((t for t, ts in enumerate(times) if ts >= start), len(items))
-        if cut == 0 or cut == len(items):
-            continue
-        history = np.concatenate(items[:cut])
-        inputs.append(history)
-        targets.append(np.unique(np.concatenate(items[cut:])))
-        seen.append(np.unique(history))
-        shoppers.append(str(s))
-    return _Validation(_pack(inputs, targets, seen, n_items, max_len), shoppers)
-
-
 # -- training ------------------------------------------------------------------------
 
 
-def _batch(ex: _Examples, rows: npt.NDArray[np.int64]) -> tuple[Any, ...]:
-    import torch
-
-    lengths = ex.lengths[rows]
-    return (
-        # Cut to the longest sequence of the batch: attention costs the padded length.
-        torch.from_numpy(np.ascontiguousarray(ex.tokens[rows, : int(lengths.max())])),
-        torch.from_numpy(lengths),
-        torch.from_numpy(ex.targets[rows].toarray()),
-        torch.from_numpy(ex.seen[rows].toarray() > 0),
-        torch.from_numpy(ex.weights[rows]),
+def _examples(
+    baskets: Baskets, n_items: int, cfg: SequenceTrainingConfig, before: pd.Timestamp | None
+) -> Examples:
+    """:func:`~indexer.training.sequence_data.training_examples` with ``cfg``'s settings."""
+    return training_examples(
+        baskets,
+        n_items,
+        before,
+        objective=cfg.objective,
+        horizon_days=cfg.horizon_days,
+        recency_half_life_days=cfg.recency_half_life_days,
+        max_len=cfg.model.max_len,
     )
-
-
-def _bucketed_batches(
-    lengths: npt.NDArray[np.int64], batch_size: int, rng: np.random.Generator
-) -> list[npt.NDArray[np.int64]]:
-    """Shuffled batches of examples of similar length (sorted within random chunks of 20
-    batches), so a batch of short histories is not padded to the longest one."""
-    order = rng.permutation(len(lengths))
-    chunk = batch_size * 20
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = order[start : start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _step(net: SequenceNet, batch: tuple[Any, ...], objective: Objective, id_dropout: float) -> Any:
@@ -302,7 +157,7 @@ def _step(net: SequenceNet, batch: tuple[Any, ...], objective: Objective, id_dro
     return (weights * (-(target * logp).sum(1) / target.sum(1))).mean()
 
 
-def _evaluate(net: SequenceNet, val: _Validation, k: int) -> dict[str, dict[str, float]]:
+def _evaluate(net: SequenceNet, val: Validation, k: int) -> dict[str, dict[str, float]]:
     """R1 and R1-new (recall@k, nDCG@k) on the validation month, with ranx."""
     import torch
     from ranx import Qrels, Run, evaluate
@@ -315,7 +170,7 @@ def _evaluate(net: SequenceNet, val: _Validation, k: int) -> dict[str, dict[str,
         table, bias = net.output_table()
         for start in range(0, len(ex), 512):
             rows = np.arange(start, min(start + 512, len(ex)))
-            tokens, lengths, _, seen, _ = _batch(ex, rows)
+            tokens, lengths, _, seen, _ = tensor_batch(ex, rows)
             scores = (net.encode(tokens, lengths) @ table.T + bias).numpy()
             for name, s in (("R1", scores), ("R1-new", np.where(seen.numpy(), -np.inf, scores))):
                 top = np.argsort(-s, axis=1, kind="stable")[:, :k]
@@ -347,12 +202,12 @@ def _evaluate(net: SequenceNet, val: _Validation, k: int) -> dict[str, dict[str,
 
 def _train_phase(
     net: SequenceNet,
-    train: _Examples,
+    train: Examples,
     cfg: SequenceTrainingConfig,
     epochs: int,
     deadline: Deadline,
     rng: np.random.Generator,
-    val: _Validation | None,
+    val: Validation | None,
     advance: Any,
 ) -> tuple[SequenceNet, list[dict[str, Any]], int, str]:
     """Train for up to ``epochs``; with ``val``, keep the best epoch by R1-new recall@k
@@ -367,13 +222,13 @@ def _train_phase(
     stopped = "max_epochs"
     net.train()
     for epoch in range(1, epochs + 1):
-        batches = _bucketed_batches(train.lengths, cfg.batch_size, rng)
+        batches = bucketed_batches(train.lengths, cfg.batch_size, rng)
         losses = []
         for rows in batches:
             if deadline.expired():
                 stopped = "max_minutes"
                 break
-            loss = _step(net, _batch(train, rows), cfg.objective, cfg.model.id_dropout)
+            loss = _step(net, tensor_batch(train, rows), cfg.objective, cfg.model.id_dropout)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -412,13 +267,6 @@ def _train_phase(
     return net, history, best_epoch, stopped
 
 
-def _validation_start(lines: pd.DataFrame, start: pd.Timestamp | None) -> pd.Timestamp:
-    if start is not None:
-        return pd.Timestamp(start)
-    last = lines["ts"].max()
-    return pd.Timestamp(year=last.year, month=last.month, day=1, tz=last.tz)
-
-
 def train_sequence(
     lines: pd.DataFrame,
     item_texts: Mapping[str, str],
@@ -434,7 +282,8 @@ def train_sequence(
 ) -> SequenceTrainingResult:
     """Train a sequence model on purchase ``lines`` and save it into ``out_dir``.
 
-    ``lines`` has at least the columns of :data:`REQUIRED_COLUMNS` (``ts`` UTC-aware;
+    ``lines`` has at least the columns of
+    :data:`~indexer.training.sequence_data.REQUIRED_COLUMNS` (``ts`` UTC-aware;
     ``customer`` ``""`` for guests). ``item_texts`` maps items to their text (the
     description); items with a text that nobody bought are in the vocabulary too, scored
     by text alone. ``encoder``'s item tower embeds the texts (``encode_document``).
@@ -447,7 +296,7 @@ def train_sequence(
     import torch
 
     cfg = config or SequenceTrainingConfig()
-    _check_lines(lines)
+    check_lines(lines)
     started = time.monotonic()
     deadline = Deadline(max_minutes)
     threads = torch.get_num_threads()
@@ -455,9 +304,9 @@ def train_sequence(
     try:
         seed_everything(seed)
         rng = np.random.default_rng(seed)
-        val_start = _validation_start(lines, validation_start)
+        val_start = validation_month_start(lines, validation_start)
         early = lines[lines["ts"] < val_start]
-        items_all, n_trained_all = _vocabulary(lines, item_texts)
+        items_all, n_trained_all = vocabulary(lines, item_texts)
         texts = [item_texts.get(i, "") for i in items_all]
         with progress("embedding item texts", len(items_all)) as advance:
             vectors = _embed(encoder, texts, advance)
@@ -465,13 +314,13 @@ def train_sequence(
 
         # Phase 1: train before the validation month, pick the epoch on it. Items first
         # bought in that month are text-only here, as new products are in production.
-        items1, n_trained1 = _vocabulary(early, item_texts)
+        items1, n_trained1 = vocabulary(early, item_texts)
         items1 += sorted(set(items_all) - set(items1))
         index1 = {item: i for i, item in enumerate(items1)}
-        baskets1 = _baskets(lines, index1)
+        baskets1 = shopper_baskets(lines, index1)
         text1 = np.stack([vector_of[i] for i in items1])
         train1 = _examples(baskets1, len(items1), cfg, val_start)
-        val = _validation(baskets1, len(items1), cfg.model.max_len, val_start)
+        val = validation_examples(baskets1, len(items1), cfg.model.max_len, val_start)
         if len(train1) == 0 or len(val.shoppers) == 0:
             raise TrainingError(
                 f"nothing to train or validate on: {len(train1)} training baskets before "
@@ -499,7 +348,7 @@ def train_sequence(
         per_epoch = (time.monotonic() - phase1_started) / len(epochs)
         if cfg.refit:
             all_index = {item: i for i, item in enumerate(items_all)}
-            train2 = _examples(_baskets(lines, all_index), len(items_all), cfg, None)
+            train2 = _examples(shopper_baskets(lines, all_index), len(items_all), cfg, None)
             needed = per_epoch * best_epoch * len(train2) / len(train1)
             if needed < deadline.remaining():
                 seed_everything(seed)
