@@ -12,6 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from shopsearch.indexer.judgments import EvalDataset, JudgedQuery, load_homedepot
+from shopsearch.indexer.training.candidate_mining import (
+    catalog_embeddings,
+    dense_source,
+    lexical_source,
+    mine_candidates,
+)
 from shopsearch.indexer.training.dev_metrics import (
     RerankDevSet,
     RetrievalDevSet,
@@ -25,10 +31,6 @@ from shopsearch.indexer.training.mined_data import (
     TrainingDataError,
     build_dev_data,
     build_training_data,
-    catalog_embeddings,
-    dense_source,
-    lexical_source,
-    mine_candidates,
 )
 from shopsearch.indexer.training.reranker import (
     RerankerTrainingConfig,

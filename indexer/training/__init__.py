@@ -15,7 +15,8 @@ answers a query).
 - :mod:`~indexer.training.reranker`: the cross-encoder; :mod:`~indexer.training.distill`
   (teacher margins) and :mod:`~indexer.training.compress` (layer pruning, distilled labels).
 - :mod:`~indexer.training.mined_data`: judged queries mined into training pairs and
-  triplets (BM25 and dense hard negatives).
+  triplets (BM25 and dense hard negatives, mined by
+  :mod:`~indexer.training.candidate_mining`).
 - :mod:`~indexer.training.sequence` (examples and batches in
   :mod:`~indexer.training.sequence_data`), :mod:`~indexer.training.personal`,
   :mod:`~indexer.training.recommender` (with its `_tuning` and `_ranker`): the

@@ -10,7 +10,7 @@ Both jobs run the same steps; only the examples, the trainer and the card differ
    cached under ``<models_dir>/.cache/embeddings`` keyed by model checksum, so reruns
    do not re-encode);
 3. mine candidates and build the training examples and the dev subset
-   (:mod:`indexer.training.mined_data`);
+   (:mod:`indexer.training.candidate_mining`, :mod:`indexer.training.mined_data`);
 4. the job's own part: the examples (triplets or labelled pairs), an optional teacher's
    margins or labels, the trainer (:mod:`~indexer.training.towers`,
    :mod:`~indexer.training.reranker`);
@@ -38,6 +38,14 @@ import numpy as np
 import numpy.typing as npt
 
 from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.training.candidate_mining import (
+    CandidateSource,
+    catalog_embeddings,
+    dense_source,
+    lexical_source,
+    mine_candidates,
+    snapshot_sources,
+)
 from shopsearch.indexer.training.cards import (
     base_card,
     reranker_fields,
@@ -53,17 +61,11 @@ from shopsearch.indexer.training.inputs import (
 )
 from shopsearch.indexer.training.loop import StepCallback
 from shopsearch.indexer.training.mined_data import (
-    CandidateSource,
     DevData,
     MiningOptions,
     TrainingData,
     build_dev_data,
     build_training_data,
-    catalog_embeddings,
-    dense_source,
-    lexical_source,
-    mine_candidates,
-    snapshot_sources,
 )
 from shopsearch.indexer.training.reranker import RerankerTrainingConfig, train_reranker
 from shopsearch.indexer.training.towers import TowerTrainingConfig, train_towers
