@@ -49,6 +49,7 @@ from shopsearch.api.admission import (
 from shopsearch.api.click_through import ClickThrough, ClickThroughCollector
 from shopsearch.api.events_routes import events_router
 from shopsearch.api.guard import RequestGuard, admin_denial
+from shopsearch.api.heap import HeapKeeper
 from shopsearch.api.merch_routes import merch_router
 from shopsearch.api.page_routes import page_router
 from shopsearch.api.quality_monitor import LiveRecallCollector, LiveRecallMonitor, rerank_outcome
@@ -148,6 +149,14 @@ def create_app(
         svc: SearchService | None = state["service"]
         return svc is None or not svc.ready or svc.product(product_id) is not None
 
+    def heap_state() -> tuple[object, ...] | None:
+        """What the server holds for long, for the heap keeper (api/heap.py)."""
+        svc: SearchService | None = state["service"]
+        if svc is None or not svc.ready:
+            return None
+        snap = svc.snapshot
+        return (snap.version, snap.generation, suggestions.built_for)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.user_key is not None:
@@ -168,6 +177,7 @@ def create_app(
                     settings.index_dir,
                 )
             state["service"] = svc
+        keeper = HeapKeeper(heap_state) if settings.gc_freeze else None
         # Its worker thread lives as long as the app serves (off: no thread).
         live_recall = LiveRecallMonitor(settings.live_recall_sample)
         state["live_recall"] = app.state.live_recall = live_recall
@@ -186,6 +196,8 @@ def create_app(
         if watcher is not None:
             watcher.join(timeout=5)
         live_recall.close()
+        if keeper is not None:
+            keeper.close()
         if service is None:  # the app opened it, so the app closes it
             state["service"].close()
         if state["events"] is not None:

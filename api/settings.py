@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Intra-op threads of the query tower's onnxruntime session (spin-waiting "
-        "off). 1: each search worker (max_inflight, one per core) uses one core, measured "
+        "off). 1: each search worker (max_inflight) uses at most one core, measured "
         "40% less CPU a query than onnxruntime's default with no slower answers; 0: that "
         "default (one spinning thread per core).",
     )
@@ -208,6 +208,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for /v1/admin/*; unset disables them."
     )
+    gc_freeze: bool = Field(
+        True,
+        description="After each snapshot swap and suggestion build, collect once and "
+        "freeze the long-lived objects (gc.freeze), so the collector's full passes skip "
+        "them and stop pausing searches (api/heap.py).",
+    )
 
     # -- resource limits (api/admission.py, api/guard.py) --
     deadline_ms: int = Field(
@@ -222,7 +228,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="Searches computed at once (0: one per CPU core, at least 2).",
+        description="Searches computed at once (0: two per CPU core).",
     )
     max_queue: int = Field(
         16,

@@ -183,6 +183,13 @@ class Suggestions:
                 self._ready.wait(min(left, 0.1))
         return True
 
+    @property
+    def built_for(self) -> tuple[str, int] | None:
+        """``(version, generation)`` of the snapshot the serving suggestion index was
+        built from (None before the first build)."""
+        built = self._built
+        return None if built is None else (built.version, built.generation)
+
     def _is_current(self) -> bool:
         svc = self._service()
         built = self._built
