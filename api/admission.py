@@ -77,7 +77,7 @@ def default_inflight() -> int:
     query's turn in the encoder's micro-batch (one onnxruntime thread) and on
     Elasticsearch, and a second worker per core computes meanwhile. Measured on two
     cores over HTTP (README, "Threads and workers on two cores"): 4 workers answered
-    111-118 QPS at 16 clients against 89-102 with 2, p99 187-197 ms against 214-235."""
+    109-118 QPS at 16 clients against 89-102 with 2, p99 187-191 ms against 214-235."""
     return 2 * (os.cpu_count() or 1)
 
 

@@ -227,8 +227,8 @@ def bench_command(
             # every second) freezes what the server holds; both hold the GIL for a while.
             while time.monotonic() < deadline:
                 try:
-                    r = httpx.get(f"http://127.0.0.1:{port}/v1/suggest?q=a", timeout=2)
-                    if r.headers.get("X-Suggest-Index") == "ready":
+                    suggested = httpx.get(f"http://127.0.0.1:{port}/v1/suggest?q=a", timeout=2)
+                    if suggested.headers.get("X-Suggest-Index") == "ready":
                         break
                 except httpx.HTTPError:
                     pass
