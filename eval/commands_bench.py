@@ -10,6 +10,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -213,30 +214,29 @@ def bench_command(
         try:
             import httpx
 
+            base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+
+            def answers(path: str, ok: Callable[[httpx.Response], bool]) -> None:
+                """Poll ``path`` until ``ok`` holds for its answer or ``deadline`` passes."""
+                while time.monotonic() < deadline:
+                    try:
+                        if ok(httpx.get(base + path, timeout=2)):
+                            return
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.5)
+
+            answers("/readyz", lambda r: r.status_code == 200)
             # Measured once the server's start-up work is done, as a replica joins a load
             # balancer after warming up: the suggestion index is built in the background
             # after /readyz, then the heap keeper's one full pass (api/heap.py, polled
             # every second) freezes what the server holds; both hold the GIL for a while.
-            while time.monotonic() < deadline:
-                try:
-                    suggested = httpx.get(f"http://127.0.0.1:{port}/v1/suggest?q=a", timeout=2)
-                    if suggested.headers.get("X-Suggest-Index") == "ready":
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            answers("/v1/suggest?q=a", lambda r: r.headers.get("X-Suggest-Index") == "ready")
             time.sleep(3.0)
             levels = [int(c) for c in concurrency.split(",")]
             results = run_load_test(
-                f"http://127.0.0.1:{port}",
+                base,
                 texts,
                 concurrency_levels=levels,
                 max_requests=max_requests,

@@ -79,7 +79,7 @@ class EsLexicalSearch(EsHandle):
         A partial answer is asked for once more, as :meth:`search` does; while some shard
         has no live copy the count covers the live shards only, which the same query's
         lexical hits report as their coverage (the answer's ``degraded`` line
-        ``"lexical: 2 of 3 shards"``). A timed-out count raises
+        ``"lexical: 2 of 3 shards"``). A request that timed out on the server raises
         :class:`LexicalIndexError` (the service then keeps every candidate, degraded
         ``"match_set"``) rather than under-count silently.
         """
@@ -103,11 +103,6 @@ class EsLexicalSearch(EsHandle):
             track_total_hits=True,
             timeout=timeout,
         )
-        if total_resp.get("timed_out"):
-            raise LexicalIndexError(
-                f"Elasticsearch at {self._where}, {doing}: the count timed out after "
-                f"{self.timeout} s on the server; raise timeout= or check the cluster's load"
-            )
         total = int(total_resp["hits"]["total"]["value"])
         found: frozenset[str] = frozenset()
         if ids and total:
@@ -130,7 +125,9 @@ class EsLexicalSearch(EsHandle):
 
     def _search_whole(self, doing: str, **request: Any) -> dict[str, Any]:
         """One search through the circuit breaker, asked once more when its answer is
-        partial (some shard failed) without having timed out.
+        partial (some shard failed) without having timed out; raises
+        :class:`LexicalIndexError` when it timed out on the server (its answer is partial
+        and would silently drop hits or under-count).
 
         A shard fails for one request when the node holding the copy that ran its query
         phase dies before the fetch phase (which is not moved to another copy); asked
@@ -140,6 +137,12 @@ class EsLexicalSearch(EsHandle):
         resp = self._guarded_search(doing, **request)
         if coverage_of(resp).partial and not resp.get("timed_out"):
             resp = self._guarded_search(doing, **request)
+        if resp.get("timed_out"):
+            raise LexicalIndexError(
+                f"Elasticsearch at {self._where}, {doing}: the query timed out after "
+                f"{self.timeout} s on the server (partial results dropped); raise "
+                "timeout= or check the cluster's load"
+            )
         return resp
 
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> LexicalHits:
@@ -171,12 +174,6 @@ class EsLexicalSearch(EsHandle):
         }
         doing = f"searching {self.index!r}"
         resp = self._search_whole(doing, **request)
-        if resp.get("timed_out"):
-            raise LexicalIndexError(
-                f"Elasticsearch at {self._where}, searching {self.index!r}: the query timed "
-                f"out after {self.timeout} s on the server (partial results dropped); raise "
-                "timeout= or check the cluster's load"
-            )
         return LexicalHits(
             (LexicalHit(id=hit["_id"], score=float(hit["_score"])) for hit in resp["hits"]["hits"]),
             coverage_of(resp),
