@@ -6,6 +6,7 @@ ids and checksums each answer reports.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from shopsearch.api.settings import Settings
@@ -15,9 +16,18 @@ from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.fusion import FusionChoice, FusionMethod, default_fusion
 from shopsearch.retrieval.model_registry import towers_fine_tuned
 
-__all__ = ["fusion_default", "models_answering", "query_tower"]
+__all__ = ["fusion_default", "models_answering", "query_tower", "solo_threads"]
 
 log = logging.getLogger(__name__)
+
+
+def solo_threads(settings: Settings) -> int:
+    """``Settings.solo_threads``, or when unset the cores this process may use (0 on a
+    single core, where a solo session could not be faster)."""
+    if settings.solo_threads is not None:
+        return settings.solo_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if cores and cores > 1 else 0
 
 
 def query_tower(settings: Settings, encoder: Encoder) -> Encoder:
@@ -35,6 +45,7 @@ def query_tower(settings: Settings, encoder: Encoder) -> Encoder:
         device=settings.device,
         backend=backend,
         onnx_threads=settings.onnx_threads,
+        solo_threads=solo_threads(settings),
     )
     log.info("query tower on %s (item tower on %s)", query.backend, encoder.backend)
     return query

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
         "40% less CPU a query than onnxruntime's default with no slower answers; 0: that "
         "default (one spinning thread per core).",
     )
+    solo_threads: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Intra-op threads (spin-waiting on) of a second session of the ONNX "
+        "query tower, used while a search is the only one in flight: a lone query "
+        "encodes in about half the time on two cores. Unset: the usable cores (none on a "
+        "single core); 0: no second session (saves one copy of the query tower's weights).",
+    )
     leg_depth: int = Field(100, ge=1, le=10_000, description="Candidates asked of each leg.")
     max_depth: int = Field(
         2000,
