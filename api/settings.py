@@ -70,8 +70,9 @@ class Settings(BaseSettings):
         description="How the query tower runs, over the same weights as the item tower (the "
         "catalog's vectors stay as built): 'same' as encoder_backend; 'onnx' gives the "
         "same vectors (cosine 1.0000) in half the time of torch on a CPU; 'onnx-int8' is "
-        "faster still and moves vectors slightly; 'auto': onnx on a CPU when the towers "
-        "run on torch, else the same (README, 'Query tower runtime').",
+        "faster still and moves vectors slightly; 'auto': on a CPU when the towers run on "
+        "torch, onnx for fine-tuned towers and onnx-int8 for base towers (BM25 leads "
+        "their answers), else the same (README, 'Query tower runtime').",
     )
     onnx_threads: int = Field(
         1,

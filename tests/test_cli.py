@@ -217,5 +217,5 @@ def test_bench_runs_on_the_device_it_is_given(sample_index: Path, tmp_path: Path
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["faiss_gpu"] is False
-    assert report["query_backend"] == "onnx"  # the default query tower runtime on a CPU
+    assert report["query_backend"] == "onnx-int8"  # the default on a CPU for base towers
     assert report["queries"] == 2

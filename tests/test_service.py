@@ -168,7 +168,17 @@ def test_query_tower_runs_on_onnx_with_the_same_vectors(
     import numpy as np
 
     settings = Settings(index_dir=sample_index, reload_interval_s=0.0, result_cache_size=0)
-    auto = SearchService(settings, encoder=encoder)  # query_backend "auto" on a CPU
+    # "auto" on a CPU with base towers: int8, close to torch's vectors.
+    base = SearchService(settings, encoder=encoder)
+    assert base.query_encoder.backend == "onnx-int8"
+    assert base.query_encoder.info.base_sha256 == encoder.info.sha256
+    cosines = (
+        base.query_encoder.encode_query(["cordless drill"])
+        * encoder.encode_query(["cordless drill"])
+    ).sum()
+    assert cosines > 0.95
+    # fp32 ONNX (auto's choice for fine-tuned towers): the same vectors as torch.
+    auto = SearchService(settings.model_copy(update={"query_backend": "onnx"}), encoder=encoder)
     assert auto.query_encoder is not encoder and auto.query_encoder.backend == "onnx"
     assert auto.query_encoder.info.base_sha256 == encoder.info.sha256
     same = SearchService(settings.model_copy(update={"query_backend": "same"}), encoder=encoder)
@@ -184,6 +194,21 @@ def test_query_tower_runs_on_onnx_with_the_same_vectors(
         b = same.search(SearchRequest(q=q, size=10))
         assert [h.id for h in a.hits] == [h.id for h in b.hits], q
     assert a.models["query_tower"]["id"].endswith("+onnx")
+
+
+def test_auto_query_tower_keeps_fp32_for_fine_tuned_towers(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from shopsearch.api.serving_models import query_tower
+    from shopsearch.retrieval.encoders import default_model_path
+
+    # The bundled weights with a card saying `shopsearch train towers` made them.
+    towers = tmp_path / "towers"
+    shutil.copytree(default_model_path(), towers)
+    (towers / "model_card.json").write_text(json.dumps({"kind": "towers", "version": "v"}))
+    tuned = Encoder(towers, device="cpu")
+    assert query_tower(Settings(index_dir=tmp_path), tuned).backend == "onnx"
 
 
 def test_query_tower_session_threads_follow_the_setting(
