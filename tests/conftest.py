@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,18 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save(str(path))
     _guard("cross_encoder_dir", lambda: dir_state(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh ``SHOPSEARCH_CACHE`` for this module, with the network closed."""
+    cache = tmp_path_factory.mktemp("shopsearch-cache")
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise OSError("network access during an ONNX test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SHOPSEARCH_CACHE", str(cache))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", no_network)
+        yield cache

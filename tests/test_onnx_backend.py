@@ -7,8 +7,6 @@ attempt to reach a model hub fails the test.
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +36,6 @@ TEXTS = [
 
 def _cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.asarray((a * b).sum(axis=1))
-
-
-@pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh ``SHOPSEARCH_CACHE`` for this module, with the network closed."""
-    cache = tmp_path_factory.mktemp("shopsearch-cache")
-
-    def no_network(*args: Any, **kwargs: Any) -> None:
-        raise OSError("network access during an ONNX test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHOPSEARCH_CACHE", str(cache))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(socket.socket, "connect", no_network)
-        yield cache
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ the service counts its searches in flight for the solo hint."""
 from __future__ import annotations
 
 import copy
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +25,6 @@ QUERIES = [
     "pvc pipe 1/2 in. x 10 ft.",
     "BEHR Premium Textured DeckOver 1-gal. #SC-141 Tugboat Wood and Concrete Coating " * 12,
 ]
-
-
-@pytest.fixture(scope="module")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh ``SHOPSEARCH_CACHE`` for this module, with the network closed."""
-    cache = tmp_path_factory.mktemp("shopsearch-cache")
-
-    def no_network(*args: Any, **kwargs: Any) -> None:
-        raise OSError("network access during an ONNX test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SHOPSEARCH_CACHE", str(cache))
-        mp.setattr(socket.socket, "connect", no_network)
-        yield cache
 
 
 def _st_path(encoder: Encoder, texts: list[str]) -> np.ndarray:
