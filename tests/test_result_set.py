@@ -100,7 +100,10 @@ def test_a_snapshot_built_before_result_sets_is_measured_when_it_loads(
     manifest = json.loads(path.read_text())
     measured = manifest.pop(MATCH_SET_KEY)
     path.write_text(json.dumps(manifest))
-    svc = SearchService(Settings(index_dir=sample_index_copy, reload_interval_s=0), encoder=encoder)
+    # fp32 query tower: the build's vectors, so the build's threshold (int8, auto's
+    # choice for base towers, moves query vectors and so the threshold slightly).
+    settings = Settings(index_dir=sample_index_copy, reload_interval_s=0, query_backend="onnx")
+    svc = SearchService(settings, encoder=encoder)
     svc.load()
     assert dense_threshold(svc.snapshot) == measured["dense_threshold"]
     assert MATCH_SET_KEY not in json.loads(path.read_text())  # nothing written to the snapshot
