@@ -368,15 +368,19 @@ def export_onnx(
     return done
 
 
-def _session(file: Path, use_cuda: bool, threads: int = 0) -> onnxruntime.InferenceSession:
+def _session(
+    file: Path, use_cuda: bool, threads: int = 0, *, spinning: bool = False
+) -> onnxruntime.InferenceSession:
     """An inference session on ``file``; ``threads`` > 0 fixes its intra-op threads (and
-    turns spin-waiting off), 0 keeps onnxruntime's default (one per core, spinning)."""
+    turns spin-waiting off unless ``spinning``), 0 keeps onnxruntime's default (one per
+    core, spinning)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         options.intra_op_num_threads = threads
+    if threads > 0 and not spinning:
         # Idle intra-op threads spin for work by default, burning a core each between
         # calls; beside other request threads that is CPU stolen from them.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -390,15 +394,7 @@ def solo_session(graph: OrtTransformerModel, threads: int) -> onnxruntime.Infere
     """A second session on ``graph``'s file for a caller alone on the machine: ``threads``
     intra-op threads with spin-waiting on (onnxruntime's fastest setting for one caller;
     the spinning costs nothing when no other search wants the cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    providers = ["CPUExecutionProvider"]
-    if graph.use_cuda:
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(graph.file), sess_options=options, providers=providers)
+    return _session(graph.file, graph.use_cuda, threads, spinning=True)
 
 
 class OrtTransformerModel(torch.nn.Module):
