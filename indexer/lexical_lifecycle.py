@@ -237,7 +237,7 @@ class ElasticsearchLifecycle(AliasedIndexLifecycle):
                 f"index {index!r} (built on {cluster}); give the connection with --es-url "
                 "(or SHOPSEARCH_ES_URL, and credentials if the cluster needs them)"
             )
-        return self.es.index(index)
+        return self.es.index(index, analyzer=manifest["lexical_index"].get("analyzer"))
 
 
 #: The lifecycle of each lexical backend, made from the cluster connection and prefix.

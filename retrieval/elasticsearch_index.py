@@ -4,10 +4,11 @@ Same fields, boosts and filter semantics as :class:`~retrieval.lexical_index.Tan
 so the two rank comparably and the same contract tests run on both:
 
 * ``title``, ``brand``, ``category`` and ``description`` (cut to ``DESCRIPTION_CHARS``) are
-  text fields analysed with the analyzer the cluster offers: ``english`` when the cluster
-  has the ``analysis-common`` module (any full distribution), ``standard`` otherwise (the
-  test distribution). The choice is stored in the index's mapping ``_meta`` and reported
-  by :meth:`ElasticsearchIndex.describe`.
+  text fields holding the terms of the embedded index's own analyzer (``en_stem``, run
+  by the engine on documents and queries alike: :func:`~retrieval.es_mappings.engine_terms`),
+  so both legs search the same terms on any cluster; ``english`` or ``standard`` (the
+  cluster's analyzers) on request. The choice is stored in the index's mapping ``_meta``
+  and reported by :meth:`ElasticsearchIndex.describe`.
 * Filters run inside the engine on keyword copies that are case-folded in Python, exactly
   as the reference check :func:`~retrieval.lexical_index.filters_hold` folds them:
   ``brand_kw``, ``category_kw`` (every path prefix) and ``attr_kw`` (``key=value``).
@@ -22,7 +23,7 @@ The class is composed of :class:`~retrieval.es_handle.EsHandle` (client, options
 request plumbing), :class:`~retrieval.es_lexical_search.EsLexicalSearch` (search, match
 sets, facets) and :class:`~retrieval.es_aliases.EsAliasAdmin` (versioned indices and
 aliases); the mapping and documents are :mod:`retrieval.es_mappings`, the bulk writes
-:mod:`retrieval.es_bulk`. Building, writing and analyser choice are here.
+:mod:`retrieval.es_bulk`. Building, writing and the analyzer of an index are here.
 
 Example (needs a running node)::
 
@@ -72,8 +73,9 @@ class ElasticsearchIndex(EsLexicalSearch, EsAliasAdmin):
     ``timeout`` (seconds) bounds every query and count: an unreachable, failing or slower
     cluster raises :class:`LexicalIndexError`, so the service can answer from the dense
     leg. Builds and admin calls use ``admin_timeout``. ``refresh`` is the refresh policy of
-    :meth:`upsert` and :meth:`delete`. ``analyzer`` is ``"auto"`` (``english`` when the
-    cluster offers it, ``standard`` otherwise), ``"english"`` or ``"standard"``.
+    :meth:`upsert` and :meth:`delete`. ``analyzer`` (of indices this handle creates) is
+    ``"auto"`` or ``"en_stem"`` (the embedded index's analysis, run by the engine),
+    ``"english"`` (needs the cluster's analysis-common module) or ``"standard"``.
     ``breaker`` (shared by every handle on the same cluster) guards :meth:`search` and
     :meth:`facets`: while it is open they raise :class:`LexicalIndexError` at once, with
     no request (``None``: every query tries the cluster).
@@ -103,63 +105,9 @@ class ElasticsearchIndex(EsLexicalSearch, EsAliasAdmin):
         """Another handle on ``index`` sharing this one's client and options."""
         other = ElasticsearchIndex(index, client=self._client, **self._options)
         other._where = self._where
-        other._cluster_analyzer = self._cluster_analyzer  # the cluster's modules are the same
         return other
 
     # -- analysis and mapping ---------------------------------------------------------------
-
-    def _detect_analyzer(self) -> str:
-        """``english`` when the cluster can analyse with it, ``standard`` otherwise."""
-        from elasticsearch import BadRequestError
-
-        try:
-            self._admin().indices.analyze(analyzer="english", text="running drills")
-        except BadRequestError as exc:
-            log.info(
-                "Elasticsearch at %s has no english analyzer (%s); using standard",
-                self._where,
-                error_reason(exc.body),
-            )
-            return "standard"
-        except Exception as exc:
-            raise self._error("checking which analyzers the cluster offers", exc) from exc
-        return "english"
-
-    def _build_analyzer(self) -> str:
-        """The analyzer a new index gets: the configured one, or for ``"auto"`` what the
-        cluster offers (asked once)."""
-        if self._analyzer_choice != "auto":
-            return self._analyzer_choice
-        if self._cluster_analyzer is None:
-            self._cluster_analyzer = self._detect_analyzer()
-        return self._cluster_analyzer
-
-    @property
-    def analyzer(self) -> str:
-        """The analyzer of the text fields: the index's own (from its mapping) when it
-        exists, else the one a build would choose now."""
-        if self._analyzer is None:
-            stored = self._stored_meta().get("analyzer")
-            if not isinstance(stored, str):
-                return self._build_analyzer()
-            self._analyzer = stored
-        return self._analyzer
-
-    def _stored_meta(self) -> dict[str, Any]:
-        """The ``_meta.shopsearch`` of the index's mapping ({} when the index is missing)."""
-        from elasticsearch import NotFoundError
-
-        try:
-            resp = self._admin().indices.get_mapping(index=self.index)
-        except NotFoundError:
-            return {}
-        except Exception as exc:
-            raise self._error(f"reading the mapping of {self.index!r}", exc) from exc
-        for body in resp.body.values():
-            meta = body.get("mappings", {}).get("_meta", {}).get("shopsearch")
-            if isinstance(meta, dict):
-                return meta
-        return {}
 
     def _create(self, index: str) -> None:
         analyzer = self._build_analyzer()
@@ -217,10 +165,11 @@ class ElasticsearchIndex(EsLexicalSearch, EsAliasAdmin):
             index=self.index,
             settings={"index": {"refresh_interval": "-1"}},
         )
+        analyzer = self.analyzer  # the documents are made for the index's own mapping
         try:
             rejected = self._bulk(
                 (
-                    {"_op_type": "index", "_id": p.id, "_source": lexical_document(p)}
+                    {"_op_type": "index", "_id": p.id, "_source": lexical_document(p, analyzer)}
                     for p in products
                 ),
                 doing=f"bulk indexing into {self.index!r}",
@@ -286,8 +235,12 @@ class ElasticsearchIndex(EsLexicalSearch, EsAliasAdmin):
         copy. A request cut by a dying node is sent again to another (writes are by id)."""
         if not products:
             return
+        analyzer = self.analyzer  # of the existing index: its documents must match it
         rejected = self._bulk(
-            ({"_op_type": "index", "_id": p.id, "_source": lexical_document(p)} for p in products),
+            (
+                {"_op_type": "index", "_id": p.id, "_source": lexical_document(p, analyzer)}
+                for p in products
+            ),
             doing=f"upserting into {self.index!r}",
             progress=None,
             refresh=self.refresh,
@@ -354,7 +307,6 @@ class ElasticsearchIndex(EsLexicalSearch, EsAliasAdmin):
             )
         handle._create(name)
         handle._fresh = True
-        self._cluster_analyzer = handle._cluster_analyzer
         return handle
 
 
@@ -431,9 +383,14 @@ class ElasticsearchConnection:
     def __repr__(self) -> str:
         return f"ElasticsearchConnection(at={self.where!r})"
 
-    def index(self, name: str) -> ElasticsearchIndex:
-        """A handle on index (or alias) ``name`` over this connection's client."""
-        return self._root._handle(name)
+    def index(self, name: str, *, analyzer: str | None = None) -> ElasticsearchIndex:
+        """A handle on index (or alias) ``name`` over this connection's client.
+        ``analyzer``: the index's analyzer when known (a snapshot's manifest records it),
+        so its searches need no request to learn it."""
+        handle = self._root._handle(name)
+        if analyzer is not None:
+            handle._analyzer = analyzer
+        return handle
 
     def close(self) -> None:
         """Close the client (handles made by :meth:`index` stop working)."""

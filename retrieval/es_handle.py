@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from shopsearch.retrieval.circuit_breaker import CircuitBreaker
 from shopsearch.retrieval.es_connection import failover_options, split_urls
-from shopsearch.retrieval.es_mappings import ANALYZER_CHOICES
+from shopsearch.retrieval.es_mappings import ANALYZER_CHOICES, ENGINE_ANALYZER
 from shopsearch.retrieval.lexical_index import DEFAULT_FIELD_BOOSTS, LexicalIndexError
 
 if TYPE_CHECKING:
@@ -139,7 +139,6 @@ class EsHandle:
         self._breaker = breaker
         self._analyzer_choice = analyzer
         self._analyzer: str | None = None  # of the existing index, once read
-        self._cluster_analyzer: str | None = None  # what "auto" found the cluster offers
         self._fresh = False  # True while self.index is empty as create_versioned_index made it
         self._options: dict[str, Any] = {
             "analyzer": analyzer,
@@ -200,6 +199,50 @@ class EsHandle:
             return fn(*args, **kwargs)
         except (ApiError, TransportError) as exc:
             raise self._error(doing, exc) from exc
+
+    # -- the analyzer of the index --------------------------------------------------------
+
+    def _build_analyzer(self) -> str:
+        """The analyzer a new index gets: the configured one (``"auto"``: the engine's)."""
+        if self._analyzer_choice == "auto":
+            return ENGINE_ANALYZER
+        return self._analyzer_choice
+
+    @property
+    def analyzer(self) -> str:
+        """The analyzer of the text fields: the index's own (from its mapping) when it
+        exists, else the one a build would choose now."""
+        return self._index_analyzer(self._admin())
+
+    def _query_analyzer(self) -> str:
+        """:attr:`analyzer`, read (once) under the query ``timeout``: a search on a handle
+        that does not know it yet must not wait ``admin_timeout`` on a hung cluster.
+        Handles made for a snapshot know it from its manifest (no request)."""
+        return self._index_analyzer(self._query_client())
+
+    def _index_analyzer(self, client: Elasticsearch) -> str:
+        if self._analyzer is None:
+            stored = self._stored_meta(client).get("analyzer")
+            if not isinstance(stored, str):
+                return self._build_analyzer()
+            self._analyzer = stored
+        return self._analyzer
+
+    def _stored_meta(self, client: Elasticsearch) -> dict[str, Any]:
+        """The ``_meta.shopsearch`` of the index's mapping ({} when the index is missing)."""
+        from elasticsearch import NotFoundError
+
+        try:
+            resp = client.indices.get_mapping(index=self.index)
+        except NotFoundError:
+            return {}
+        except Exception as exc:
+            raise self._error(f"reading the mapping of {self.index!r}", exc) from exc
+        for body in resp.body.values():
+            meta = body.get("mappings", {}).get("_meta", {}).get("shopsearch")
+            if isinstance(meta, dict):
+                return meta
+        return {}
 
     @property
     def breaker(self) -> CircuitBreaker | None:

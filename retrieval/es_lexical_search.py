@@ -18,10 +18,15 @@ from typing import Any
 
 from shopsearch.retrieval.es_connection import LexicalHits, coverage_of
 from shopsearch.retrieval.es_handle import EsHandle
+from shopsearch.retrieval.es_mappings import (
+    ENGINE_ANALYZER,
+    category_facet_field,
+    engine_query_terms,
+)
 from shopsearch.retrieval.es_vector_fields import filter_clauses
 from shopsearch.retrieval.filters import Filters
 from shopsearch.retrieval.lexical_index import LexicalHit, LexicalIndexError
-from shopsearch.retrieval.match_set import MatchSet
+from shopsearch.retrieval.match_set import MatchSet, analyze
 
 __all__ = ["EsLexicalSearch", "FacetCounts"]
 
@@ -47,26 +52,55 @@ class EsLexicalSearch(EsHandle):
 
     MULTI_MATCH_TYPE = "most_fields"
 
-    def _query(self, query: str, filters: Filters | None) -> dict[str, Any]:
+    def _text_query(self, query: str) -> dict[str, Any] | None:
+        """The scoring part of ``query`` (``None`` when it has no term: nothing matches).
+
+        On a cluster analyzer, one ``multi_match`` of :attr:`MULTI_MATCH_TYPE`. On the
+        engine's terms, what tantivy's query parser makes of the same text
+        (:func:`~retrieval.es_mappings.engine_query_terms`): the single terms in one
+        ``multi_match``, and each several-term word ("3/4-in.") a phrase in every field,
+        all summed, with the same boosts."""
         fields = [f"{name}^{boost:g}" for name, boost in self.field_boosts.items()]
+        if self._query_analyzer() != ENGINE_ANALYZER:
+            if not query.strip():
+                return None
+            return {
+                "multi_match": {"query": query, "type": self.MULTI_MATCH_TYPE, "fields": fields}
+            }
+        terms, phrases = engine_query_terms(query)
+        clauses: list[dict[str, Any]] = []
+        if terms:
+            clauses.append(
+                {
+                    "multi_match": {
+                        "query": " ".join(terms),
+                        "type": self.MULTI_MATCH_TYPE,
+                        "fields": fields,
+                    }
+                }
+            )
+        for phrase in phrases:
+            clauses.extend(
+                {"match_phrase": {name: {"query": " ".join(phrase), "boost": boost}}}
+                for name, boost in self.field_boosts.items()
+            )
+        if len(clauses) <= 1:
+            return clauses[0] if clauses else None
+        return {"bool": {"should": clauses}}
+
+    def _query(self, text_query: dict[str, Any], filters: Filters | None) -> dict[str, Any]:
+        """``text_query`` (from :meth:`_text_query`) restricted to ``filters``."""
         return {
             "bool": {
-                "must": [
-                    {
-                        "multi_match": {
-                            "query": query,
-                            "type": self.MULTI_MATCH_TYPE,
-                            "fields": fields,
-                        }
-                    }
-                ],
+                "must": [text_query],
                 "filter": filter_clauses(filters) if filters is not None else [],
             }
         }
 
     #: :func:`retrieval.match_set.min_should_match` in Elasticsearch's syntax: every term
     #: up to two, then all but half of them rounded down (= half rounded up). The terms
-    #: are the cluster analyser's (``english`` drops stop words the embedded index keeps).
+    #: are the index analyzer's: the embedded index's own with ``en_stem`` (the default),
+    #: while ``english`` drops stop words the embedded index keeps.
     MATCH_MINIMUM = "2<-50%"
 
     def match_set(
@@ -83,6 +117,9 @@ class EsLexicalSearch(EsHandle):
         :class:`LexicalIndexError` (the service then keeps every candidate, degraded
         ``"match_set"``) rather than under-count silently.
         """
+        if self._query_analyzer() == ENGINE_ANALYZER:
+            # The embedded index's terms of the rule (distinct, the first MAX_MATCH_TERMS).
+            query = " ".join(analyze(query))
         if not query.strip():
             return MatchSet(ids=frozenset(), total=0)
         matches = {
@@ -155,7 +192,8 @@ class EsLexicalSearch(EsHandle):
         (``hits.partial`` is e.g. ``"lexical: 2 of 3 shards"``), which the service reports
         as degraded.
         """
-        if k <= 0 or not query.strip():
+        text_query = self._text_query(query) if k > 0 else None
+        if text_query is None:
             return LexicalHits([])
         if k > 10_000:
             raise LexicalIndexError(
@@ -163,7 +201,7 @@ class EsLexicalSearch(EsHandle):
             )
         request: dict[str, Any] = {
             "index": self.index,
-            "query": self._query(query, filters),
+            "query": self._query(text_query, filters),
             "size": k,
             "source": False,
             "track_total_hits": False,
@@ -200,7 +238,9 @@ class EsLexicalSearch(EsHandle):
             if name == "brand":
                 aggs[name] = {"terms": {"field": "brand_kw", "size": size}}
             elif name == "category":
-                aggs[name] = {"terms": {"field": "category.raw", "size": size}}
+                aggs[name] = {
+                    "terms": {"field": category_facet_field(self._query_analyzer()), "size": size}
+                }
             elif name == "category_level":
                 aggs[name] = {"terms": {"field": "category_kw", "size": size}}
             else:
@@ -219,10 +259,12 @@ class EsLexicalSearch(EsHandle):
                     spec["to"] = float(hi)
                 ranges.append(spec)
             aggs["__price"] = {"range": {"field": "price", "ranges": ranges}}
-        if query is not None and query.strip():
-            q = self._query(query, filters)
-        else:
+        if query is None or not query.strip():
             q = {"bool": {"filter": filter_clauses(filters) if filters else []}}
+        elif (text_query := self._text_query(query)) is not None:
+            q = self._query(text_query, filters)
+        else:  # words without a term ("!!"): nothing matches, as in the search itself
+            q = {"match_none": {}}
         resp = self._guarded_search(
             f"aggregating facets of {self.index!r}",
             index=self.index,

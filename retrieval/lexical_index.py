@@ -287,7 +287,9 @@ class TantivyIndex:
         return MatchSet(ids=found, total=total)
 
     def search(self, query: str, k: int, *, filters: Filters | None = None) -> list[LexicalHit]:
-        if k <= 0 or not query.strip():
+        if k <= 0 or not analyze(query):
+            # No term at all ("!! ??", "*"): nothing matches. tantivy's parser would read
+            # some of these as "every document".
             return []
         # Lenient parsing: a shopper's "3/4 in. pipe (copper)" is text, not query syntax.
         text_query, _errors = self.index.parse_query_lenient(

@@ -1,4 +1,6 @@
-"""The ``LexicalIndex`` contract, run on every backend: tantivy and a real Elasticsearch node.
+"""The ``LexicalIndex`` contract, run on every backend: tantivy and a real Elasticsearch node,
+the latter with the engine's analysis (``en_stem``, its default) and with the cluster's own
+``standard`` analyzer.
 
 The Elasticsearch half needs the node that ``make test`` starts (``.ci/elasticsearch.sh
 start``; URL from ``SHOPSEARCH_ES_URL``, default ``http://127.0.0.1:9201``). Without one
@@ -129,7 +131,16 @@ FILTERS = [
 
 MakeIndex = Callable[[], LexicalIndex]
 
-BACKENDS = ["tantivy", pytest.param("elasticsearch", marks=pytest.mark.elasticsearch)]
+BACKENDS = [
+    "tantivy",
+    pytest.param("elasticsearch", marks=pytest.mark.elasticsearch),
+    pytest.param("elasticsearch-standard", marks=pytest.mark.elasticsearch),
+]
+
+
+def _es_analyzer(backend: str) -> str:
+    """The ``analyzer`` option of an Elasticsearch backend parameter."""
+    return "standard" if backend == "elasticsearch-standard" else "auto"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -138,7 +149,7 @@ def make_index(
 ) -> Iterator[MakeIndex]:
     """A factory of new, empty indexes of the parametrized backend (deleted afterwards)."""
     made: list[str] = []
-    client = request.getfixturevalue("es_client") if request.param == "elasticsearch" else None
+    client = request.getfixturevalue("es_client") if request.param != "tantivy" else None
 
     def make() -> LexicalIndex:
         if client is None:
@@ -147,7 +158,9 @@ def make_index(
 
         name = f"test-contract-{uuid.uuid4().hex[:10]}"
         made.append(name)
-        return ElasticsearchIndex(name, client=client, timeout=5.0)
+        return ElasticsearchIndex(
+            name, client=client, timeout=5.0, analyzer=_es_analyzer(request.param)
+        )
 
     yield make
     if client is not None:
@@ -169,7 +182,9 @@ def built(
 
     client = request.getfixturevalue("es_client")
     name = f"test-contract-built-{uuid.uuid4().hex[:10]}"
-    index = ElasticsearchIndex(name, client=client, timeout=5.0)
+    index = ElasticsearchIndex(
+        name, client=client, timeout=5.0, analyzer=_es_analyzer(request.param)
+    )
     index.build(CATALOG)
     yield index
     client.indices.delete(index=name, ignore_unavailable=True)
@@ -293,6 +308,14 @@ def test_delete_removes_products_and_ignores_unknown_ids(make_index: MakeIndex) 
 # -- parity --------------------------------------------------------------------------------
 
 
+#: Queries whose words differ from the catalog's only by inflection ("drills", "Hammers",
+#: "painting"), which only stemming matches, and words without any term ("!!").
+STEMMED_QUERIES = ["drills", "Hammers", "painting rollers", "mowers", "lanterns", "!! ??"]
+#: Words that analyse to several terms are phrases to tantivy's query parser ("3/4-in."
+#: must hold 3, 4 and in, in that order), as are quoted groups.
+PARSED_QUERIES = ["3/4-in. drill (20V)", "7-1/4 in. saw", '"claw hammer"', '"hammer claw" steel']
+
+
 @pytest.mark.elasticsearch
 def test_elasticsearch_top5_agrees_with_tantivy(es_client: Any, tmp_path: Path) -> None:
     """On queries without stemming differences, both engines find the same top 5."""
@@ -301,7 +324,7 @@ def test_elasticsearch_top5_agrees_with_tantivy(es_client: Any, tmp_path: Path) 
     reference = TantivyIndex(tmp_path / "tantivy")
     reference.build(CATALOG)
     name = f"test-contract-parity-{uuid.uuid4().hex[:10]}"
-    other = ElasticsearchIndex(name, client=es_client, timeout=5.0)
+    other = ElasticsearchIndex(name, client=es_client, timeout=5.0, analyzer="standard")
     try:
         other.build(CATALOG)
         queries = [q for q, _ in EXPECTED_FIRST] + ["drill", "paint", "black", "cordless"]
@@ -310,6 +333,39 @@ def test_elasticsearch_top5_agrees_with_tantivy(es_client: Any, tmp_path: Path) 
             a, b = ids(reference.search(q, 5)), ids(other.search(q, 5))
             overlaps.append(len(set(a) & set(b)) / max(1, min(5, len(a), len(b))))
         assert sum(overlaps) / len(overlaps) >= 0.9, list(zip(queries, overlaps, strict=True))
+    finally:
+        es_client.indices.delete(index=name, ignore_unavailable=True)
+
+
+@pytest.mark.elasticsearch
+def test_with_the_engines_analysis_elasticsearch_answers_as_tantivy(
+    es_client: Any, tmp_path: Path
+) -> None:
+    """The default analyzer (``en_stem``, run by the engine) gives the cluster tantivy's
+    terms: stemmed queries match, and every query finds the same products, in the same
+    order, with BM25 scores within the engines' length-norm rounding; match sets too."""
+    from shopsearch.retrieval.elasticsearch_index import ElasticsearchIndex
+
+    reference = TantivyIndex(tmp_path / "tantivy")
+    reference.build(CATALOG)
+    name = f"test-contract-engine-{uuid.uuid4().hex[:10]}"
+    other = ElasticsearchIndex(name, client=es_client, timeout=5.0)
+    everyone = [p.id for p in CATALOG]
+    try:
+        other.build(CATALOG)
+        assert other.describe()["analyzer"] == "en_stem"
+        queries = [q for q, _ in EXPECTED_FIRST] + STEMMED_QUERIES + PARSED_QUERIES
+        for q in queries:
+            a, b = reference.search(q, 10), other.search(q, 10)
+            assert ids(a) == ids(b), q
+            for x, y in zip(a, b, strict=True):
+                assert y.score == pytest.approx(x.score, rel=0.05), (q, x, y)
+            assert reference.match_set(q, everyone) == other.match_set(q, everyone), q
+        assert ids(other.search("drills", 10)) and ids(other.search("!! ??", 10)) == []
+        facets = other.facets("Hammers", fields=("brand", "category"))
+        assert facets.total == 4  # three hammers and the hammer drill
+        assert ("Tools > Hand Tools > Hammers", 3) in facets.terms["category"]
+        assert other.facets("!! ??").total == 0 and other.facets(None).total == len(CATALOG)
     finally:
         es_client.indices.delete(index=name, ignore_unavailable=True)
 
