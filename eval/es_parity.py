@@ -10,9 +10,9 @@ On the Home Depot dev queries, over the full 54,667-product catalog:
 
 Three lexical legs are compared, all over the same product table and the same FAISS
 index, so only the lexical leg differs: tantivy with English stemming (``en_stem``, the
-default), tantivy without stemming (its ``default`` tokenizer: comparable to the
-``standard`` analyzer of the test distribution), and Elasticsearch (``english`` when the
-cluster has it, else ``standard``; the analyzer used is reported).
+default), tantivy without stemming (its ``default`` tokenizer: what a cluster without
+stemming would match), and Elasticsearch with its default analyzer (``en_stem``: the
+engine's own analysis, so it should agree with the first; the analyzer used is reported).
 
 Run (the catalog is encoded once into the embedding cache; later runs reuse it and the
 snapshots already built)::

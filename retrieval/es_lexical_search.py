@@ -209,6 +209,10 @@ class EsLexicalSearch(EsHandle):
             # Stated, not left to the cluster's default: an answer from the live shards,
             # reported as partial, is better than no lexical leg at all.
             "allow_partial_search_results": True,
+            # BM25 over the whole index's term statistics, not each shard's own, so an
+            # index of several shards ranks as one shard (and as tantivy) does; the
+            # cluster skips the extra round for an index of one shard.
+            "search_type": "dfs_query_then_fetch",
         }
         doing = f"searching {self.index!r}"
         resp = self._search_whole(doing, **request)
