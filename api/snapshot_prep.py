@@ -17,6 +17,7 @@ from shopsearch.indexer.snapshot import SnapshotError
 from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.lexical_index import LexicalIndexError
+from shopsearch.retrieval.match_calibration import MATCH_SET_KEY
 from shopsearch.retrieval.query_rewrite import QueryRewriter, product_words
 from shopsearch.retrieval.types import Product
 
@@ -48,7 +49,8 @@ def prepare_snapshot(
     snap.vectors.search(query_encoder.encode_query(["warm up"]), 10)
     try:
         snap.lexical.search("warm up", 10)
-        ensure_calibrated(snap, query_encoder.encode_query)  # older snapshots
+        # Older snapshots, and a query tower of another precision than the build's.
+        ensure_calibrated(snap, query_encoder.encode_query, query_encoder.backend)
     except LexicalIndexError as exc:
         # Serve anyway: every answer degrades to the dense leg until the cluster is back.
         log.warning("lexical leg of %s unavailable at load: %s", snap.version, exc)
@@ -56,7 +58,11 @@ def prepare_snapshot(
 
 def carry_rewriter(old: LoadedSnapshot, new: LoadedSnapshot, upserts: Sequence[Product]) -> None:
     """Give ``new`` (an update of ``old`` with ``upserts``) ``old``'s query rewriter, if
-    it has one, knowing the upserted products' words too."""
+    it has one, knowing the upserted products' words too, and ``old``'s load-time
+    dense-match threshold, if it has one (it belongs to the models and the catalog, which
+    an update barely changes: measuring it again would cost a second per update)."""
+    if MATCH_SET_KEY in old.extra:
+        new.extra[MATCH_SET_KEY] = old.extra[MATCH_SET_KEY]
     rewriter = old.extra.get(REWRITER_KEY)
     if rewriter is not None:
         # New products' words must not be "corrected" away; rebuilding the

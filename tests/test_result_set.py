@@ -3,6 +3,7 @@ retrieval/match_calibration.py, retrieval/result_set.py), on the sample catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,9 +73,11 @@ def test_threshold_is_measured_at_build_and_deterministic(
 ) -> None:
     store = SnapshotStore(sample_index)
     stored = store.manifest(store.current() or "")[MATCH_SET_KEY]
-    assert stored["dense_threshold"] == dense_threshold(sample_service.snapshot)
-    assert stored["positives"] > 100
     snap = sample_service.snapshot
+    # Served: the build's, or the one measured at load with an int8 query tower.
+    served = snap.extra.get(MATCH_SET_KEY, stored)
+    assert served["dense_threshold"] == dense_threshold(snap)
+    assert stored["positives"] > 100
     again = calibrate_dense_threshold(
         snap.table.products,
         snap.table.row_of,
@@ -107,6 +110,40 @@ def test_a_snapshot_built_before_result_sets_is_measured_when_it_loads(
     svc.load()
     assert dense_threshold(svc.snapshot) == measured["dense_threshold"]
     assert MATCH_SET_KEY not in json.loads(path.read_text())  # nothing written to the snapshot
+
+
+def test_an_int8_query_tower_measures_its_own_threshold_at_load(
+    sample_index_copy: Path, encoder: Encoder, sample_products: list[Product]
+) -> None:
+    """The build measured the threshold with fp32 query vectors; a server whose query
+    tower is int8 measures it again with its own (kept in memory, the manifest untouched),
+    keeps it across an update, and an fp32 server keeps the build's."""
+    from shopsearch.indexer.snapshot_build import calibrate_snapshot
+
+    store = SnapshotStore(sample_index_copy)
+    path = store.path(store.current() or "") / "manifest.json"
+    built = json.loads(path.read_text())[MATCH_SET_KEY]["dense_threshold"]
+    fp32 = SearchService(
+        Settings(index_dir=sample_index_copy, reload_interval_s=0, query_backend="onnx"),
+        encoder=encoder,
+    )
+    fp32.load()
+    assert dense_threshold(fp32.snapshot) == built
+    assert MATCH_SET_KEY not in fp32.snapshot.extra
+
+    settings = Settings(index_dir=sample_index_copy, reload_interval_s=0, query_backend="onnx-int8")
+    svc = SearchService(settings, encoder=encoder)
+    svc.load()
+    entry = svc.snapshot.extra[MATCH_SET_KEY]
+    assert entry["query_backend"] == "onnx-int8" == svc.query_encoder.backend
+    own = calibrate_snapshot(svc.snapshot, svc.query_encoder.encode_query)["dense_threshold"]
+    assert dense_threshold(svc.snapshot) == own == entry["dense_threshold"]
+    assert own != built  # int8 moves it (0.3941 against 0.3995 when measured)
+    assert json.loads(path.read_text())[MATCH_SET_KEY]["dense_threshold"] == built
+
+    changed = dataclasses.replace(sample_products[0], title="Cordless drill, renamed")
+    svc.apply_updates([changed], [])
+    assert svc.snapshot.extra[MATCH_SET_KEY] is entry  # carried, not measured again
 
 
 def test_eval_facets_measures_both_ways_of_counting(
