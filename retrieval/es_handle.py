@@ -12,7 +12,7 @@ and the alias administration (:mod:`retrieval.es_aliases`) build on it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -212,37 +212,46 @@ class EsHandle:
     def analyzer(self) -> str:
         """The analyzer of the text fields: the index's own (from its mapping) when it
         exists, else the one a build would choose now."""
-        return self._index_analyzer(self._admin())
-
-    def _query_analyzer(self) -> str:
-        """:attr:`analyzer`, read (once) under the query ``timeout``: a search on a handle
-        that does not know it yet must not wait ``admin_timeout`` on a hung cluster.
-        Handles made for a snapshot know it from its manifest (no request)."""
-        return self._index_analyzer(self._query_client())
-
-    def _index_analyzer(self, client: Elasticsearch) -> str:
         if self._analyzer is None:
-            stored = self._stored_meta(client).get("analyzer")
-            if not isinstance(stored, str):
+            from elasticsearch import NotFoundError
+
+            try:
+                resp = self._admin().indices.get_mapping(index=self.index)
+            except NotFoundError:
                 return self._build_analyzer()
-            self._analyzer = stored
+            except Exception as exc:
+                raise self._error(f"reading the mapping of {self.index!r}", exc) from exc
+            return self._analyzer_of(resp)
         return self._analyzer
 
-    def _stored_meta(self, client: Elasticsearch) -> dict[str, Any]:
-        """The ``_meta.shopsearch`` of the index's mapping ({} when the index is missing)."""
-        from elasticsearch import NotFoundError
+    def _query_analyzer(self) -> str:
+        """:attr:`analyzer` for a query: known without a request on a snapshot's handle
+        (its manifest records it), else read once like a query, through the circuit
+        breaker and under the query ``timeout`` (a search must not wait ``admin_timeout``
+        on a hung cluster, nor send anything while the breaker is open)."""
+        if self._analyzer is None:
+            from elasticsearch import NotFoundError
 
-        try:
-            resp = client.indices.get_mapping(index=self.index)
-        except NotFoundError:
-            return {}
-        except Exception as exc:
-            raise self._error(f"reading the mapping of {self.index!r}", exc) from exc
-        for body in resp.body.values():
+            try:
+                resp = self._guarded(
+                    f"reading the mapping of {self.index!r}",
+                    lambda client: client.indices.get_mapping(index=self.index),
+                )
+            except LexicalIndexError as exc:
+                if isinstance(exc.__cause__, NotFoundError):
+                    return self._build_analyzer()
+                raise
+            return self._analyzer_of(resp)
+        return self._analyzer
+
+    def _analyzer_of(self, mapping: Any) -> str:
+        """The analyzer a ``get_mapping`` answer records (kept), or a build's choice."""
+        for body in mapping.body.values():
             meta = body.get("mappings", {}).get("_meta", {}).get("shopsearch")
-            if isinstance(meta, dict):
-                return meta
-        return {}
+            if isinstance(meta, dict) and isinstance(meta.get("analyzer"), str):
+                self._analyzer = str(meta["analyzer"])
+                return self._analyzer
+        return self._build_analyzer()
 
     @property
     def breaker(self) -> CircuitBreaker | None:
@@ -250,14 +259,20 @@ class EsHandle:
         return self._breaker
 
     def _guarded_search(self, doing: str, **kwargs: Any) -> Any:
-        """One query-time ``search`` request through the circuit breaker: refused at once
-        while it is open; a refused connection, a timeout (client or server side), a 429
-        or a 5xx counts as a failure, any answer of the cluster as a success."""
+        """One query-time ``search`` request through the circuit breaker (:meth:`_guarded`)."""
+        return self._guarded(doing, lambda client: client.search(**kwargs))
+
+    def _guarded(self, doing: str, send: Callable[[Elasticsearch], Any]) -> Any:
+        """One query-time request, ``send(client)`` on the query client, through the
+        circuit breaker: refused at once while it is open; a refused connection, a
+        timeout (client or server side), a 429 or a 5xx counts as a failure, any answer
+        of the cluster as a success. Errors are :class:`LexicalIndexError` whose cause is
+        the client's exception."""
         from elasticsearch import ApiError, TransportError
 
         breaker = self._breaker
         if breaker is None:
-            return self._call(doing, self._query_client().search, **kwargs)
+            return self._call(doing, send, self._query_client())
         if not breaker.allow():
             last = breaker.status().last_failure
             raise LexicalIndexError(
@@ -267,7 +282,7 @@ class EsHandle:
             )
         failure: str | None = None
         try:
-            resp = self._query_client().search(**kwargs)
+            resp = send(self._query_client())
             if resp.get("timed_out"):
                 failure = f"timed out after {self.timeout} s on the server"
             return resp
