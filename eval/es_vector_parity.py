@@ -106,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     queries = list(dataset.queries)[: args.limit_queries]
     # Metrics average over the dataset's queries: keep only those that are run.
     dataset = dataclasses.replace(dataset, queries=tuple(queries))
-    # The snapshot's own towers: the query tower must match the item tower that built it.
-    encoder = Encoder(Path(snap.item_model["path"]), device="cpu")
+    # The snapshot's own towers on the runtime that built it (a snapshot encoded by the
+    # int8 ONNX item tower is searched by the same): query and item vectors must match.
+    backend = snap.item_model.get("backend", "torch")
+    encoder = Encoder(Path(snap.item_model["path"]), device="cpu", backend=backend)  # type: ignore[arg-type]
     qvecs = encoder.encode_query([normalize_query(q.text) for q in queries])
 
     es = ElasticsearchConnection(args.es_url, timeout=10.0, admin_timeout=1800.0)
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         reload_interval_s=0,
         result_cache_size=0,
         model_dir=Path(snap.item_model["path"]),
+        encoder_backend=backend,  # type: ignore[arg-type]
     )
     service = SearchService(settings, encoder=encoder)
     # Loaded by the service, so both variants answer as served: query rewriting and the
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     per_million = 1e6 / max(1, snap.live_count)
     results = {
         "snapshot": version,
+        "item_tower_backend": backend,
         "products": snap.live_count,
         "queries": len(queries),
         "elasticsearch": {"index": name, "params": dataclasses.asdict(params), "build_s": build_s},
