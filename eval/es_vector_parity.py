@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-candidates", type=int, default=400)
     parser.add_argument("--refine-factor", type=int, default=2)
     parser.add_argument("--limit-queries", type=int, default=None)
+    parser.add_argument(
+        "--no-force-merge",
+        action="store_true",
+        help="leave the built index in the segments indexing made (several HNSW graphs to "
+        "search) instead of merging it into one",
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse an existing ES index")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         index_options=args.index_options,
         num_candidates=args.num_candidates,
         refine_factor=args.refine_factor,
+        force_merge=not args.no_force_merge,
     )
     client = es.index(name).client
     t = time.perf_counter()
@@ -176,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             log.info("%s/%s: %s", leg_name, mode, quality[f"{leg_name}/{mode}"])
 
-    stats = client.indices.stats(index=name, metric="store,docs")["indices"][name]["primaries"]
+    stats = client.indices.stats(index=name, metric="store,docs,segments")["indices"][name][
+        "primaries"
+    ]
     vectors_dir = snap.path / str(snap.manifest["files"]["vectors"])
     faiss_disk = _dir_bytes(vectors_dir)
     per_million = 1e6 / max(1, snap.live_count)
@@ -185,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         "item_tower_backend": backend,
         "products": snap.live_count,
         "queries": len(queries),
-        "elasticsearch": {"index": name, "params": dataclasses.asdict(params), "build_s": build_s},
+        "elasticsearch": {
+            "index": name,
+            "params": dataclasses.asdict(params),
+            "build_s": build_s,
+            "segments": stats["segments"]["count"],
+        },
         "dense": dense,
         "quality": quality,
         "hybrid_ndcg@10_diff": round(
