@@ -212,37 +212,33 @@ class EsHandle:
     def analyzer(self) -> str:
         """The analyzer of the text fields: the index's own (from its mapping) when it
         exists, else the one a build would choose now."""
-        if self._analyzer is None:
-            from elasticsearch import NotFoundError
-
-            try:
-                resp = self._admin().indices.get_mapping(index=self.index)
-            except NotFoundError:
-                return self._build_analyzer()
-            except Exception as exc:
-                raise self._error(f"reading the mapping of {self.index!r}", exc) from exc
-            return self._analyzer_of(resp)
-        return self._analyzer
+        return self._read_analyzer(lambda doing, send: self._call(doing, send, self._admin()))
 
     def _query_analyzer(self) -> str:
         """:attr:`analyzer` for a query: known without a request on a snapshot's handle
         (its manifest records it), else read once like a query, through the circuit
         breaker and under the query ``timeout`` (a search must not wait ``admin_timeout``
         on a hung cluster, nor send anything while the breaker is open)."""
-        if self._analyzer is None:
-            from elasticsearch import NotFoundError
+        return self._read_analyzer(self._guarded)
 
-            try:
-                resp = self._guarded(
-                    f"reading the mapping of {self.index!r}",
-                    lambda client: client.indices.get_mapping(index=self.index),
-                )
-            except LexicalIndexError as exc:
-                if isinstance(exc.__cause__, NotFoundError):
-                    return self._build_analyzer()
-                raise
-            return self._analyzer_of(resp)
-        return self._analyzer
+    def _read_analyzer(self, request: Callable[[str, Callable[[Elasticsearch], Any]], Any]) -> str:
+        """The known analyzer, else the one the mapping records, read with ``request``
+        (:meth:`_call` on the admin client, or :meth:`_guarded`); a missing index: a
+        build's choice."""
+        if self._analyzer is not None:
+            return self._analyzer
+        from elasticsearch import NotFoundError
+
+        try:
+            resp = request(
+                f"reading the mapping of {self.index!r}",
+                lambda client: client.indices.get_mapping(index=self.index),
+            )
+        except LexicalIndexError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return self._build_analyzer()
+            raise
+        return self._analyzer_of(resp)
 
     def _analyzer_of(self, mapping: Any) -> str:
         """The analyzer a ``get_mapping`` answer records (kept), or a build's choice."""
