@@ -9,7 +9,9 @@ an import loop through the entry point.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_INDEX_DIR",
     "DEFAULT_MODELS_DIR",
     "Bars",
+    "StageLog",
     "build_loaded",
     "console",
     "es_overrides",
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 console = Console(stderr=True)
+log = logging.getLogger("shopsearch.progress")
 
 #: The registry when neither --models-dir nor $SHOPSEARCH_MODELS_DIR names one.
 DEFAULT_MODELS_DIR: Path = Settings.model_fields["models_dir"].default
@@ -187,12 +191,77 @@ def fail(exc: object, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+class StageLog:
+    """One stage's progress as log lines, for an output that is not a terminal (a log
+    file, cron, CI), where a progress bar draws nothing until the job ends: a line when
+    the stage starts, one at most every ``every_s`` seconds while it runs (done, rate,
+    time left) and one when it ends."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        *,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.description = description
+        self.total = total
+        self.done = 0
+        self._every_s = every_s
+        self._clock = clock
+        self._start = self._last = clock()
+        self._finished = False
+        log.info("%s: started (%d to do)", description, total)
+
+    def advance(self, n: int) -> None:
+        """``n`` more units are done (logs when ``every_s`` has passed since the last line)."""
+        self.done += n
+        if self.done >= self.total:
+            self.finish()
+            return
+        now = self._clock()
+        if now - self._last < self._every_s:
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info(
+            "%s: %d/%d (%.0f%%), %.1f a second, about %.0f s left",
+            self.description,
+            self.done,
+            self.total,
+            100 * self.done / max(self.total, 1),
+            rate,
+            left,
+        )
+
+    def finish(self) -> None:
+        """Log the end of the stage (once)."""
+        if self._finished:
+            return
+        self._finished = True
+        log.info(
+            "%s: ended after %.1f s (%d/%d)",
+            self.description,
+            self._clock() - self._start,
+            self.done,
+            self.total,
+        )
+
+
 class Bars:
     """Rich progress bars on stderr: a :data:`indexer.progress.ProgressFactory`
     (``with bars(description, total) as advance``) and, for callers that report
-    progress through a callback, :meth:`task`. Draws while ``with bars.progress:``."""
+    progress through a callback, :meth:`task`. Draws while ``with bars.progress:``.
 
-    def __init__(self, *, info: bool = False) -> None:
+    When stderr is not a terminal (output sent to a file), each stage is also logged
+    by a :class:`StageLog`, every ``log_every_s`` seconds."""
+
+    def __init__(
+        self, *, info: bool = False, out: Console | None = None, log_every_s: float = 30.0
+    ) -> None:
+        out = out or console
         # ``info``: a free-text column (``progress.update(task, info=...)``), e.g. the loss.
         extra = [TextColumn("{task.fields[info]}")] if info else []
         self.progress = Progress(
@@ -202,17 +271,32 @@ class Bars:
             *extra,
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console,
+            console=out,
         )
         self._info = info
+        self._log_every_s = log_every_s if not out.is_terminal else None
+
+    def _stage_log(self, description: str, total: int) -> StageLog | None:
+        if self._log_every_s is None:
+            return None
+        return StageLog(description, total, every_s=self._log_every_s)
 
     @contextmanager
     def __call__(self, description: str, total: int) -> Iterator[Advance]:
         task = self._add(description, total)
+        stage = self._stage_log(description, total)
+
+        def advance(n: int) -> None:
+            self.progress.advance(task, n)
+            if stage is not None:
+                stage.advance(n)
+
         try:
-            yield lambda n: self.progress.advance(task, n)
+            yield advance
         finally:
             self.progress.update(task, completed=total)
+            if stage is not None:
+                stage.finish()
 
     def _add(self, description: str, total: int) -> TaskID:
         if self._info:
@@ -222,7 +306,14 @@ class Bars:
     def task(self, description: str, total: int) -> Advance:
         """A new bar; returns the callable advancing it by ``n``."""
         task = self._add(description, total)
-        return lambda n: self.progress.advance(task, n)
+        stage = self._stage_log(description, total)
+
+        def advance(n: int) -> None:
+            self.progress.advance(task, n)
+            if stage is not None:
+                stage.advance(n)
+
+        return advance
 
 
 def settings_from_options(index_dir: Path | None, **overrides: object) -> Settings:

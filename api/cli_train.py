@@ -34,6 +34,7 @@ from rich.table import Table
 from shopsearch.api.cli_common import (
     Bars,
     ModelsDirOption,
+    StageLog,
     console,
     fail,
     models_dir_setting,
@@ -100,13 +101,18 @@ class _Bars(Bars):
     def __init__(self) -> None:
         super().__init__(info=True)
         self._tasks: dict[str, Any] = {}
+        self._stages: dict[str, StageLog | None] = {}
 
     def on_step(self, p: TrainingProgress) -> None:
         task = self._tasks.get(p.phase)
         if task is None:
             task = self.progress.add_task(p.phase, total=p.total, info="")
             self._tasks[p.phase] = task
+            self._stages[p.phase] = self._stage_log(p.phase, p.total)
         self.progress.update(task, completed=p.step, total=p.total, info=f"loss {p.loss:.4f}")
+        stage = self._stages[p.phase]
+        if stage is not None:
+            stage.advance(p.step - stage.done)
 
 
 # -- options -------------------------------------------------------------------------

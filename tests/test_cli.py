@@ -219,3 +219,49 @@ def test_bench_runs_on_the_device_it_is_given(sample_index: Path, tmp_path: Path
     assert report["device"] == "cpu" and report["faiss_gpu"] is False
     assert report["query_backend"] == "onnx-int8"  # the default on a CPU for base towers
     assert report["queries"] == 2
+
+
+def test_a_long_stage_is_logged_when_the_output_is_not_a_terminal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Progress bars draw nothing into a log file (cron, CI): the stage is logged instead,
+    at most every ``every_s``, with how much is done and how long is left."""
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from shopsearch.api.cli_common import Bars, StageLog
+
+    now = [100.0]
+    caplog.set_level(logging.INFO, logger="shopsearch.progress")
+    stage = StageLog("encoding", 1000, every_s=30.0, clock=lambda: now[0])
+    now[0] += 10
+    stage.advance(100)  # 10 s after the start: too soon for a line
+    now[0] += 30
+    stage.advance(300)  # 400 done in 40 s: 10 a second, 60 s left
+    now[0] += 60
+    stage.advance(600)
+    stage.finish()  # already logged as ended: once only
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "encoding: started (1000 to do)",
+        "encoding: 400/1000 (40%), 10.0 a second, about 60 s left",
+        "encoding: ended after 100.0 s (1000/1000)",
+    ]
+
+    caplog.clear()
+    to_file = Bars(out=Console(file=io.StringIO()), log_every_s=0.0)
+    with to_file.progress, to_file("indexing", 3) as advance:
+        advance(1)
+        advance(1)
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged[0] == "indexing: started (3 to do)"
+    assert logged[1].startswith("indexing: 1/3 (33%)")
+    assert logged[-1].startswith("indexing: ended after") and logged[-1].endswith("(2/3)")
+
+    caplog.clear()
+    on_terminal = Bars(out=Console(file=io.StringIO(), force_terminal=True), log_every_s=0.0)
+    with on_terminal.progress, on_terminal("indexing", 3) as advance:
+        advance(3)
+    assert caplog.records == []  # the bar shows it
