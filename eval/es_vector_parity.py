@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 
     oracle = ExactIndex(vectors)
     oracle.alive = knn.alive.copy()
-    exact_rows = oracle.search(qvecs, 100)[1]
+    # In chunks of queries: one call over all 1,248 queries of a 1M catalog would hold a
+    # 5 GB score matrix.
+    exact_rows = np.vstack(
+        [oracle.search(qvecs[i : i + 64], 100)[1] for i in range(0, len(qvecs), 64)]
+    )
     legs: dict[str, VectorIndex] = {"faiss": snap.vectors, "elasticsearch": knn}
     dense: dict[str, dict[str, Any]] = {}
     for leg_name, index in legs.items():
