@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     client = es.index(name).client
     t = time.perf_counter()
-    if args.reuse and client.indices.exists(index=name):
+    reused = bool(args.reuse and client.indices.exists(index=name))
+    if reused:
         knn = ElasticsearchVectorIndex(vectors, name, params, es=es)
     else:
         if client.indices.exists(index=name):
@@ -201,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         "elasticsearch": {
             "index": name,
             "params": dataclasses.asdict(params),
-            "build_s": build_s,
+            # A reused index was built by an earlier run: its build time is not this run's.
+            "build_s": None if reused else build_s,
+            "reused": reused,
             "segments": stats["segments"]["count"],
         },
         "dense": dense,
