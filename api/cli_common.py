@@ -285,14 +285,8 @@ class Bars:
     def __call__(self, description: str, total: int) -> Iterator[Advance]:
         task = self._add(description, total)
         stage = self._stage_log(description, total)
-
-        def advance(n: int) -> None:
-            self.progress.advance(task, n)
-            if stage is not None:
-                stage.advance(n)
-
         try:
-            yield advance
+            yield self._advancer(task, stage)
         finally:
             self.progress.update(task, completed=total)
             if stage is not None:
@@ -306,7 +300,10 @@ class Bars:
     def task(self, description: str, total: int) -> Advance:
         """A new bar; returns the callable advancing it by ``n``."""
         task = self._add(description, total)
-        stage = self._stage_log(description, total)
+        return self._advancer(task, self._stage_log(description, total))
+
+    def _advancer(self, task: TaskID, stage: StageLog | None) -> Advance:
+        """Advances the bar ``task`` and, output not being a terminal, its ``stage`` log."""
 
         def advance(n: int) -> None:
             self.progress.advance(task, n)
