@@ -39,7 +39,7 @@ def test_runs_at_most_max_inflight_and_refuses_past_the_line() -> None:
         with pytest.raises(Overloaded) as refused:
             await ctl.run(work, long)
         assert refused.value.reason == "queue_full"
-        assert time.perf_counter() - t < 0.05  # refused at once, not after a wait
+        assert time.perf_counter() - t < 1.0  # refused at once, not after the 10 s deadline
         release.set()
         assert await asyncio.gather(*tasks) == ["done"] * 3
         assert peak == 2

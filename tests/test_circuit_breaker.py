@@ -196,7 +196,8 @@ def test_a_closed_port_opens_the_breaker_and_queries_then_fail_fast() -> None:
             started = time.perf_counter()
             with pytest.raises(LexicalIndexError, match="circuit breaker is open") as caught:
                 index.search("drill", 10)
-            assert time.perf_counter() - started < 0.01
+            # Far under the 0.5 s timeout; the rejected count below shows nothing was sent.
+            assert time.perf_counter() - started < 0.25
         with pytest.raises(LexicalIndexError, match="circuit breaker is open"):
             second.facets("drill")
         assert "the last: cannot connect" in str(caught.value)
@@ -223,7 +224,8 @@ def test_a_frozen_node_costs_the_timeout_n_times_then_nothing() -> None:
             with pytest.raises(LexicalIndexError, match="circuit breaker is open"):
                 index.search("drill", 10)
             fast = time.perf_counter() - started
-    assert fast < timeout / 10, f"the open breaker took {fast * 1000:.1f} ms"
+    # Half the timeout, not less: a shared machine can stall any call for tens of ms.
+    assert fast < timeout / 2, f"the open breaker took {fast * 1000:.1f} ms"
 
 
 # -- the real node: closes again on health ---------------------------------------------------
