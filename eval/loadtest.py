@@ -1,11 +1,11 @@
-"""HTTP load generator for ``GET /v1/search?q=...&size=10`` on a local server.
+"""HTTP load generator for ``GET /v1/search?q=...&size=10`` (or any GET paths) on a local server.
 
 Each concurrency level runs ``concurrency`` clients as coroutines on one event loop,
 each with its own kept-alive HTTP/1.1 connection (h11 over asyncio streams: a small
 fraction of a millisecond of CPU a request, where a threaded httpx client spent
 milliseconds that the server on the same cores then lacked), until ``max_requests``
-requests were sent or ``max_seconds`` passed, whichever comes first. Queries are sent
-in order, cycling. A 503 is a *refusal* by admission control (counted apart, with its
+requests were sent or ``max_seconds`` passed, whichever comes first. Queries (or the
+given paths) are sent in order, cycling. A 503 is a *refusal* by admission control (counted apart, with its
 own latency: refusals must be fast); by default the refused client then waits the
 ``Retry-After`` the server sent, as a well-behaved front-end does (``honour_retry_after``
 off: it asks again at once). Any other status >= 400, a transport error or a timeout
@@ -13,7 +13,8 @@ counts as an error; latency percentiles are over the accepted requests and QPS i
 accepted requests per second of wall time. While a level runs, a prober in its own
 process (:mod:`eval.probe`) asks ``/healthz`` and one search in turn every 200 ms: its
 latencies are what a fresh client sees (health checks must not wait behind searches,
-refusals must be quick), free of this process's own scheduling.
+refusals must be quick), free of this process's own scheduling; ``probe=False`` leaves
+it out where its requests would only add noise (one client timing single requests).
 
 Only loopback targets are accepted (127.0.0.0/8, ``localhost``, ``::1``): the tool must
 never load a machine it does not own.
@@ -43,6 +44,7 @@ __all__ = [
     "check_loopback",
     "free_port",
     "run_load_test",
+    "search_targets",
     "summarize_latencies",
 ]
 
@@ -221,17 +223,21 @@ def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def search_targets(queries: Sequence[str], size: int = 10) -> list[str]:
+    """The ``/v1/search`` request target (path and query string) of each query."""
+    return [f"{SEARCH_PATH}?{urlencode({'q': query, 'size': size})}" for query in queries]
+
+
 async def _one_request(
-    connection: _Connection, query: str, size: int, timeout_s: float
+    connection: _Connection, target: str, timeout_s: float
 ) -> tuple[str | None, int | None]:
-    """Send one search; ``(None, _)`` on success, else a short error description, and
+    """Send one GET of ``target``; ``(None, _)`` on success, else a short error description, and
     the ``Retry-After`` seconds of a refusal.
 
     A kept-alive connection that the server closed as this request went out (a reset or
     a closed stream before any answer) is retried once on a fresh connection, as
     browsers and urllib3 retry an idempotent GET; a second failure is an error. A
     request past ``timeout_s`` hangs up (closes its connection) and is an error."""
-    target = f"{SEARCH_PATH}?{urlencode({'q': query, 'size': size})}"
     for attempt in (1, 2):
         try:
             status, retry_after = await asyncio.wait_for(connection.get(target), timeout_s)
@@ -294,8 +300,7 @@ def _target(base_url: str) -> _Target:
 async def _worker(
     target: _Target,
     level: _Level,
-    queries: Sequence[str],
-    size: int,
+    targets: Sequence[str],
     timeout_s: float,
     honour_retry_after: bool,
 ) -> None:
@@ -304,7 +309,7 @@ async def _worker(
         while (index := level.claim()) is not None:
             start = time.perf_counter()
             error, retry_after = await _one_request(
-                connection, queries[index % len(queries)], size, timeout_s
+                connection, targets[index % len(targets)], timeout_s
             )
             level.record((time.perf_counter() - start) * 1000.0, error)
             if honour_retry_after and retry_after:
@@ -319,15 +324,14 @@ async def _worker(
 async def _run_workers(
     target: _Target,
     level: _Level,
-    queries: Sequence[str],
+    targets: Sequence[str],
     concurrency: int,
-    size: int,
     timeout_s: float,
     honour_retry_after: bool,
 ) -> None:
     await asyncio.gather(
         *(
-            _worker(target, level, queries, size, timeout_s, honour_retry_after)
+            _worker(target, level, targets, timeout_s, honour_retry_after)
             for _ in range(concurrency)
         )
     )
@@ -335,30 +339,29 @@ async def _run_workers(
 
 def _run_level(
     base_url: str,
-    queries: Sequence[str],
+    targets: Sequence[str],
     concurrency: int,
     max_requests: int,
     max_seconds: float,
-    size: int,
     timeout_s: float,
     honour_retry_after: bool,
+    probe: bool,
 ) -> LevelResult:
-    prober = _start_prober(base_url)
+    prober = _start_prober(base_url) if probe else None
     start = time.perf_counter()
     level = _Level(max_requests, start + max_seconds)
     asyncio.run(
         _run_workers(
             _target(base_url),
             level,
-            queries,
+            targets,
             concurrency,
-            size,
             timeout_s,
             honour_retry_after,
         )
     )
     duration = time.perf_counter() - start
-    health_ms, probe_refused_ms = _stop_prober(prober)
+    health_ms, probe_refused_ms = _stop_prober(prober) if prober is not None else ([], [])
     if level.errors:
         logger.warning(
             "concurrency %d: %d errors, e.g. %s", concurrency, level.errors, level.error_examples
@@ -390,8 +393,16 @@ def run_load_test(
     warmup_requests: int = 10,
     timeout_s: float = 10.0,
     honour_retry_after: bool = True,
+    paths: Sequence[str] | None = None,
+    probe: bool = True,
 ) -> list[LevelResult]:
     """Load ``base_url`` (e.g. ``http://127.0.0.1:8000``) at each concurrency level.
+
+    The requests are searches for ``queries`` (``size`` hits each), or, when ``paths`` is
+    given, GETs of those request targets (path and query string, e.g.
+    ``/v1/recommend/for-you?user=u1``; ``queries`` and ``size`` are then unused). Every
+    request must answer 2xx (503 counts as a refusal). ``probe`` runs the prober beside
+    each level (see the module doc).
 
     Before the first level, ``warmup_requests`` requests are sent one at a time and not
     counted. Each level stops after ``max_requests`` requests or ``max_seconds`` (a
@@ -403,12 +414,21 @@ def run_load_test(
     Must not be called from a running event loop (it runs its own).
 
     Raises:
-        LoadTestError: the host is not loopback, ``queries`` is empty, or a bound or
-            level is not positive.
+        LoadTestError: the host is not loopback, ``queries`` (or ``paths``) is empty or a
+            path does not start with ``/``, or a bound or level is not positive.
     """
     check_loopback(base_url)
-    if not queries:
-        raise LoadTestError("queries is empty; give at least one query to send")
+    if paths is None:
+        if not queries:
+            raise LoadTestError("queries is empty; give at least one query to send")
+        targets = search_targets(queries, size)
+    else:
+        if not paths or any(not p.startswith("/") for p in paths):
+            raise LoadTestError(
+                "paths must be a non-empty list of request targets starting with '/', "
+                f"e.g. /v1/recommend/for-you?user=u1; got {list(paths)[:3]}"
+            )
+        targets = list(paths)
     if not concurrency_levels or min(concurrency_levels) < 1:
         raise LoadTestError(f"concurrency levels must be >= 1, got {list(concurrency_levels)}")
     if max_requests < 1 or max_seconds <= 0 or timeout_s <= 0 or size < 1:
@@ -418,18 +438,18 @@ def run_load_test(
         )
     if warmup_requests > 0:
         warmup = _Level(warmup_requests, time.perf_counter() + 60.0 + timeout_s * warmup_requests)
-        asyncio.run(_run_workers(_target(base_url), warmup, queries, 1, size, timeout_s, False))
+        asyncio.run(_run_workers(_target(base_url), warmup, targets, 1, timeout_s, False))
     results: list[LevelResult] = []
     for concurrency in concurrency_levels:
         result = _run_level(
             base_url,
-            queries,
+            targets,
             concurrency,
             max_requests,
             max_seconds,
-            size,
             timeout_s,
             honour_retry_after,
+            probe,
         )
         logger.info(
             "concurrency %d: %d requests in %.1f s, %.1f QPS, p50 %s ms, %d refused, %d errors",

@@ -179,6 +179,27 @@ def test_invalid_arguments(server: str) -> None:
         run_load_test(server, ["q"], concurrency_levels=(0,))
     with pytest.raises(LoadTestError, match="must be positive"):
         run_load_test(server, ["q"], max_seconds=0)
+    with pytest.raises(LoadTestError, match="starting with '/'"):
+        run_load_test(server, [], paths=["v1/search?q=a"])
+    with pytest.raises(LoadTestError, match="starting with '/'"):
+        run_load_test(server, ["q"], paths=[])
+
+
+def test_paths_are_sent_in_turn_instead_of_searches(server: str) -> None:
+    """Given ``paths``, those targets are requested as they are (queries unused); a path
+    the server does not know is an error, as any status >= 400 but 503 is."""
+    (result,) = run_load_test(
+        server,
+        ["unused"],
+        paths=["/v1/search?q=one&size=3", "/v1/search?q=two&size=4", "/elsewhere"],
+        concurrency_levels=(1,),
+        max_requests=6,
+        warmup_requests=0,
+        probe=False,
+    )
+    assert (result.n_requests, result.n_errors, result.latency.n) == (6, 2, 4)
+    assert SearchHandler.seen == [("one", "3"), ("two", "4"), ("", "")] * 2
+    assert result.health_latency.n == 0  # no prober ran
 
 
 def test_summarize_latencies() -> None:
