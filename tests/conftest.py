@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from shopsearch.api.cli import sample_catalog_path
@@ -44,6 +47,23 @@ def require(condition: bool, why: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{why} (CI=true: a missing prerequisite is a failure)")
     pytest.skip(why)
+
+
+def wait_for_server(
+    url: str, proc: subprocess.Popen[Any], log_name: str, *, timeout_s: float = 180.0
+) -> None:
+    """Poll ``url`` (e.g. ``.../healthz``) until it answers 200; fail, pointing at the
+    server's log, when ``proc`` exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the server did not start; see {log_name}")
+        time.sleep(0.2)
 
 
 def es_unavailable(why: str) -> None:

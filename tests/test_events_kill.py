@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_for_server
 
 from shopsearch.eval.events_bench import run_events_bench
 from shopsearch.eval.loadtest import free_port
@@ -56,16 +57,7 @@ def server(tmp_path: Path, name: str) -> Iterator[tuple[subprocess.Popen[bytes],
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start; see {log.name}")
-            time.sleep(0.2)
+        wait_for_server(f"{url}/healthz", proc, log.name)
         yield proc, url
     finally:
         if proc.poll() is None:

@@ -9,11 +9,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import wait_for_server
 
 from shopsearch.eval.loadtest import LoadTestError, free_port
 from shopsearch.eval.shopper_bench import (
@@ -55,16 +55,7 @@ def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the demo server did not start; see {log.name}")
-            time.sleep(0.5)
+        wait_for_server(f"{url}/readyz", proc, log.name, timeout_s=300)
         yield url
     finally:
         proc.terminate()
