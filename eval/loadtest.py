@@ -400,9 +400,9 @@ def run_load_test(
 
     The requests are searches for ``queries`` (``size`` hits each), or, when ``paths`` is
     given, GETs of those request targets (path and query string, e.g.
-    ``/v1/recommend/for-you?user=u1``; ``queries`` and ``size`` are then unused). Every
-    request must answer 2xx (503 counts as a refusal). ``probe`` runs the prober beside
-    each level (see the module doc).
+    ``/v1/recommend/for-you?user=u1``; ``queries`` and ``size`` are then unused). A
+    status below 400 is a success, 503 a refusal, any other an error. ``probe`` runs the
+    prober beside each level (see the module doc).
 
     Before the first level, ``warmup_requests`` requests are sent one at a time and not
     counted. Each level stops after ``max_requests`` requests or ``max_seconds`` (a

@@ -38,7 +38,7 @@ from shopsearch.rerank.personal import (
 )
 from shopsearch.retrieval.recommend.base import HistoryItem
 
-__all__ = ["Example", "FitReport", "fit_weights", "mrr_at_10", "train_rescorer"]
+__all__ = ["Example", "FitReport", "fit_weights", "is_held_out", "mrr_at_10", "train_rescorer"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,8 @@ def fit_weights(
     return np.asarray(result.x, dtype=np.float64)
 
 
-def _held_out(customer: str) -> bool:
+def is_held_out(customer: str) -> bool:
+    """Whether the fit holds ``customer`` out (a fixed ~20% of shoppers, by a hash)."""
     digest = hashlib.sha256(customer.encode()).digest()
     return digest[0] < 256 * HELD_OUT_SHARE
 
@@ -196,7 +197,7 @@ def train_rescorer(
             )
         )
         ys.append(ex.relevant)
-        held.append(_held_out(ex.customer))
+        held.append(is_held_out(ex.customer))
         kept.append(ex)
     if not xs:
         raise PersonalError("no training example has a shopper history and a relevant candidate")
