@@ -139,6 +139,21 @@ def extra_features(
     return out
 
 
+def _row(
+    variant: str,
+    added: Sequence[str],
+    held_out: Sequence[float],
+    test: Sequence[float],
+    progress: Callable[[str], None],
+) -> AblationRow:
+    """A variant's row from its per-query reciprocal ranks (reported as it is made)."""
+    row = AblationRow(
+        variant, list(added), float(np.mean(held_out)) if held_out else None, float(np.mean(test))
+    )
+    progress(f"{variant}: test MRR@10 {row.test:.4f}")
+    return row
+
+
 def _columns(added: Sequence[str]) -> list[int]:
     return list(range(len(FEATURES))) + [len(FEATURES) + EXTRA.index(a) for a in added]
 
@@ -246,15 +261,7 @@ def run_r3_ablation(
             mrr_at_10(base if x is None else x[:, cols] @ w_all, rel, cands)
             for x, base, rel, cands in test_rows
         ]
-        rows.append(
-            AblationRow(
-                variant,
-                list(added),
-                float(np.mean(held_out)) if held_out else None,
-                float(np.mean(test)),
-            )
-        )
-        progress(f"{variant}: test MRR@10 {rows[-1].test:.4f}")
+        rows.append(_row(variant, added, held_out, test, progress))
     rows.extend(_tree_rows(xs, ys, ids, held, test_rows, progress))
     return rows
 
@@ -305,15 +312,7 @@ def _tree_rows(
             mrr_at_10(base if x is None else model.predict_proba(x[:, cols])[:, 1], rel, cands)
             for x, base, rel, cands in test_rows
         ]
-        rows.append(
-            AblationRow(
-                variant,
-                list(added),
-                float(np.mean(held_out)) if held_out else None,
-                float(np.mean(test)),
-            )
-        )
-        progress(f"{variant}: test MRR@10 {rows[-1].test:.4f}")
+        rows.append(_row(variant, added, held_out, test, progress))
     return rows
 
 
