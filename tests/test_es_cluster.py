@@ -1,4 +1,4 @@
-"""The lexical leg on a real 3-node Elasticsearch cluster, with a node killed (``kill -9``)
+"""Both legs on a real 3-node Elasticsearch cluster, with a node killed (``kill -9``)
 under load: searches keep answering in full, acknowledged updates are never lost, and an
 answer says ``degraded`` exactly while some shard has no live copy.
 
@@ -624,3 +624,72 @@ def test_hybrid_searches_on_both_legs_survive_a_killed_node(
     cluster.cluster.health(wait_for_status="green", wait_for_nodes=3, timeout="120s")
     assert all(not hybrid(both_legs["bare"], q).degraded for q in queries)
     assert getattr(both_legs["bare"].snapshot.vectors.search(qvec, 10), "partial", 1) is None
+
+
+def test_updates_on_both_legs_survive_a_killed_node(
+    both_legs: dict[str, SearchService], sample_products: list[Product], cluster: Any
+) -> None:
+    """Incremental updates through the service (both legs on the replicated cluster
+    indices) while a node holding their primaries dies: every batch is acknowledged, and
+    every acknowledged product is in both legs afterwards: found by its own token in the
+    lexical leg, and its row's document (vector and filter fields) in the vector index."""
+    svc = both_legs["replicated"]
+    lexical_index, vector_index = leg_indices(svc)
+    primaries = [shard_nodes(cluster, index)["p"] for index in (lexical_index, vector_index)]
+    victim = sorted(set.intersection(*primaries) or primaries[1])[0]
+    tag = uuid.uuid4().hex[:6]
+    batches, size, kill_after = 16, 5, 4
+    acked: list[str] = []
+    failed: list[str] = []
+
+    def writer() -> None:
+        for b in range(batches):
+            batch = [new_product(b * size + j, tag) for j in range(size)]
+            try:
+                report = svc.apply_updates(batch, [])
+            except Exception as exc:
+                failed.append(f"batch {b}: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            if report.rejected:
+                failed.append(f"batch {b}: rejected {report.rejected[:3]}")
+                continue
+            acked.extend(p.id for p in batch)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        wait_until("the first batches", lambda: len(acked) >= kill_after * size, 180)
+        pid = kill_node(victim)
+    finally:
+        thread.join(timeout=600)
+    assert not thread.is_alive(), "the update loop did not finish in 600 s"
+
+    for index in (lexical_index, vector_index):
+        cluster.cluster.health(index=index, wait_for_status="yellow", timeout="120s")
+        cluster.indices.refresh(index=index)
+    snap = svc.snapshot
+    lost_lexical = []
+    for product_id in acked:
+        i = product_id.rsplit("-", 1)[1]
+        if [h.id for h in snap.lexical.search(f"zq{tag}x{i}", 3)] != [product_id]:
+            lost_lexical.append(product_id)
+    rows = {pid_: snap.table.row_of[pid_] for pid_ in acked}
+    docs = cluster.mget(index=vector_index, ids=[str(r) for r in rows.values()]).body["docs"]
+    lost_vector = [
+        pid_
+        for (pid_, row), doc in zip(rows.items(), docs, strict=True)
+        if not doc.get("found") or doc["_source"].get("row") != row
+    ]
+    print(
+        f"\nupdates on both legs: killed node {victim} (pid {pid}) after {kill_after} "
+        f"batches of {size}; {len(acked)} products acknowledged, {len(failed)} batches "
+        f"failed, lost: {len(lost_lexical)} lexical, {len(lost_vector)} vector"
+    )
+    assert not failed, failed[:3]
+    assert len(acked) == batches * size
+    assert not lost_lexical, lost_lexical[:10]
+    assert not lost_vector, lost_vector[:10]
+    assert snap.vectors.count() == snap.lexical.count() == len(sample_products) + len(acked)
+
+    run_script("start-node", str(victim))
+    cluster.cluster.health(wait_for_status="green", wait_for_nodes=3, timeout="120s")
