@@ -174,7 +174,29 @@ def serve(
     # workers; at the default 5 ms switch interval each of its wake-ups can wait that long
     # behind a worker. 1 ms keeps refusals and /healthz fast under load.
     sys.setswitchinterval(0.001)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    loop, http = http_implementation()
+    log.info("HTTP: uvicorn with the %s event loop and the %s parser", loop, http)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        loop=loop,
+        http=http,
+    )
+
+
+def http_implementation() -> tuple[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (C; dependencies of
+    shopsearch) when both import, else asyncio's loop and h11. The C pair costs about 1 ms
+    less CPU a search over loopback, 8-11% more searches a second at 16 clients (README,
+    "Threads and workers on two cores")."""
+    from importlib.util import find_spec
+
+    if find_spec("uvloop") is not None and find_spec("httptools") is not None:
+        return "uvloop", "httptools"
+    return "asyncio", "h11"
 
 
 @app.command()
