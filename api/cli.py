@@ -190,7 +190,7 @@ def serve(
 def http_implementation() -> tuple[str, str]:
     """uvicorn's event loop and HTTP parser: uvloop and httptools (C; dependencies of
     shopsearch) when both import, else asyncio's loop and h11. The C pair costs about 1 ms
-    less CPU a search over loopback, 8-11% more searches a second at 16 clients (README,
+    less CPU a search over loopback, 3-13% more searches a second at 16 clients (README,
     "Threads and workers on two cores")."""
     from importlib.util import find_spec
 
