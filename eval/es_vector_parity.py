@@ -37,9 +37,8 @@ from shopsearch.api.schemas import SearchRequest
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
 from shopsearch.eval.metrics import evaluate_protocol_a
+from shopsearch.eval.script_setup import current_snapshot, script_logging
 from shopsearch.indexer.judgments import load_homedepot
-from shopsearch.indexer.snapshot import SnapshotStore
-from shopsearch.indexer.snapshot_load import load_snapshot
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.es_vector_index import ElasticsearchVectorIndex, EsVectorParams
@@ -95,15 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse an existing ES index")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("elastic_transport", "sentence_transformers", "faiss", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    store = SnapshotStore(args.index_dir)
-    version = store.current()
-    if version is None:
-        raise SystemExit(f"{args.index_dir}: no CURRENT snapshot; build one first")
-    snap = load_snapshot(store.path(version))
+    script_logging(
+        ("elastic_transport", "sentence_transformers", "faiss", "httpx"), "%(asctime)s %(message)s"
+    )
+    snap = current_snapshot(args.index_dir)
+    version = snap.version
     if snap.vectors.kind != "faiss":
         raise SystemExit(f"snapshot {version} has a {snap.vectors.kind} vector leg, not faiss")
     n = len(snap.table.products)

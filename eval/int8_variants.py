@@ -40,7 +40,7 @@ from shopsearch.indexer.judgments import load_homedepot
 from shopsearch.retrieval.encoders import default_model_path, model_info
 from shopsearch.retrieval.onnx_export import export_onnx
 
-__all__ = ["main", "measure_variants"]
+__all__ = ["main", "measure_variants", "single_thread_session"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,9 @@ def _fused_int8(model_dir: Path, out: Path) -> Path:
     return target
 
 
-def _session(file: Path) -> Any:
+def single_thread_session(file: Path) -> Any:
+    """An onnxruntime CPU session of ``file`` with one intra-op thread and no spin-waiting
+    (how the server runs its towers)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -210,7 +212,7 @@ def measure_variants(
         )
     files["fused int8"] = _fused_int8(model_dir, work_dir)
 
-    sessions = {name: _session(file) for name, file in files.items()}
+    sessions = {name: single_thread_session(file) for name, file in files.items()}
     one = [feed([q], False) for q in dev_queries]
     batch = feed(list(dev_queries[:50]), False)
     reference = np.vstack([_embed(sessions["fp32"], f) for f in one])

@@ -87,7 +87,7 @@ from shopsearch.indexer.lexical_lifecycle import (
     SwitchAction,
     lifecycle_of,
 )
-from shopsearch.indexer.snapshot_load import MANIFEST, load_snapshot
+from shopsearch.indexer.snapshot_load import MANIFEST, LoadedSnapshot, load_snapshot
 from shopsearch.indexer.vector_lifecycle import VectorLifecycle, vector_lifecycle_of
 from shopsearch.retrieval.elasticsearch_index import ElasticsearchConnection
 
@@ -160,6 +160,14 @@ class SnapshotStore:
                 "`shopsearch snapshots` lists what exists"
             )
         return path
+
+    def load_current(self) -> LoadedSnapshot:
+        """The ``CURRENT`` snapshot opened for serving, with this store's cluster
+        connection (raises :class:`SnapshotError` before the first promotion)."""
+        version = self.current()
+        if version is None:
+            raise SnapshotError(f"{self.root}: no CURRENT snapshot; build one first")
+        return load_snapshot(self.path(version), es=self.es)
 
     def manifest(self, version: str) -> dict[str, Any]:
         """The manifest of snapshot ``version`` (raises :class:`SnapshotError`)."""
