@@ -79,7 +79,7 @@ def distil_query_tower(
     rng = np.random.default_rng(seed)
     target = torch.from_numpy(targets)
     for step in range(steps):
-        pick = rng.choice(len(texts), batch_size, replace=False)
+        pick = rng.choice(len(texts), min(batch_size, len(texts)), replace=False)
         features = student.tokenize([texts[i] for i in pick])
         out = student(features)["sentence_embedding"]
         out = torch.nn.functional.normalize(out, dim=1)
