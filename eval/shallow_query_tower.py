@@ -5,7 +5,7 @@ only has to land near the products it wants in that space. So a query tower with
 layers can be taught to copy the full tower's query vectors (mean squared error between
 normalised embeddings), and the catalog is not encoded again. This trains such students
 from the bundled all-MiniLM-L6-v2 (the base towers every new shop starts with): ``k`` of
-its 6 layers (:func:`indexer.training.compress.kept_layers`, the last always kept),
+its 6 layers (:func:`indexer.training.compress.prune_layers`, the last always kept),
 started from the teacher's weights, taught on Home Depot *train* search terms. It then
 measures, on a built snapshot and the *dev* queries:
 
@@ -43,7 +43,7 @@ from shopsearch.eval.metrics import evaluate_protocol_a
 from shopsearch.eval.script_setup import current_snapshot, script_logging
 from shopsearch.indexer.judgments import load_homedepot
 from shopsearch.indexer.judgments.datasets import EvalDataset
-from shopsearch.indexer.training.compress import kept_layers
+from shopsearch.indexer.training.compress import prune_layers
 from shopsearch.retrieval.encoders import default_model_path, model_info
 from shopsearch.retrieval.onnx_export import export_onnx
 
@@ -70,10 +70,7 @@ def distil_query_tower(
     import torch
 
     student = copy.deepcopy(teacher)
-    hf = student[0].auto_model
-    layers = hf.encoder.layer
-    hf.encoder.layer = torch.nn.ModuleList([layers[i] for i in kept_layers(len(layers), keep)])
-    hf.config.num_hidden_layers = keep
+    prune_layers(student[0].auto_model, keep)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=learning_rate)
     rng = np.random.default_rng(seed)
