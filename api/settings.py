@@ -133,7 +133,13 @@ class Settings(BaseSettings):
         "of standardized reranker, BM25 and cosine scores) or 'ranks' (weighted RRF of the "
         "two orders); see rerank/merge.py.",
     )
-    rerank_batch_size: int = Field(32, ge=1, le=1024)
+    rerank_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Pairs per cross-encoder pass; unset: 32 on a CPU, the whole list (up to "
+        "512) on a GPU.",
+    )
     reranker_backend: RerankerBackend = Field(
         "auto",
         description="How the cross-encoder runs: auto (onnx-int8 on a CPU, torch on a GPU), "

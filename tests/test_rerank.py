@@ -15,7 +15,12 @@ import pytest
 from shopsearch.api.schemas import SearchRequest
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
-from shopsearch.rerank.cross_encoder import FALLBACK_MAX_LENGTH, Reranker
+from shopsearch.rerank.cross_encoder import (
+    CPU_BATCH_SIZE,
+    FALLBACK_MAX_LENGTH,
+    GPU_BATCH_SIZE,
+    Reranker,
+)
 from shopsearch.rerank.merge import merge_rerank, merge_scores, standardize
 from shopsearch.retrieval.encoders import Encoder, ModelError
 
@@ -123,6 +128,18 @@ def test_reranker_takes_max_length_from_its_card(cross_encoder_dir: Path, tmp_pa
     assert reranker.max_length == 48
     assert reranker.model.max_seq_length == 48
     assert Reranker(carded, device="cpu", max_length=64).max_length == 64
+
+
+def test_batch_size_follows_the_device_and_never_changes_scores(cross_encoder_dir: Path) -> None:
+    # On a CPU the default is the measured 32; a GPU takes a whole list in one pass. The
+    # batch is how the pairs are grouped, never what they score (the GPU path's CPU twin).
+    cpu = Reranker(cross_encoder_dir, device="cpu", backend="torch")
+    assert cpu.batch_size == CPU_BATCH_SIZE
+    one_pass = Reranker(cross_encoder_dir, device="cpu", backend="torch", batch_size=GPU_BATCH_SIZE)
+    texts = [f"cordless drill {i} volt kit with {'battery ' * (i % 5)}charger" for i in range(70)]
+    np.testing.assert_allclose(
+        cpu.score("cordless drill", texts), one_pass.score("cordless drill", texts), atol=1e-5
+    )
 
 
 def test_missing_reranker_dir_is_named(tmp_path: Path) -> None:
