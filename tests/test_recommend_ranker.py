@@ -111,6 +111,22 @@ def test_candidate_features_describe_the_history(bundle) -> None:
     assert not {"a", "c"} & {vocab.items[c] for c in cand2}
 
 
+def test_score_items_scores_the_items_asked_in_their_order(bundle) -> None:
+    model = bundle.ranked
+    history = _h(("a", 0), ("a", 3), ("c", 3))
+    cand, x = model.features(history, np.zeros(0, np.int64), owned_candidates=True)
+    pooled = dict(zip((bundle.vocab.items[c] for c in cand), model.ranker.score(x), strict=True))
+    # Items outside the ranker's own pool ("b", "e") are described all the same; one
+    # outside the vocabulary scores 0.
+    got = model.score_items(history, ["c", "zzz", "a", "b", "e"])
+    assert got[0] == pytest.approx(pooled["c"]) and got[2] == pytest.approx(pooled["a"])
+    assert got[1] == 0.0 and 0.0 < got[3] < 1.0 and 0.0 < got[4] < 1.0
+    # The usual ranker weighs own events: "a" (bought twice) above "c" above unowned "b".
+    assert got[2] > got[0] > got[3]
+    assert model.score_items([], ["a", "b"]).tolist() == [0.0, 0.0]
+    assert model.score_items(_h(("zzz", 1)), ["a"]).tolist() == [0.0]
+
+
 def test_bundle_serves_the_ranker_and_its_fallbacks(bundle, tmp_path: Path) -> None:
     # A shopper with history: the usual ranker (weight on own events) puts "a" first.
     got = bundle.for_you.for_history(_h(("a", 0), ("a", 3), ("c", 3)), 3)

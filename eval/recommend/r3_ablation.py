@@ -13,10 +13,12 @@ and reports:
   scores the attention blend. The ``shipped`` row is the re-scorer itself through
   :meth:`PersonalRescorer.rescore`, the served path; ``blend`` must equal it.
 
-Nothing here is picked on the test period: it is the README's evidence that none of these
+Nothing here is picked on the test period: it is the README's evidence for which of these
 features is worth shipping. Run:
 ``python -m shopsearch.eval.recommend.r3_ablation --history .../transactions.csv.gz``
-(the dev split: history before 2011-10-01, test October 2011).
+(the dev split: history before 2011-10-01, test October 2011); ``--foryou`` adds the
+for-you ranker's score (two recommenders fitted, minutes); ``--holdout-days 30`` tests
+on the history's own last month instead (October is then not read).
 """
 
 from __future__ import annotations
@@ -49,8 +51,16 @@ from shopsearch.rerank.personal import (
 from shopsearch.rerank.personal_fit import fit_weights, is_held_out, mrr_at_10, train_rescorer
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.ranker import RankedForYou
 
-__all__ = ["EXTRA", "AblationRow", "extra_features", "rebuy_rates", "run_r3_ablation"]
+__all__ = [
+    "EXTRA",
+    "AblationRow",
+    "extra_features",
+    "fit_foryou_rankers",
+    "rebuy_rates",
+    "run_r3_ablation",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,11 +74,18 @@ EXTRA: tuple[str, ...] = (
     "attention_tau_0.03",
     "attention_tau_0.3",
     "copurchase_newest_basket",  # co-purchase cosine with the newest invoice's items
+    "foryou_log",  # log of the for-you ranker's probability that the shopper buys c next
 )
 _VARIANTS: dict[str, tuple[str, ...]] = {
     "blend": (),
     **{f"+{name}": (name,) for name in EXTRA},
     "+query_similarity +rebuy_if_bought": ("query_similarity", "rebuy_if_bought"),
+    "+foryou_log +query_similarity": ("foryou_log", "query_similarity"),
+    "+foryou_log +query_similarity +rebuy_if_bought": (
+        "foryou_log",
+        "query_similarity",
+        "rebuy_if_bought",
+    ),
 }
 
 
@@ -104,9 +121,12 @@ def extra_features(
     history: Sequence[HistoryItem],
     now: datetime,
     rates: Mapping[str, float],
+    foryou: RankedForYou | None = None,
 ) -> FloatArray:
     """The ``(len(candidate_ids), len(EXTRA))`` columns of :data:`EXTRA`; ``cosine`` is
-    :func:`rerank.personal.cosine_copurchase` of the scorer's counts (computed once)."""
+    :func:`rerank.personal.cosine_copurchase` of the scorer's counts (computed once).
+    Without ``foryou`` (a for-you ranker fitted on the same statistics' period) its
+    column is 0."""
     n = len(candidate_ids)
     out = np.zeros((n, len(EXTRA)))
     q = np.asarray(query_vec, dtype=np.float32).ravel()
@@ -136,6 +156,8 @@ def extra_features(
     if len(basket) and (cand >= 0).any():
         row = np.asarray(cosine[basket].sum(axis=0)).ravel() / len(basket)
         out[cand >= 0, 7] = row[cand[cand >= 0]]
+    if foryou is not None:
+        out[:, 8] = np.log(np.maximum(foryou.score_items(history, candidate_ids), 1e-6))
     return out
 
 
@@ -165,10 +187,14 @@ def run_r3_ablation(
     encoder: Encoder,
     seed: int = 0,
     max_test_queries: int | None = None,
+    foryou: tuple[RankedForYou, RankedForYou] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[AblationRow]:
     """The ``shipped`` row, then every variant (see the module doc). ``max_test_queries``
-    keeps the first N test queries (for a quick look; the README's rows use them all)."""
+    keeps the first N test queries (for a quick look; the README's rows use them all).
+    ``foryou``: for-you rankers fitted on the history before its last month and on all
+    of it (:func:`fit_foryou_rankers`), for the ``foryou_log`` variants; without them
+    those variants are left out."""
     data = R3Data.build(history_lines, test_lines, HISTORY_LIMIT)
     prepared = prepare_personal_training(
         history_lines, data.descriptions, encoder.encode_document, encoder.encode_query, seed=seed
@@ -203,6 +229,7 @@ def run_r3_ablation(
             ex.history,
             ex.now,
             rates_before,
+            foryou[0] if foryou else None,
         )
         xs.append(np.hstack([base, more]))
         ys.append(ex.relevant)
@@ -243,6 +270,7 @@ def run_r3_ablation(
                         history,
                         q.ts,
                         rates_all,
+                        foryou[1] if foryou else None,
                     ),
                 ]
             )
@@ -253,6 +281,8 @@ def run_r3_ablation(
     fit = [k for k, h in enumerate(held) if not h]
     out = [k for k, h in enumerate(held) if h]
     for variant, added in _VARIANTS.items():
+        if "foryou_log" in added and foryou is None:
+            continue
         cols = _columns(added)
         w_fit = fit_weights([xs[k] for k in fit], [ys[k] for k in fit], cols)
         held_out = [mrr_at_10(xs[k][:, cols] @ w_fit, ys[k], ids[k]) for k in out]
@@ -270,7 +300,7 @@ def run_r3_ablation(
 _TREE_VARIANTS: dict[str, tuple[str, ...]] = {
     "trees: blend's 6": (),
     "trees: +query_similarity": ("query_similarity",),
-    f"trees: all {len(FEATURES) + len(EXTRA)}": EXTRA,
+    f"trees: all {len(FEATURES) + len(EXTRA) - 1} but foryou_log": EXTRA[:-1],
 }
 
 
@@ -316,18 +346,57 @@ def _tree_rows(
     return rows
 
 
+def fit_foryou_rankers(
+    history_lines: pd.DataFrame,
+    texts: Mapping[str, str],
+    encoder: Encoder,
+    max_minutes: float = 8.0,
+) -> tuple[RankedForYou, RankedForYou]:
+    """For-you rankers as ``eval recommend`` fits them (``texts``: every product's
+    description, new ones too), on the history before its last month (the validation
+    queries' statistics) and on all of it (the test queries')."""
+    from shopsearch.indexer.training.recommender import fit_recommender, retail_interactions
+
+    before = history_lines[history_lines["ts"] < month_start(history_lines)]
+    rankers = []
+    for lines in (before, history_lines):
+        bundle = fit_recommender(
+            retail_interactions(lines), texts, encoder=encoder, max_minutes=max_minutes
+        ).bundle
+        if bundle.ranked is None:
+            raise ValueError("the recommender fitted no for-you ranker (too little history)")
+        rankers.append(bundle.ranked)
+    return rankers[0], rankers[1]
+
+
 def main() -> None:  # pragma: no cover - a thin command line
-    from shopsearch.indexer.retail import dev_split, load_lines
+    from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
     from shopsearch.retrieval.encoders import default_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--history", type=Path, required=True, help="online-retail lines")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--foryou",
+        action="store_true",
+        help="also fit two recommenders (about 3 minutes each) for the foryou_log variants",
+    )
+    parser.add_argument(
+        "--holdout-days",
+        type=float,
+        help="test on the history's last N days instead of the dev month (which is not read)",
+    )
     args = parser.parse_args()
     split = dev_split(load_lines(args.history))
-    rows = run_r3_ablation(
-        split.history, split.test, encoder=Encoder(default_model_path()), progress=print
-    )
+    history, test = split.history, split.test
+    if args.holdout_days is not None:
+        from shopsearch.eval.recommend.cli import holdout_split
+
+        history, test = holdout_split(history, args.holdout_days)
+    encoder = Encoder(default_model_path())
+    texts = item_descriptions(history, test)
+    foryou = fit_foryou_rankers(history, texts, encoder) if args.foryou else None
+    rows = run_r3_ablation(history, test, encoder=encoder, foryou=foryou, progress=print)
     for row in rows:
         held = "" if row.held_out is None else f"{row.held_out:.4f}"
         print(f"{row.variant:40s} held out {held:>6s}  test {row.test:.4f}")

@@ -218,6 +218,23 @@ class RankedForYou:
         """Candidate vocabulary indices and their raw feature rows (same order)."""
         return candidate_features(self, history, exclude_idx, owned_candidates=owned_candidates)
 
+    def score_items(self, history: Sequence[HistoryItem], items: Sequence[str]) -> FloatArray:
+        """The usual (not discovery) ranker's probability that the shopper with ``history``
+        buys each of ``items`` next, in their order; 0 for an item outside the vocabulary
+        and for every item when the history holds no known item."""
+        out = np.zeros(len(items))
+        idx = self.vocab.indices(list(items))
+        known = idx >= 0
+        if not known.any():
+            return out
+        cand, x = candidate_features(
+            self, history, np.zeros(0, np.int64), owned_candidates=True, candidates=idx[known]
+        )
+        if len(cand):
+            scores = self.ranker.score(x)
+            out[known] = scores[np.searchsorted(cand, idx[known])]
+        return out
+
     def for_history(
         self, history: Sequence[HistoryItem], k: int, exclude: frozenset[str] = frozenset()
     ) -> list[Scored]:
@@ -246,9 +263,11 @@ def candidate_features(
     exclude_idx: IntArray,
     *,
     owned_candidates: bool,
+    candidates: IntArray | None = None,
 ) -> tuple[IntArray, FloatArray]:
     """Candidates for ``history`` (``exclude_idx`` left out; the history's own items
-    only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows.
+    only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows. Given
+    ``candidates`` (vocabulary indices), those are described instead (sorted, unique).
 
     Per-item history aggregates are computed over the history's distinct items only and
     looked up for the candidates: a request costs O(history + candidates), plus two
@@ -282,11 +301,13 @@ def candidate_features(
     last = csr_rows_sum(model.last_items, newest, np.ones(len(newest), dtype=np.float64))
     neighbours_rel = neighbours / (neighbours.max() or 1.0)
     last_rel = last / (last.max() or 1.0)
-    pool = [_top(neighbours, NEIGHBOUR_CANDIDATES), _top(last_rel, LAST_ITEM_CANDIDATES)]
-    pool.append(model._popular)
-    if owned_candidates:
-        pool.append(items)
-    cand = np.unique(np.concatenate(pool)).astype(np.int64)
+    if candidates is None:
+        pool = [_top(neighbours, NEIGHBOUR_CANDIDATES), _top(last_rel, LAST_ITEM_CANDIDATES)]
+        pool.append(model._popular)
+        if owned_candidates:
+            pool.append(items)
+        candidates = np.concatenate(pool)
+    cand = np.unique(candidates).astype(np.int64)
     if len(exclude_idx):
         cand = cand[~np.isin(cand, exclude_idx)]
     if not len(cand):
