@@ -267,7 +267,8 @@ def candidate_features(
 ) -> tuple[IntArray, FloatArray]:
     """Candidates for ``history`` (``exclude_idx`` left out; the history's own items
     only when ``owned_candidates``) and their :data:`RANKER_FEATURES` rows. Given
-    ``candidates`` (vocabulary indices), those are described instead (sorted, unique).
+    ``candidates`` (vocabulary indices), those are described instead (sorted, unique;
+    ``owned_candidates`` then has no effect).
 
     Per-item history aggregates are computed over the history's distinct items only and
     looked up for the candidates: a request costs O(history + candidates), plus two
