@@ -4,7 +4,7 @@ The shopper's recent items change the order of the candidates the search already
 they never add one (so filters cannot leak) and, with an empty history, change nothing
 (the scores returned are the base scores themselves).
 
-Per candidate ``c`` six features, each from the history alone (newest first, events of
+Per candidate ``c`` seven features, each from the history alone (newest first, events of
 the same item summed, each event weighted by recency ``r = 0.5 ** (age_days /
 half_life_days)``, age measured from ``now``, by default the newest event):
 
@@ -19,10 +19,15 @@ half_life_days)``, age measured from ``now``, by default the newest event):
   feature is ``c . context`` (so "bag" for a shopper of retro-spot items favours the
   retro-spot bag, and the same shopper's "candle" query is not pulled towards bags);
 - ``nearest``: the largest ``c . h`` over the history's items (the same design in another
-  colour or size).
+  colour or size);
+- ``foryou``: the log of the for-you ranker's probability that the shopper buys ``c`` next
+  (:meth:`retrieval.recommend.ranker.RankedForYou.score_items`, floored at 1e-6): the 26
+  features of the recommender (own frequency, recency, re-buy rates, co-purchase, trends)
+  condensed into one column. It needs a for-you ranker attached (``foryou``, from the
+  recommender bundle fitted on the same period as the statistics); without one it is 0.
 
 A strategy is a linear blend ``z = w . features`` learned on past purchases
-(:mod:`rerank.personal_fit`): ``"blend"`` uses all six, ``"copurchase"`` (the simpler
+(:mod:`rerank.personal_fit`): ``"blend"`` uses all seven, ``"copurchase"`` (the simpler
 comparison) only ``base`` and ``copurchase``. The score handed back stays in the base
 score's units: ``score = base + personal`` with ``personal = range(base) * (z -
 w_base * base_scaled) / w_base``, which orders the candidates exactly as ``z`` does
@@ -32,7 +37,10 @@ w_base * base_scaled) / w_base``, which orders the candidates exactly as ``z`` d
 A model is a directory: ``blend.json`` (format, parameters, weights per strategy),
 ``model_card.json`` (version, trained range, metrics; the registry's card),
 ``items.json``, ``item_vectors.npy`` (item tower embeddings of the items' texts) and
-``copurchase.npz`` (item x item basket counts), ``baskets.npy`` (baskets per item).
+``copurchase.npz`` (item x item basket counts), ``baskets.npy`` (baskets per item). The
+for-you ranker is not part of it: it belongs to the recommender bundle and is attached by
+whoever builds the re-scorer. A model of the previous format (six features) loads with a
+``foryou`` weight of 0, so it scores as it did.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -58,9 +66,12 @@ from shopsearch.retrieval.types import ShopsearchError
 __all__ = [
     "FEATURES",
     "FORMAT",
+    "FORYOU_FLOOR",
     "NEIGHBOURS",
     "STRATEGIES",
     "STRATEGY_FEATURES",
+    "Blend",
+    "ForYouScorer",
     "PersonalError",
     "PersonalParams",
     "PersonalRescorer",
@@ -68,9 +79,14 @@ __all__ = [
     "Strategy",
     "cosine_copurchase",
     "default_weights",
+    "load_blend",
 ]
 
-FORMAT = "shopsearch-personal-1"
+FORMAT = "shopsearch-personal-2"
+#: Formats this code reads; the older one lacks ``foryou`` (read with weight 0).
+_READABLE = ("shopsearch-personal-1", FORMAT)
+#: Floor of the for-you probability before its log (an item the ranker cannot score).
+FORYOU_FLOOR = 1e-6
 FEATURES: tuple[str, ...] = (
     "base",
     "bought",
@@ -78,6 +94,7 @@ FEATURES: tuple[str, ...] = (
     "copurchase",
     "attention",
     "nearest",
+    "foryou",
 )
 Strategy = Literal["blend", "copurchase"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -95,6 +112,14 @@ Vectors = npt.NDArray[np.float32]
 
 class PersonalError(ShopsearchError):
     """A personal model directory is missing, inconsistent, or an input has a bad shape."""
+
+
+class ForYouScorer(Protocol):
+    """What the ``foryou`` feature reads (:class:`retrieval.recommend.ranker.RankedForYou`)."""
+
+    def score_items(self, history: Sequence[HistoryItem], items: Sequence[str]) -> FloatArray:
+        """Probability that the shopper with ``history`` (newest first) buys each item."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -167,7 +192,8 @@ def cosine_copurchase(
 class PersonalRescorer:
     """The shopper-aware re-scorer. ``items`` index the rows of ``item_vectors`` and of
     ``copurchase`` (raw basket co-counts; normalised here); ``weights`` maps each
-    strategy to one weight per feature of :data:`STRATEGY_FEATURES`."""
+    strategy to one weight per feature of :data:`STRATEGY_FEATURES`; ``foryou`` (optional)
+    gives the ``foryou`` feature and must be fitted on the same period as the counts."""
 
     items: Sequence[str]
     item_vectors: Vectors
@@ -176,6 +202,7 @@ class PersonalRescorer:
     weights: dict[str, dict[str, float]]
     params: PersonalParams = field(default_factory=PersonalParams)
     card: dict[str, Any] = field(default_factory=dict)
+    foryou: ForYouScorer | None = None
 
     def __post_init__(self) -> None:
         n = len(self.items)
@@ -241,6 +268,9 @@ class PersonalRescorer:
         out[:, 1] = np.log1p(own)
         out[:, 2] = own > 0
         known = folded.index >= 0
+        if self.foryou is not None:
+            chance = self.foryou.score_items(history[: self.params.max_history], candidate_ids)
+            out[:, 6] = np.log(np.maximum(chance, FORYOU_FLOOR))
         if not known.any():
             return out
         h_idx, h_w = folded.index[known], folded.weight[known]
@@ -330,32 +360,66 @@ class PersonalRescorer:
             PersonalError: a file is missing, of another format, or shapes disagree.
         """
         directory = Path(directory)
+        blend = load_blend(directory)
         try:
-            blend = json.loads((directory / "blend.json").read_text())
             items = json.loads((directory / "items.json").read_text())
             vectors = np.load(directory / "item_vectors.npy")
             copurchase = sp.load_npz(directory / "copurchase.npz").tocsr()
             baskets = np.load(directory / "baskets.npy")
-            card_path = directory / CARD_FILE
-            card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         except (OSError, ValueError) as exc:
             raise PersonalError(
                 f"{directory}: not a personal re-scoring model ({exc}); train one with "
                 "`shopsearch train recommender`"
             ) from exc
-        if blend.get("format") != FORMAT:
-            raise PersonalError(
-                f"{directory}: format {blend.get('format')!r}, this code reads {FORMAT!r}; retrain it"
-            )
         return cls(
             items=items,
             item_vectors=vectors,
             copurchase=copurchase,
             baskets=baskets,
-            weights={k: {f: float(v) for f, v in w.items()} for k, w in blend["weights"].items()},
-            params=PersonalParams(**blend["params"]),
-            card=card,
+            weights=blend.weights,
+            params=blend.params,
+            card=blend.card,
         )
+
+
+@dataclass(frozen=True)
+class Blend:
+    """What a model directory holds beyond its statistics: the weights per strategy, the
+    fixed parameters and the model card."""
+
+    weights: dict[str, dict[str, float]]
+    params: PersonalParams
+    card: dict[str, Any]
+
+
+def load_blend(directory: Path) -> Blend:
+    """The blend of a model written by :meth:`PersonalRescorer.save`, without its
+    statistics: what serving needs, as its items, vectors and co-purchase counts come
+    from the snapshot and the event store (reading them too costs a second per start).
+
+    Raises:
+        PersonalError: ``blend.json`` is missing, unreadable or of another format.
+    """
+    directory = Path(directory)
+    try:
+        blend = json.loads((directory / "blend.json").read_text())
+        card_path = directory / CARD_FILE
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise PersonalError(
+            f"{directory}: not a personal re-scoring model ({exc}); train one with "
+            "`shopsearch train recommender`"
+        ) from exc
+    if blend.get("format") not in _READABLE:
+        raise PersonalError(
+            f"{directory}: format {blend.get('format')!r}, this code reads {_READABLE}; retrain it"
+        )
+    weights = {k: {f: float(v) for f, v in w.items()} for k, w in blend["weights"].items()}
+    if blend["format"] != FORMAT:  # six features: foryou did not exist, it weighs 0
+        for strategy, w in weights.items():
+            if "foryou" in STRATEGY_FEATURES.get(strategy, ()):
+                w.setdefault("foryou", 0.0)
+    return Blend(weights, PersonalParams(**blend["params"]), card)
 
 
 def default_weights(values: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:

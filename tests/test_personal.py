@@ -3,6 +3,8 @@ small hand-made vectors and co-purchase counts whose right answers are known."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import scipy.sparse as sp
 
 from shopsearch.rerank.personal import (
     FEATURES,
+    FORYOU_FLOOR,
     PersonalError,
     PersonalParams,
     PersonalRescorer,
@@ -195,3 +198,54 @@ def test_mrr_at_10_ties_break_by_id() -> None:
         mrr_at_10(np.array([1.0, 1.0, 0.5]), np.array([False, True, False]), ["b", "a", "c"]) == 1.0
     )
     assert mrr_at_10(np.array([1.0, 2.0]), np.array([True, False]), ["a", "b"]) == 0.5
+
+
+class FixedForYou:
+    """The for-you ranker's exact twin for these tests: a fixed probability per item,
+    0 for the others (what :meth:`RankedForYou.score_items` gives an unknown item)."""
+
+    def __init__(self, chances: dict[str, float]) -> None:
+        self.chances = chances
+        self.histories: list[int] = []
+
+    def score_items(self, history: Sequence[HistoryItem], items: Sequence[str]) -> np.ndarray:
+        self.histories.append(len(history))
+        return np.array([self.chances.get(i, 0.0) for i in items])
+
+
+def test_foryou_feature_is_the_log_of_the_rankers_probability() -> None:
+    ids = ["bag-blue", "bag-red", "candle-red"]
+    vecs = VECTORS[[1, 0, 2]]
+    base = np.array([3.0, 2.0, 1.0])
+    column = FEATURES.index("foryou")
+    without = rescorer().features(VECTORS[0], ids, vecs, base, history("mug"))
+    assert not without[:, column].any()  # no ranker attached: the feature is 0
+    weights = default_weights({"foryou": 2.0})
+    scorer = rescorer(weights)
+    scorer.foryou = FixedForYou({"candle-red": 0.5, "bag-blue": 0.01})
+    x = scorer.features(VECTORS[0], ids, vecs, base, history("mug"))
+    assert x[:, column] == pytest.approx(np.log([0.01, FORYOU_FLOOR, 0.5]))
+    # The ranker's favourite climbs from last to first; the base order holds otherwise.
+    out = scorer.rescore(VECTORS[0], ids, vecs, base, history("mug"))
+    assert rank(ids, out.scores) == ["candle-red", "bag-blue", "bag-red"]
+    # An empty history is never shown to the ranker: the answer is the base itself.
+    calls = len(scorer.foryou.histories)
+    assert np.array_equal(scorer.rescore(VECTORS[0], ids, vecs, base, []).scores, base)
+    assert len(scorer.foryou.histories) == calls
+
+
+def test_a_six_feature_model_loads_with_a_foryou_weight_of_zero(tmp_path: Path) -> None:
+    scorer = rescorer()
+    scorer.save(tmp_path / "old")
+    blend_file = tmp_path / "old" / "blend.json"
+    blend = json.loads(blend_file.read_text())
+    blend["format"] = "shopsearch-personal-1"
+    del blend["weights"]["blend"]["foryou"]
+    blend_file.write_text(json.dumps(blend))
+    loaded = PersonalRescorer.load(tmp_path / "old")
+    assert loaded.weights["blend"]["foryou"] == 0.0
+    assert loaded.weights == scorer.weights
+    blend["format"] = "shopsearch-personal-0"
+    blend_file.write_text(json.dumps(blend))
+    with pytest.raises(PersonalError, match="retrain it"):
+        PersonalRescorer.load(tmp_path / "old")
