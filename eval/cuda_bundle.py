@@ -88,17 +88,21 @@ def _used_token_ids(model_dir: Path) -> set[int]:
     import pandas as pd
     from transformers import AutoTokenizer
 
+    from shopsearch.indexer.judgments.datasets import load_homedepot
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     texts = set(pd.read_csv(HOMEDEPOT / "products.csv")["product_title"].dropna().astype(str))
     for split in ("train", "dev"):
-        texts |= set(pd.read_csv(HOMEDEPOT / f"{split}.csv")["search_term"].dropna().astype(str))
+        texts |= {q.text for q in load_homedepot(HOMEDEPOT / f"{split}.csv").queries}
     # The rewriter's own word lists live in these modules' literals.
     for module in ("query_rewrite.py", "spelling.py", "item_text.py"):
         texts.add((REPO / "retrieval" / module).read_text())
     used = set(tokenizer.all_special_ids)
-    for batch_start in range(0, len(texts), 4096):
-        batch = sorted(texts)[batch_start : batch_start + 4096]
-        for ids in tokenizer(batch, truncation=False)["input_ids"]:
+    ordered = sorted(texts)
+    for batch_start in range(0, len(ordered), 4096):
+        for ids in tokenizer(ordered[batch_start : batch_start + 4096], truncation=False)[
+            "input_ids"
+        ]:
             used.update(ids)
     return used
 
