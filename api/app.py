@@ -121,7 +121,9 @@ def create_app(
     settings = settings or Settings()
     metrics = ServiceMetrics()
     state: dict[str, Any] = {"service": service, "events": None, "live_recall": None}
-    shoppers = ShopperSignals(settings, lambda: state["events"])
+    recommendations = Recommendations(settings, lambda: state["events"])
+    # The re-scorer's foryou feature reads the served recommender's for-you ranker.
+    shoppers = ShopperSignals(settings, lambda: state["events"], recommendations.bundle)
     suggestions = Suggestions(settings, lambda: state["service"])  # GET /v1/suggest
     admin_token = settings.admin_token.get_secret_value() if settings.admin_token else None
     # Made here, not in the lifespan: it binds to no event loop until a search runs.
@@ -458,7 +460,6 @@ def create_app(
 
     # Here, after /metrics: the schema lists the admin paths in this place, as before.
     app.include_router(admin_router(get_service, admin, settings, redact))
-    recommendations = Recommendations(settings, lambda: state["events"])
     app.include_router(recommend_router(get_service, recommendations, shoppers))
     app.include_router(suggest_router(get_service, suggestions, metrics.registry))
     app.include_router(page_router())  # GET /: the search page (api/static)

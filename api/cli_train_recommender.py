@@ -12,13 +12,16 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
 
 from shopsearch.api.cli_common import ModelsDirOption, console, models_dir_setting
 from shopsearch.api.cli_train import _Bars, train_app
+
+if TYPE_CHECKING:
+    from shopsearch.indexer.training.recommender import TrainedRecommender
 
 __all__ = ["train_recommender_command"]
 
@@ -60,13 +63,22 @@ def train_recommender_command(
             "with text-embedding inputs; registered as sequence/<version>); 0: skip it."
         ),
     ] = 5.0,
+    personal_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Budget of the shopper-aware search re-scorer (its blend learned on the "
+            "history's last month, with a second recommender fitted on the months before "
+            "it for the for-you feature; registered as personal/<version>); 0: skip it."
+        ),
+    ] = 8.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the model card as JSON on stdout.")
     ] = False,
 ) -> None:
     """Train popularity, repurchase, item-to-item (variant chosen on validation), text
     cold start, the for-you blend and the learned for-you ranker (fitted on the
-    validation period); register them as recommender/<version>."""
+    validation period); register them as recommender/<version>. Then the sequence model
+    (sequence/<version>) and the shopper-aware search re-scorer (personal/<version>)."""
     from shopsearch.api.settings import Settings
     from shopsearch.indexer.events.store import EventStore
     from shopsearch.indexer.retail import item_descriptions, load_lines
@@ -114,22 +126,27 @@ def train_recommender_command(
                 progress=bars,
                 sources=source,
             )
-        sequence_spec = None
-        if sequence_minutes > 0:
-            seq_lines = (
-                lines
-                if history is not None
-                else interactions.rename(
-                    columns={"basket": "invoice", "item": "stock_code", "user": "customer"}
-                )
+        sequence_spec = personal_spec = None
+        retail_lines = (
+            lines
+            if history is not None
+            else interactions.rename(
+                columns={"basket": "invoice", "item": "stock_code", "user": "customer"}
             )
-            sequence_spec = _train_sequence(seq_lines, texts, models_dir, sequence_minutes, bars)
+        )
+        if sequence_minutes > 0:
+            sequence_spec = _train_sequence(retail_lines, texts, models_dir, sequence_minutes, bars)
+        if personal_minutes > 0:
+            personal_spec = _train_personal(
+                retail_lines, texts, models_dir, personal_minutes, bars, trained
+            )
     except ShopsearchError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     card = trained.model.card
-    if sequence_spec is not None and not as_json:
-        console.print(f"registered [bold]{sequence_spec}[/bold] in {models_dir}")
+    for spec in (sequence_spec, personal_spec):
+        if spec is not None and not as_json:
+            console.print(f"registered [bold]{spec}[/bold] in {models_dir}")
     if as_json:
         sys.stdout.write(json.dumps(card, indent=2, default=str) + "\n")
         return
@@ -170,3 +187,43 @@ def _train_sequence(
         console.print(f"[yellow]sequence model skipped:[/yellow] {exc}")
         return None
     return register(models_dir, "sequence", version, result.card).spec
+
+
+def _train_personal(
+    lines: pd.DataFrame,
+    texts: dict[str, str],
+    models_dir: Path,
+    minutes: float,
+    bars: Any,
+    trained: TrainedRecommender,
+) -> str | None:
+    """Train and register the shopper-aware re-scorer beside ``trained`` (the
+    recommender just registered, whose for-you ranker it reads); a history too short
+    for it (no month before its last, no shopper query) is a warning, not a failure."""
+    from shopsearch.indexer.training.personal_model import train_personal
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.types import ShopsearchError
+
+    try:
+        result = train_personal(
+            lines,
+            texts,
+            Encoder(device="cpu"),
+            foryou_full=trained.bundle.ranked,
+            models_dir=models_dir,
+            max_minutes=minutes,
+            recommender_version=trained.model.version,
+            progress=bars,
+        )
+    except (ShopsearchError, ValueError) as exc:
+        console.print(f"[yellow]shopper-aware re-scorer skipped:[/yellow] {exc}")
+        return None
+    if result.model is None:
+        return None
+    metrics = result.report
+    console.print(
+        "shopper-aware re-scorer, held-out MRR@10: base "
+        f"{metrics.get('held_out.mrr@10.base', 0.0):.4f}, blend "
+        f"{metrics.get('held_out.mrr@10.blend', 0.0):.4f}"
+    )
+    return result.model.spec

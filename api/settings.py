@@ -292,10 +292,11 @@ class Settings(BaseSettings):
     personal_depth: int = Field(
         50, ge=1, le=1000, description="Head of the ranked list that a shopper's history re-scores."
     )
-    personal_model: Path | None = Field(
-        None,
-        description="Trained personal re-scoring model directory (its blend weights); "
-        "default: built-in weights.",
+    personal_model: str = Field(
+        "personal/latest",
+        description="Shopper-aware re-scoring model spec (<kind>/<version>, <kind>/latest or "
+        "a directory), trained by `shopsearch train recommender`; without one, built-in "
+        "blend weights.",
     )
     models_dir: Path = Field(
         Path("var/models"), description="Model registry (towers, reranker, recommender)."

@@ -8,9 +8,12 @@ answer for them is the anonymous one (nothing is cached per shopper).
 The re-scorer (:class:`rerank.personal.PersonalRescorer`) is rebuilt for each snapshot
 the service loads: its items are the snapshot's rows, its item vectors the snapshot's
 item-tower vectors (the query vector's space), its co-purchase counts come from the
-event store's baskets, and its blend weights from a trained personal model when one is
-configured (``SHOPSEARCH_PERSONAL_MODEL``), else the defaults below. So a promoted
-snapshot and its personal scores always describe the same catalog.
+event store's baskets, its blend weights from the trained personal model
+(``SHOPSEARCH_PERSONAL_MODEL``, ``personal/latest`` by default, registered by `shopsearch
+train recommender`) or the defaults below, and its ``foryou`` feature from the served
+recommender's for-you ranker. It is rebuilt when the snapshot, the personal model or the
+recommender changes, so a promoted snapshot and its personal scores always describe the
+same catalog.
 """
 
 from __future__ import annotations
@@ -29,8 +32,15 @@ from shopsearch.api.settings import Settings
 from shopsearch.indexer.events.privacy import pseudonymise
 from shopsearch.indexer.events.store import EventStore
 from shopsearch.indexer.snapshot_load import LoadedSnapshot
-from shopsearch.rerank.personal import PersonalParams, PersonalRescorer, default_weights
+from shopsearch.rerank.personal import (
+    PersonalParams,
+    PersonalRescorer,
+    default_weights,
+    load_blend,
+)
+from shopsearch.retrieval.model_registry import RegistryError, resolve_model
 from shopsearch.retrieval.recommend.base import HistoryItem
+from shopsearch.retrieval.recommend.bundle import RecommenderBundle
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
 __all__ = ["DEFAULT_PERSONAL_WEIGHTS", "Shopper", "ShopperSignals", "personalize"]
@@ -66,16 +76,24 @@ class Shopper:
 class ShopperSignals:
     """Histories and the re-scorer for the current snapshot (thread-safe to read)."""
 
-    def __init__(self, settings: Settings, store_provider: Callable[[], EventStore | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store_provider: Callable[[], EventStore | None],
+        recommender: Callable[[], RecommenderBundle | None] = lambda: None,
+    ) -> None:
         self.settings = settings
         self._store = store_provider
+        self._recommender = recommender
         try:
             self._key: bytes | None = settings.require_user_key()
         except ValueError:
             self._key = None
         self._lock = threading.Lock()
         self._rescorer: PersonalRescorer | None = None
-        self._rescorer_version: str | None = None
+        self._rescorer_key: tuple[str, str | None, Path | None] | None = None
+        self._model_path: Path | None = None
+        self._model_checked_at: float | None = None
 
     # ---- who and what they did --------------------------------------------------------
 
@@ -102,20 +120,46 @@ class ShopperSignals:
     # ---- the re-scorer of the serving snapshot -----------------------------------------
 
     def rescorer(self, snapshot: LoadedSnapshot) -> PersonalRescorer:
-        """The re-scorer over ``snapshot``'s items, built once per snapshot version."""
+        """The re-scorer over ``snapshot``'s items, built once per snapshot version,
+        personal model and recommender version."""
+        bundle = self._recommender()
+        model = self._personal_model()
+        key = (snapshot.version, bundle.version if bundle is not None else None, model)
         with self._lock:
-            if self._rescorer is None or self._rescorer_version != snapshot.version:
+            if self._rescorer is None or self._rescorer_key != key:
                 started = time.perf_counter()
-                self._rescorer = self._build(snapshot)
-                self._rescorer_version = snapshot.version
+                self._rescorer = self._build(snapshot, model, bundle)
+                self._rescorer_key = key
                 log.info(
-                    "shopper-aware re-scorer for %s ready in %.0f ms",
+                    "shopper-aware re-scorer for %s ready in %.0f ms (weights: %s, for-you "
+                    "ranker: %s)",
                     snapshot.version,
                     (time.perf_counter() - started) * 1000,
+                    model or "defaults",
+                    bundle.version if bundle and self._rescorer.foryou else "not used",
                 )
             return self._rescorer
 
-    def _build(self, snapshot: LoadedSnapshot) -> PersonalRescorer:
+    def _personal_model(self) -> Path | None:
+        """The trained personal model's directory, or None (the built-in weights). The
+        registry is listed at most once per ``reload_interval_s`` (30 s when 0), not on
+        every search, so a newly trained ``personal/latest`` is picked up at the next look."""
+        now = time.monotonic()
+        recheck = self.settings.reload_interval_s or 30.0
+        if self._model_checked_at is not None and now - self._model_checked_at < recheck:
+            return self._model_path
+        try:
+            path: Path | None = resolve_model(
+                self.settings.personal_model, self.settings.models_dir
+            )
+        except RegistryError:
+            path = None
+        self._model_path, self._model_checked_at = path, now
+        return path
+
+    def _build(
+        self, snapshot: LoadedSnapshot, model: Path | None, bundle: RecommenderBundle | None
+    ) -> PersonalRescorer:
         # The live products only, each at its serving row (an updated product may have an
         # older, tombstoned row under the same id).
         row_of = snapshot.table.row_of
@@ -125,8 +169,8 @@ class ShopperSignals:
         weights = default_weights(DEFAULT_PERSONAL_WEIGHTS)
         params = PersonalParams()
         card: dict[str, object] = {"weights": "defaults"}
-        if self.settings.personal_model is not None:
-            trained = PersonalRescorer.load(Path(self.settings.personal_model))
+        if model is not None:
+            trained = load_blend(model)
             weights, params, card = trained.weights, trained.params, trained.card
         vectors = snapshot.vectors.vectors  # type: ignore[attr-defined]
         return PersonalRescorer(
@@ -137,6 +181,8 @@ class ShopperSignals:
             weights=weights,
             params=params,
             card=card,
+            # Only when the weights use it: scoring it costs the ranker's features.
+            foryou=bundle.ranked if bundle is not None and _weighs_foryou(weights) else None,
         )
 
     def forget(self) -> None:
@@ -144,7 +190,11 @@ class ShopperSignals:
         events import, so co-purchase counts do not keep an erased shopper's baskets."""
         with self._lock:
             self._rescorer = None
-            self._rescorer_version = None
+            self._rescorer_key = None
+
+
+def _weighs_foryou(weights: dict[str, dict[str, float]]) -> bool:
+    return any(w.get("foryou", 0.0) != 0.0 for w in weights.values())
 
 
 def _basket_counts(store: EventStore | None, vocab: ItemVocab) -> tuple[object, np.ndarray]:

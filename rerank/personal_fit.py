@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from shopsearch.rerank.personal import (
     FEATURES,
     STRATEGY_FEATURES,
+    ForYouScorer,
     PersonalError,
     PersonalParams,
     PersonalRescorer,
@@ -96,6 +97,8 @@ class Prepared(Protocol):
     def stats_range(self) -> tuple[str, str]: ...
     @property
     def valid_range(self) -> tuple[str, str]: ...
+    @property
+    def query_weight(self) -> float: ...
 
 
 def mrr_at_10(scores: FloatArray, relevant: npt.NDArray[np.bool_], ids: Sequence[str]) -> float:
@@ -162,10 +165,17 @@ def train_rescorer(
     params: PersonalParams | None = None,
     max_minutes: float | None = None,
     version: str | None = None,
+    foryou_train: ForYouScorer | None = None,
+    foryou_full: ForYouScorer | None = None,
 ) -> tuple[PersonalRescorer, FitReport]:
     """Learn every strategy's weights on ``prepared.examples`` (features from the
     statistics before the validation month) and return the re-scorer that ships: those
     weights over the statistics of the whole history, with its model card.
+
+    ``foryou_train`` and ``foryou_full`` are for-you rankers fitted on the history before
+    the validation month and on all of it: the ``foryou`` feature of the examples and of
+    the returned re-scorer (which keeps ``foryou_full`` attached). Without them that
+    feature is 0 and its weight 0.
 
     Raises:
         PersonalError: no example has both a history and a relevant candidate.
@@ -174,7 +184,14 @@ def train_rescorer(
     started = time.monotonic()
     s = prepared.train_stats
     scorer = PersonalRescorer(
-        s.items, s.item_vectors, s.copurchase, s.baskets, default_weights(), params
+        s.items,
+        s.item_vectors,
+        s.copurchase,
+        s.baskets,
+        default_weights(),
+        params,
+        {},
+        foryou_train,
     )
     xs: list[FloatArray] = []
     ys: list[npt.NDArray[np.bool_]] = []
@@ -249,12 +266,15 @@ def train_rescorer(
         "trained_on": {
             "statistics": list(prepared.stats_range),
             "validation_queries": list(prepared.valid_range),
+            # The base the weights were fitted over (R3 rebuilds it from here).
+            "search_relevance": {"popularity_log": 1.0, "query_similarity": prepared.query_weight},
+            "foryou_ranker": foryou_train is not None,
         },
         "shipped_statistics_items": len(f.items),
         "metrics": dict(report),
         "fit_seconds": round(time.monotonic() - started, 1),
     }
     shipped = PersonalRescorer(
-        f.items, f.item_vectors, f.copurchase, f.baskets, weights, params, card
+        f.items, f.item_vectors, f.copurchase, f.baskets, weights, params, card, foryou_full
     )
     return shipped, report

@@ -55,9 +55,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The kinds of model the registry holds.
-KINDS: tuple[str, ...] = ("towers", "reranker", "recommender", "sequence")
+KINDS: tuple[str, ...] = ("towers", "reranker", "recommender", "sequence", "personal")
 #: Kinds whose arrays are ``.npz`` files rather than transformer weights.
-_ARRAY_KINDS = frozenset({"recommender"})
+_ARRAY_KINDS = frozenset({"recommender", "personal"})
 #: File name of the model card inside a version directory.
 CARD_FILE = "model_card.json"
 #: The version alias that resolves to the newest version of a kind.

@@ -17,7 +17,13 @@ from shopsearch.eval.recommend.r3 import (
     rank_candidates,
     reference_strategies,
 )
-from shopsearch.indexer.training.personal import ShopperTimelines, WordQuery, word_queries
+from shopsearch.indexer.training.personal import (
+    ShopperTimelines,
+    WordQuery,
+    fit_query_weight,
+    search_relevance,
+    word_queries,
+)
 from shopsearch.retrieval.encoders import Encoder
 from tests.conftest import DATASETS, require
 
@@ -54,6 +60,27 @@ def test_relevant_item_below_10_scores_zero_and_missing_runs_score_zero() -> Non
 
 def test_ties_rank_by_item_id() -> None:
     assert rank_candidates(("b", "a", "c"), np.array([1.0, 1.0, 2.0])) == ["c", "a", "b"]
+
+
+def test_query_weight_is_fitted_on_what_was_bought() -> None:
+    # Popularity points at the first candidate, the query at the second, and the second is
+    # what was bought: the fitted weight must let c . q overturn popularity.
+    rng = np.random.default_rng(0)
+    pops, sims, relevant = [], [], []
+    for _ in range(100):
+        pop = rng.random(8)
+        sim = rng.random(8) * 0.2
+        hit = int(rng.integers(8))
+        sim[hit] += 0.5
+        pops.append(pop)
+        sims.append(sim)
+        relevant.append(np.arange(8) == hit)
+    weight = fit_query_weight(pops, sims, relevant)
+    assert weight > 2.0
+    best = [int(np.argmax(search_relevance(p, c, weight))) for p, c in zip(pops, sims, strict=True)]
+    assert np.mean([r[b] for r, b in zip(relevant, best, strict=True)]) > 0.9
+    # No relevant candidate anywhere: nothing to learn from, the query is not weighed.
+    assert fit_query_weight(pops, sims, [np.zeros(8, bool)] * 100) == 0.0
 
 
 def lines(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -122,7 +149,7 @@ def test_reference_strategies_without_history_equal_the_base() -> None:
         frame["description"] = frame["stock_code"].map(catalog())
     data = R3Data.build(history, test)
     (q,) = word_queries(history, test, catalog())
-    base = data.base_scores(q)
+    base = data.popularity_log(q)
     own = reference_strategies(data)["own-then-copurchase"]
     assert np.array_equal(own(q, [], base), base)
     hist = data.timelines.history_at("c1", q.ts)
@@ -146,6 +173,6 @@ def test_r3_on_the_dev_split(encoder: Encoder) -> None:
     result = run_r3(split.history, split.test, encoder=encoder, seed=0)
     for name, floor in R3_FLOORS.items():
         assert result.metrics[name]["mrr@10"] >= floor, (name, result.metrics[name])
-    base = result.rankings["popularity-recent"]
+    base = result.rankings["search-relevance"]
     for name in ("own-then-copurchase", "copurchase-boost", "attention-blend"):
         assert result.rankings[f"{name}/no-history"] == base

@@ -9,16 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from shopsearch.api.app import create_app
 from shopsearch.api.service import SearchService
 from shopsearch.api.settings import Settings
+from shopsearch.api.shoppers import ShopperSignals
 from shopsearch.indexer.events.demo import demo_events
 from shopsearch.indexer.events.store import EventStore
+from shopsearch.rerank.personal import PersonalRescorer, default_weights
 from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.model_registry import new_version, register, staging_dir
 from shopsearch.retrieval.types import Product
 
 KEY = "shopper-search-test-key-0123"
@@ -26,9 +31,9 @@ TOKEN = "shopper-admin-token"
 
 
 @pytest.fixture(scope="module")
-def client(
+def service(
     sample_index: Path, encoder: Encoder, sample_products: list[Product], tmp_path_factory: Any
-) -> Iterator[TestClient]:
+) -> SearchService:
     db = tmp_path_factory.mktemp("shopper-events") / "events.db"
     with EventStore(db) as store:
         store.add(demo_events(sample_products, KEY.encode()))
@@ -38,10 +43,17 @@ def client(
         events_db=db,
         user_key=SecretStr(KEY),
         admin_token=SecretStr(TOKEN),
+        # No registered personal model: the built-in weights (a test below registers one).
+        models_dir=tmp_path_factory.mktemp("no-models"),
     )
     svc = SearchService(settings, encoder=encoder)
     svc.load()
-    with TestClient(create_app(settings, service=svc)) as c:
+    return svc
+
+
+@pytest.fixture(scope="module")
+def client(service: SearchService) -> Iterator[TestClient]:
+    with TestClient(create_app(service.settings, service=service)) as c:
         yield c
 
 
@@ -101,3 +113,30 @@ def test_erased_shopper_gets_the_anonymous_answer(client: TestClient) -> None:
     after = _search(client, user="demo-cook")
     assert after["personalized"] == "no history"
     assert _ids(after) == _ids(_search(client))
+
+
+def test_the_registered_personal_model_gives_the_served_weights(
+    service: SearchService, tmp_path: Path
+) -> None:
+    weights = default_weights({"bought_before": 3.0, "foryou": 1.5})
+    trained = PersonalRescorer(
+        items=["any"],
+        item_vectors=np.ones((1, 4), dtype=np.float32),
+        copurchase=sp.csr_matrix((1, 1)),
+        baskets=np.zeros(1),
+        weights=weights,
+    )
+    version = new_version(tmp_path, "personal")
+    trained.save(staging_dir(tmp_path, "personal", version))
+    register(tmp_path, "personal", version, {"name": "personal-rescorer"})
+    snapshot = service.snapshot
+    signals = ShopperSignals(
+        service.settings.model_copy(update={"models_dir": tmp_path}), lambda: None
+    )
+    served = signals.rescorer(snapshot)
+    # The trained weights over the snapshot's items; no recommender, so no for-you ranker.
+    assert served.weights == weights and served.card["version"] == version
+    assert list(served.items) == list(snapshot.table.row_of) and served.foryou is None
+    assert signals.rescorer(snapshot) is served  # built once per snapshot and model
+    empty = ShopperSignals(service.settings, lambda: None)
+    assert empty.rescorer(snapshot).card == {"weights": "defaults"}

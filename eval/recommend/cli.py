@@ -113,6 +113,7 @@ def recommend_command(
     from shopsearch.eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
     from shopsearch.eval.recommend.strategies import reference_strategies, trained_strategies
     from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
+    from shopsearch.indexer.training.personal_model import fit_foryou_before
     from shopsearch.indexer.training.recommender import (
         fit_recommender,
         interaction_arrays,
@@ -189,6 +190,18 @@ def recommend_command(
                 )
                 bundle = fitted.bundle
                 trained_note = f"trained on --history, config {fitted.card['config']}"
+            foryou = None
+            if "R3" in wanted and bundle.ranked is not None:
+                # The re-scorer's foryou feature: a ranker that knew only the months
+                # before its validation month, and the one fitted on the whole history.
+                before = fit_foryou_before(
+                    history_lines,
+                    texts,
+                    encoder,
+                    cache_dir=registry / ".cache" / "embeddings",
+                    progress=bars,
+                )
+                foryou = (before, bundle.ranked) if before is not None else None
             events = interaction_arrays(hist)
             strategies = {
                 **reference_strategies(events, bundle.vocab),
@@ -206,6 +219,7 @@ def recommend_command(
                 test_lines=test_lines,
                 encoder=encoder,
                 on_strategy=lambda p, s: progress.advance(task, 1),
+                foryou=foryou,
             )
     except ShopsearchError as exc:
         console.print(f"[red]error:[/red] {exc}")

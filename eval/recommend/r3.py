@@ -12,8 +12,11 @@ module adds the strategies, the metrics and the run:
   The statistics (popularity, co-purchase counts, the models) stay frozen at the end of
   the history, as a nightly build's. (With the history lines only, own-then-copurchase
   scores 0.513 instead of 0.523; the README's 0.526 matches this reading best.)
-- the base relevance of every personal strategy is popularity within the matches over the
-  last :data:`RECENT_DAYS` days of history (every candidate matches the query word).
+- the base relevance of every personal strategy is the plain search relevance of
+  :func:`indexer.training.personal.search_relevance`: popularity within the matches over
+  the last :data:`RECENT_DAYS` days of history (every candidate matches the query word)
+  plus the item tower's query similarity, with the weight the re-scorer's training
+  fitted without history (its card's ``trained_on.search_relevance``).
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from shopsearch.indexer.training.personal import (
     WordQuery,
     popularity,
     prepare_personal_training,
+    search_relevance,
     word_queries,
 )
-from shopsearch.rerank.personal import PersonalRescorer
+from shopsearch.rerank.personal import ForYouScorer, PersonalRescorer
 from shopsearch.rerank.personal import Strategy as PersonalStrategy
 from shopsearch.rerank.personal_fit import train_rescorer
 from shopsearch.retrieval.encoders import Encoder
@@ -50,6 +54,7 @@ __all__ = [
     "R3Data",
     "R3Result",
     "Strategy",
+    "WordVectors",
     "evaluate_rankings",
     "personal_strategies",
     "rank_candidates",
@@ -95,8 +100,8 @@ class R3Data:
             history_limit=history_limit,
         )
 
-    def base_scores(self, query: R3Query) -> FloatArray:
-        """The base relevance of R3: log(1 + recent popularity) of each candidate."""
+    def popularity_log(self, query: R3Query) -> FloatArray:
+        """log(1 + recent popularity) of each candidate (the ``popularity-recent`` order)."""
         pop = self.popularity_recent
         return np.log1p(np.array([pop.get(i, 0) for i in query.candidates], dtype=np.float64))
 
@@ -155,13 +160,14 @@ def run_strategies(
     data: R3Data,
     queries: Sequence[R3Query],
     strategies: Mapping[str, tuple[Strategy, bool]],
+    bases: Mapping[str, FloatArray],
 ) -> R3Result:
     """Run every strategy on every query. ``strategies`` maps a name to (strategy,
-    with_history): without history a strategy gets an empty history."""
+    with_history): without history a strategy gets an empty history. ``bases``: each
+    query's base relevance ({qid: scores of its candidates})."""
     metrics: dict[str, dict[str, float]] = {}
     latency: dict[str, dict[str, float]] = {}
     rankings: dict[str, dict[str, list[str]]] = {}
-    bases = {q.qid: data.base_scores(q) for q in queries}
     for name, (strategy, with_history) in strategies.items():
         ranked: dict[str, list[str]] = {}
         times = np.empty(len(queries))
@@ -205,7 +211,8 @@ def reference_strategies(data: R3Data) -> dict[str, Strategy]:
     """The README's reference points, no learning.
 
     - ``popularity``: invoices holding the item over all history (README: 0.388);
-    - ``popularity-recent``: the base relevance (last :data:`RECENT_DAYS` days);
+    - ``popularity-recent``: invoices holding the item in the last :data:`RECENT_DAYS` days;
+    - ``search-relevance``: the base relevance (that popularity and the query similarity);
     - ``own-then-copurchase``: the candidates the shopper bought before (most lines in the
       history first), then by co-purchase count with the history's items, then by base
       relevance (README: 0.526).
@@ -216,6 +223,9 @@ def reference_strategies(data: R3Data) -> dict[str, Strategy]:
         query: R3Query, history: Sequence[HistoryItem], base: FloatArray
     ) -> FloatArray:
         return np.log1p(np.array([pop_all.get(i, 0) for i in query.candidates], dtype=np.float64))
+
+    def by_recent(query: R3Query, history: Sequence[HistoryItem], base: FloatArray) -> FloatArray:
+        return data.popularity_log(query)
 
     def by_base(query: R3Query, history: Sequence[HistoryItem], base: FloatArray) -> FloatArray:
         return base
@@ -244,31 +254,47 @@ def reference_strategies(data: R3Data) -> dict[str, Strategy]:
 
     return {
         "popularity": by_popularity,
-        "popularity-recent": by_base,
+        "popularity-recent": by_recent,
+        "search-relevance": by_base,
         "own-then-copurchase": own_then_copurchase,
     }
 
 
-def personal_strategies(
-    queries: Sequence[R3Query], rescorer: PersonalRescorer, encoder: Encoder
-) -> dict[str, Strategy]:
-    """The re-scorer's strategies on R3, ``copurchase-boost`` and ``attention-blend``.
+@dataclass
+class WordVectors:
+    """Per query word: its query vector (``encode_query(word)``) and its candidates' item
+    vectors (the re-scorer's rows; zeros for an item it lacks). Both depend on the word
+    only, so they are computed once per word before the run (the timed call is the
+    re-scoring, as at serving time where both vectors already exist)."""
 
-    The query vector is ``encode_query(word)`` and the candidates' vectors come from the
-    re-scorer's item vectors; both depend on the word only, so they are computed once per
-    word before the run (the timed call is the re-scoring, as at serving time where the
-    query vector and the candidates' vectors already exist).
-    """
-    words = sorted({q.word for q in queries})
-    encoded = encoder.encode_query([w.lower() for w in words]) if words else None
-    word_vecs = {w: encoded[k] for k, w in enumerate(words)} if encoded is not None else {}
-    cand_vecs: dict[str, npt.NDArray[np.float32]] = {}
-    for query in queries:
-        if query.word not in cand_vecs:
-            idx = rescorer.vocab.indices(query.candidates)
-            vecs = np.zeros((len(idx), rescorer.item_vectors.shape[1]), dtype=np.float32)
-            vecs[idx >= 0] = rescorer.item_vectors[idx[idx >= 0]]
-            cand_vecs[query.word] = vecs
+    query: dict[str, npt.NDArray[np.float32]]
+    candidates: dict[str, npt.NDArray[np.float32]]
+
+    @classmethod
+    def build(
+        cls, queries: Sequence[R3Query], rescorer: PersonalRescorer, encoder: Encoder
+    ) -> WordVectors:
+        words = sorted({q.word for q in queries})
+        encoded = encoder.encode_query([w.lower() for w in words]) if words else None
+        word_vecs = {w: encoded[k] for k, w in enumerate(words)} if encoded is not None else {}
+        cand_vecs: dict[str, npt.NDArray[np.float32]] = {}
+        for query in queries:
+            if query.word not in cand_vecs:
+                idx = rescorer.vocab.indices(query.candidates)
+                vecs = np.zeros((len(idx), rescorer.item_vectors.shape[1]), dtype=np.float32)
+                vecs[idx >= 0] = rescorer.item_vectors[idx[idx >= 0]]
+                cand_vecs[query.word] = vecs
+        return cls(word_vecs, cand_vecs)
+
+    def similarity(self, query: R3Query) -> FloatArray:
+        """``c . q`` of each candidate."""
+        return (self.candidates[query.word] @ self.query[query.word]).astype(np.float64)
+
+
+def personal_strategies(rescorer: PersonalRescorer, vectors: WordVectors) -> dict[str, Strategy]:
+    """The re-scorer's strategies on R3, ``copurchase-boost`` and ``attention-blend``,
+    through :meth:`PersonalRescorer.rescore` (the served path)."""
+    word_vecs, cand_vecs = vectors.query, vectors.candidates
 
     def make(strategy: PersonalStrategy) -> Strategy:
         def score(query: R3Query, history: Sequence[HistoryItem], base: FloatArray) -> FloatArray:
@@ -296,15 +322,19 @@ def run_r3(
     seed: int = 0,
     history_limit: int = HISTORY_LIMIT,
     max_train_minutes: float | None = None,
+    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
 ) -> R3Result:
     """Protocol R3 for every strategy side by side.
 
-    Strategies: ``popularity`` (all history; README 0.388), ``popularity-recent`` (the base
-    relevance), ``own-then-copurchase`` (README 0.526), ``copurchase-boost`` and
-    ``attention-blend`` (the re-scorer), and each personal one again with an empty history
-    (``<name>/no-history``), which must equal ``popularity-recent``. Without a
-    ``rescorer``, one is trained on ``history_lines`` alone (statistics before its last
-    month, validation queries of that month; never a test line).
+    Strategies: ``popularity`` (all history; README 0.388), ``popularity-recent``,
+    ``search-relevance`` (the base relevance), ``own-then-copurchase`` (README 0.526),
+    ``copurchase-boost`` and ``attention-blend`` (the re-scorer), and each personal one
+    again with an empty history (``<name>/no-history``), which must equal
+    ``search-relevance``. Without a ``rescorer``, one is trained on ``history_lines`` alone
+    (statistics before its last month, validation queries of that month; never a test
+    line), with ``foryou`` (for-you rankers fitted before that month and on all the
+    history, :func:`indexer.training.personal_model.fit_foryou_before`) for its
+    ``foryou`` feature.
     """
     data = R3Data.build(history_lines, test_lines, history_limit)
     queries = word_queries(history_lines, test_lines, data.descriptions, seed=seed)
@@ -317,11 +347,23 @@ def run_r3(
             seed=seed,
             max_minutes=max_train_minutes,
         )
-        rescorer, _ = train_rescorer(prepared, max_minutes=max_train_minutes)
+        rescorer, _ = train_rescorer(
+            prepared,
+            max_minutes=max_train_minutes,
+            foryou_train=foryou[0] if foryou else None,
+            foryou_full=foryou[1] if foryou else None,
+        )
+    relevance = rescorer.card.get("trained_on", {}).get("search_relevance", {})
+    query_weight = float(relevance.get("query_similarity", 0.0))
+    vectors = WordVectors.build(queries, rescorer, encoder)
+    bases = {
+        q.qid: search_relevance(data.popularity_log(q), vectors.similarity(q), query_weight)
+        for q in queries
+    }
     strategies: dict[str, tuple[Strategy, bool]] = {}
-    personal = {**reference_strategies(data), **personal_strategies(queries, rescorer, encoder)}
+    personal = {**reference_strategies(data), **personal_strategies(rescorer, vectors)}
     for name, strategy in personal.items():
         strategies[name] = (strategy, True)
     for name in ("own-then-copurchase", "copurchase-boost", "attention-blend"):
         strategies[f"{name}/no-history"] = (personal[name], False)
-    return run_strategies(data, queries, strategies)
+    return run_strategies(data, queries, strategies, bases)

@@ -13,12 +13,18 @@ and reports:
   scores the attention blend. The ``shipped`` row is the re-scorer itself through
   :meth:`PersonalRescorer.rescore`, the served path; ``blend`` must equal it.
 
+The base relevance of both periods is the re-scorer's training base
+(:func:`indexer.training.personal.search_relevance`: recent popularity and the query
+similarity, its weight fitted without history), so ``query_similarity`` here asks whether
+the query should weigh more once the history is known.
+
 Nothing here is picked on the test period: it is the README's evidence for which of these
 features is worth shipping. Run:
 ``python -m shopsearch.eval.recommend.r3_ablation --history .../transactions.csv.gz``
-(the dev split: history before 2011-10-01, test October 2011); ``--foryou`` adds the
-for-you ranker's score (two recommenders fitted, minutes); ``--holdout-days 30`` tests
-on the history's own last month instead (October is then not read).
+(the dev split: history before 2011-10-01, test October 2011); ``--foryou`` fits the two
+recommenders whose for-you rankers give the shipped ``foryou`` feature (minutes; without
+it that feature is 0, the blend's other six are what is left); ``--holdout-days 30``
+tests on the history's own last month instead (October is then not read).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from shopsearch.indexer.training.personal import (
     HISTORY_LIMIT,
     month_start,
     prepare_personal_training,
+    search_relevance,
     word_queries,
 )
 from shopsearch.rerank.personal import (
@@ -74,18 +81,11 @@ EXTRA: tuple[str, ...] = (
     "attention_tau_0.03",
     "attention_tau_0.3",
     "copurchase_newest_basket",  # co-purchase cosine with the newest invoice's items
-    "foryou_log",  # log of the for-you ranker's probability that the shopper buys c next
 )
 _VARIANTS: dict[str, tuple[str, ...]] = {
     "blend": (),
     **{f"+{name}": (name,) for name in EXTRA},
     "+query_similarity +rebuy_if_bought": ("query_similarity", "rebuy_if_bought"),
-    "+foryou_log +query_similarity": ("foryou_log", "query_similarity"),
-    "+foryou_log +query_similarity +rebuy_if_bought": (
-        "foryou_log",
-        "query_similarity",
-        "rebuy_if_bought",
-    ),
 }
 
 
@@ -121,12 +121,9 @@ def extra_features(
     history: Sequence[HistoryItem],
     now: datetime,
     rates: Mapping[str, float],
-    foryou: RankedForYou | None = None,
 ) -> FloatArray:
     """The ``(len(candidate_ids), len(EXTRA))`` columns of :data:`EXTRA`; ``cosine`` is
-    :func:`rerank.personal.cosine_copurchase` of the scorer's counts (computed once).
-    Without ``foryou`` (a for-you ranker fitted on the same statistics' period) its
-    column is 0."""
+    :func:`rerank.personal.cosine_copurchase` of the scorer's counts (computed once)."""
     n = len(candidate_ids)
     out = np.zeros((n, len(EXTRA)))
     q = np.asarray(query_vec, dtype=np.float32).ravel()
@@ -156,8 +153,6 @@ def extra_features(
     if len(basket) and (cand >= 0).any():
         row = np.asarray(cosine[basket].sum(axis=0)).ravel() / len(basket)
         out[cand >= 0, 7] = row[cand[cand >= 0]]
-    if foryou is not None:
-        out[:, 8] = np.log(np.maximum(foryou.score_items(history, candidate_ids), 1e-6))
     return out
 
 
@@ -193,17 +188,23 @@ def run_r3_ablation(
     """The ``shipped`` row, then every variant (see the module doc). ``max_test_queries``
     keeps the first N test queries (for a quick look; the README's rows use them all).
     ``foryou``: for-you rankers fitted on the history before its last month and on all
-    of it (:func:`fit_foryou_rankers`), for the ``foryou_log`` variants; without them
-    those variants are left out."""
+    of it (:func:`fit_foryou_rankers`), for the re-scorer's ``foryou`` feature; without
+    them that feature is 0 in every row."""
     data = R3Data.build(history_lines, test_lines, HISTORY_LIMIT)
     prepared = prepare_personal_training(
         history_lines, data.descriptions, encoder.encode_document, encoder.encode_query, seed=seed
     )
-    shipped, _ = train_rescorer(prepared)
+    before, full = foryou if foryou else (None, None)
+    shipped, _ = train_rescorer(prepared, foryou_train=before, foryou_full=full)
     progress(f"re-scorer trained on {len(prepared.examples)} validation queries")
     stats = prepared.train_stats
     features_of = PersonalRescorer(
-        stats.items, stats.item_vectors, stats.copurchase, stats.baskets, default_weights()
+        stats.items,
+        stats.item_vectors,
+        stats.copurchase,
+        stats.baskets,
+        default_weights(),
+        foryou=before,
     )
     cosine_before = cosine_copurchase(stats.copurchase, stats.baskets)
     cosine_all = cosine_copurchase(shipped.copurchase, shipped.baskets)
@@ -229,7 +230,6 @@ def run_r3_ablation(
             ex.history,
             ex.now,
             rates_before,
-            foryou[0] if foryou else None,
         )
         xs.append(np.hstack([base, more]))
         ys.append(ex.relevant)
@@ -245,10 +245,12 @@ def run_r3_ablation(
     shipped_mrr = []
     for q in queries:
         history = data.timelines.history_at(q.customer, q.ts, data.history_limit)
-        base_scores = np.log1p([float(data.popularity_recent.get(c, 0)) for c in q.candidates])
         idx = shipped.vocab.indices(q.candidates)
         vecs = np.zeros((len(idx), shipped.item_vectors.shape[1]), dtype=np.float32)
         vecs[idx >= 0] = shipped.item_vectors[idx[idx >= 0]]
+        base_scores = search_relevance(
+            data.popularity_log(q), vecs @ word_vecs[q.word], prepared.query_weight
+        )
         relevant = np.array([c in q.relevant for c in q.candidates])
         served = shipped.rescore(
             word_vecs[q.word], q.candidates, vecs, base_scores, history, now=q.ts
@@ -270,7 +272,6 @@ def run_r3_ablation(
                         history,
                         q.ts,
                         rates_all,
-                        foryou[1] if foryou else None,
                     ),
                 ]
             )
@@ -281,8 +282,6 @@ def run_r3_ablation(
     fit = [k for k, h in enumerate(held) if not h]
     out = [k for k, h in enumerate(held) if h]
     for variant, added in _VARIANTS.items():
-        if "foryou_log" in added and foryou is None:
-            continue
         cols = _columns(added)
         w_fit = fit_weights([xs[k] for k in fit], [ys[k] for k in fit], cols)
         held_out = [mrr_at_10(xs[k][:, cols] @ w_fit, ys[k], ids[k]) for k in out]
@@ -300,7 +299,7 @@ def run_r3_ablation(
 _TREE_VARIANTS: dict[str, tuple[str, ...]] = {
     "trees: blend's 6": (),
     "trees: +query_similarity": ("query_similarity",),
-    f"trees: all {len(FEATURES) + len(EXTRA) - 1} but foryou_log": EXTRA[:-1],
+    f"trees: all {len(FEATURES) + len(EXTRA)}": EXTRA,
 }
 
 
@@ -355,18 +354,16 @@ def fit_foryou_rankers(
     """For-you rankers as ``eval recommend`` fits them (``texts``: every product's
     description, new ones too), on the history before its last month (the validation
     queries' statistics) and on all of it (the test queries')."""
+    from shopsearch.indexer.training.personal_model import fit_foryou_before
     from shopsearch.indexer.training.recommender import fit_recommender, retail_interactions
 
-    before = history_lines[history_lines["ts"] < month_start(history_lines)]
-    rankers = []
-    for lines in (before, history_lines):
-        bundle = fit_recommender(
-            retail_interactions(lines), texts, encoder=encoder, max_minutes=max_minutes
-        ).bundle
-        if bundle.ranked is None:
-            raise ValueError("the recommender fitted no for-you ranker (too little history)")
-        rankers.append(bundle.ranked)
-    return rankers[0], rankers[1]
+    before = fit_foryou_before(history_lines, texts, encoder, max_minutes=max_minutes)
+    full = fit_recommender(
+        retail_interactions(history_lines), texts, encoder=encoder, max_minutes=max_minutes
+    ).bundle.ranked
+    if before is None or full is None:
+        raise ValueError("the recommender fitted no for-you ranker (too little history)")
+    return before, full
 
 
 def main() -> None:  # pragma: no cover - a thin command line
@@ -379,7 +376,7 @@ def main() -> None:  # pragma: no cover - a thin command line
     parser.add_argument(
         "--foryou",
         action="store_true",
-        help="also fit two recommenders (about 3 minutes each) for the foryou_log variants",
+        help="also fit two recommenders (1-3 minutes each) for the re-scorer's foryou feature",
     )
     parser.add_argument(
         "--holdout-days",

@@ -30,6 +30,7 @@ from shopsearch.indexer.recommend_protocols import (
     r1_queries,
     r2_queries,
 )
+from shopsearch.rerank.personal import ForYouScorer
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.base import Recommender, Scored
 
@@ -103,6 +104,7 @@ def run_protocols(
     test_lines: pd.DataFrame | None = None,
     encoder: Encoder | None = None,
     on_strategy: Callable[[str, str], None] | None = None,
+    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
 ) -> Evaluation:
     """Every strategy on every protocol of ``protocols``.
 
@@ -110,6 +112,8 @@ def run_protocols(
     shopper-aware search: its own strategies, the re-scorer trained on the history)
     needs the raw retail lines ``history_lines``/``test_lines`` (descriptions) and the
     ``encoder`` (query and item vectors); without them it is skipped with a note.
+    ``foryou``: for-you rankers fitted before the history's last month and on all of it,
+    the re-scorer's ``foryou`` feature (:func:`eval.recommend.r3.run_r3`).
     """
     unknown = set(protocols) - set(ALL_PROTOCOLS)
     if unknown:
@@ -120,7 +124,7 @@ def run_protocols(
     histories = customer_histories(history)
     for protocol in protocols:
         if protocol == "R3":
-            _run_r3(out, history_lines, test_lines, encoder, seed)
+            _run_r3(out, history_lines, test_lines, encoder, seed, foryou)
             continue
         if protocol == "R2":
             similar_qs = r2_queries(test, seed=seed)
@@ -146,6 +150,7 @@ def _run_r3(
     test_lines: pd.DataFrame | None,
     encoder: Encoder | None,
     seed: int,
+    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
 ) -> None:
     if history_lines is None or test_lines is None or encoder is None:
         out.notes.append("R3 skipped: it needs the retail lines (with descriptions) and an encoder")
@@ -153,7 +158,7 @@ def _run_r3(
     from shopsearch.eval.recommend.r3 import run_r3  # deferred: loads the re-scorer's training code
 
     try:
-        result = run_r3(history_lines, test_lines, encoder=encoder, seed=seed)
+        result = run_r3(history_lines, test_lines, encoder=encoder, seed=seed, foryou=foryou)
     except ValueError as exc:
         # Too short a history to train the re-scorer on (it needs a month before its
         # validation month) or no query word: the other protocols still report.

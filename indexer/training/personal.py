@@ -19,13 +19,20 @@ training queries and the evaluation (:mod:`eval.recommend.r3`) are built by one 
   items whose description has that word; relevant = the invoice's items that have it.
 
 Words are the runs of ``[A-Z0-9]`` of the upper-cased description ("T-LIGHT" -> ``T``,
-``LIGHT``), "contains" means "has that word". Base relevance of a query's candidates:
-``log1p`` of their popularity (invoices holding them) in the last :data:`RECENT_DAYS`
-days of the statistics period.
+``LIGHT``), "contains" means "has that word".
+
+Base relevance of a query's candidates, the plain (not personal) search relevance the
+re-scorer re-orders: ``log1p`` of their popularity (invoices holding them) in the last
+:data:`RECENT_DAYS` days of the statistics period, plus ``query_weight * c . q`` (the
+item tower's similarity of candidate and query word), with ``query_weight`` fitted on the
+validation queries without any history feature (:func:`fit_query_weight`). So the
+personal part of a score stays "what the shopper's history adds" to a relevance that
+already reads the query, as at serving time, where the base is the search's own score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -39,6 +46,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.rerank.personal_fit import fit_weights
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
@@ -53,9 +61,11 @@ __all__ = [
     "TrainingExample",
     "WordQuery",
     "description_words",
+    "fit_query_weight",
     "month_start",
     "popularity",
     "prepare_personal_training",
+    "search_relevance",
     "word_index",
     "word_queries",
 ]
@@ -250,10 +260,36 @@ class TrainingExample:
     now: datetime
 
 
+def search_relevance(
+    popularity_log: FloatArray, query_similarity: FloatArray, query_weight: float
+) -> FloatArray:
+    """The base relevance of word queries: ``log1p(popularity) + query_weight * c . q``."""
+    return np.asarray(popularity_log, dtype=np.float64) + query_weight * np.asarray(
+        query_similarity, dtype=np.float64
+    )
+
+
+def fit_query_weight(
+    popularity_logs: Sequence[FloatArray],
+    query_similarities: Sequence[FloatArray],
+    relevant: Sequence[npt.NDArray[np.bool_]],
+) -> float:
+    """The weight of ``c . q`` against ``log1p(popularity)`` that best orders the bought
+    items first (the listwise loss of :func:`rerank.personal_fit.fit_weights` over those
+    two columns alone); 0 without a query that has a relevant candidate."""
+    keep = [k for k, r in enumerate(relevant) if r.any()]
+    if not keep:
+        return 0.0
+    xs = [np.column_stack([popularity_logs[k], query_similarities[k]]) for k in keep]
+    w = fit_weights(xs, [relevant[k] for k in keep], [0, 1])
+    return float(w[1] / w[0])
+
+
 @dataclass
 class PreparedPersonal:
     """Everything training needs: statistics before ``valid_start`` (features of the
-    examples), statistics of all lines (the model that ships), the examples."""
+    examples), statistics of all lines (the model that ships), the examples, and the
+    base relevance's ``query_weight`` (:func:`search_relevance`)."""
 
     train_stats: PersonalStats
     full_stats: PersonalStats
@@ -261,6 +297,7 @@ class PreparedPersonal:
     stats_range: tuple[str, str]
     valid_range: tuple[str, str]
     n_queries: int
+    query_weight: float = 0.0
 
 
 def prepare_personal_training(
@@ -314,26 +351,36 @@ def prepare_personal_training(
     words = sorted({q.word for q in queries})
     word_vecs = dict(zip(words, encode_queries([w.lower() for w in words]), strict=True))
     examples: list[TrainingExample] = []
+    pops: list[FloatArray] = []
+    sims: list[FloatArray] = []
     with progress("validation queries", len(queries)) as advance:
         for query in queries:
             if max_minutes is not None and time.monotonic() - start_time > max_minutes * 60:
                 log.warning("personal training data: budget spent after %d queries", len(examples))
                 break
-            idx = vocab.indices(query.candidates)
+            vecs = item_vectors[vocab.indices(query.candidates)]
+            pops.append(np.log1p([float(recent.get(c, 0)) for c in query.candidates]))
+            sims.append((vecs @ word_vecs[query.word]).astype(np.float64))
             examples.append(
                 TrainingExample(
                     qid=query.qid,
                     customer=query.customer,
                     query_vec=word_vecs[query.word],
                     candidate_ids=query.candidates,
-                    candidate_vecs=item_vectors[idx],
-                    base_scores=np.log1p([float(recent.get(c, 0)) for c in query.candidates]),
+                    candidate_vecs=vecs,
+                    base_scores=pops[-1],
                     relevant=np.array([c in query.relevant for c in query.candidates]),
                     history=tuple(timelines.history_at(query.customer, query.ts)),
                     now=query.ts,
                 )
             )
             advance(1)
+    query_weight = fit_query_weight(pops, sims, [e.relevant for e in examples])
+    examples = [
+        dataclasses.replace(e, base_scores=search_relevance(p, c, query_weight))
+        for e, p, c in zip(examples, pops, sims, strict=True)
+    ]
+    log.info("search relevance: log1p(popularity) + %.3f * c.q", query_weight)
     fmt = "%Y-%m-%d"
     return PreparedPersonal(
         train_stats=train_stats,
@@ -342,4 +389,5 @@ def prepare_personal_training(
         stats_range=(before["ts"].min().strftime(fmt), before["ts"].max().strftime(fmt)),
         valid_range=(valid["ts"].min().strftime(fmt), valid["ts"].max().strftime(fmt)),
         n_queries=len(queries),
+        query_weight=query_weight,
     )

@@ -1,0 +1,158 @@
+"""Training and registering the shopper-aware re-scorer (``personal/<version>``).
+
+`shopsearch train recommender` calls :func:`train_personal` after the recommender: the
+re-scorer's blend (:mod:`rerank.personal`) is learned on the history's last month
+(:func:`indexer.training.personal.prepare_personal_training`), and its ``foryou`` feature
+needs a for-you ranker that knew only the months before it, as the examples' other
+statistics do. So a second recommender is fitted on those months
+(:func:`fit_foryou_before`, a few minutes), and the re-scorer that ships gets the
+recommender fitted on the whole history (the one being registered beside it; the server
+attaches the served recommender's ranker at load time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.indexer.training.personal import month_start, prepare_personal_training
+from shopsearch.rerank.personal import ForYouScorer, PersonalRescorer
+from shopsearch.rerank.personal_fit import FitReport, train_rescorer
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.model_registry import (
+    RegisteredModel,
+    new_version,
+    register,
+    staging_dir,
+)
+from shopsearch.retrieval.recommend.ranker import RankedForYou
+
+__all__ = ["TrainedPersonal", "fit_foryou_before", "train_personal"]
+
+log = logging.getLogger(__name__)
+
+#: Budget of the recommender fitted before the validation month (its tuning stops at it).
+FORYOU_BEFORE_MINUTES = 4.0
+
+
+@dataclass(frozen=True)
+class TrainedPersonal:
+    """The re-scorer that ships (for-you ranker attached), its fit report and, when
+    registered, its registry entry."""
+
+    rescorer: PersonalRescorer
+    report: FitReport
+    model: RegisteredModel | None
+
+
+def fit_foryou_before(
+    lines: pd.DataFrame,
+    texts: Mapping[str, str],
+    encoder: Encoder,
+    *,
+    valid_start: pd.Timestamp | None = None,
+    max_minutes: float = FORYOU_BEFORE_MINUTES,
+    cache_dir: Path | None = None,
+    progress: ProgressFactory = no_progress,
+) -> RankedForYou | None:
+    """The for-you ranker of a recommender fitted on the retail ``lines`` before
+    ``valid_start`` (default :func:`month_start`, the re-scorer's validation month), as
+    `train recommender` fits one; None when that history is too short to fit a ranker."""
+    from shopsearch.indexer.training.recommender import (
+        RecommenderTrainingError,
+        fit_recommender,
+        retail_interactions,
+    )
+
+    valid_start = month_start(lines) if valid_start is None else valid_start
+    before = lines[lines["ts"] < valid_start]
+    try:
+        fitted = fit_recommender(
+            retail_interactions(before),
+            texts,
+            encoder=encoder,
+            max_minutes=max_minutes,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    except RecommenderTrainingError as exc:
+        log.warning(
+            "no for-you ranker before %s (%s); the foryou feature stays 0", valid_start, exc
+        )
+        return None
+    return fitted.bundle.ranked
+
+
+def train_personal(
+    lines: pd.DataFrame,
+    texts: Mapping[str, str],
+    encoder: Encoder,
+    *,
+    foryou_full: ForYouScorer | None,
+    foryou_before: ForYouScorer | None = None,
+    models_dir: Path | None = None,
+    max_minutes: float | None = None,
+    recommender_version: str | None = None,
+    progress: ProgressFactory = no_progress,
+) -> TrainedPersonal:
+    """Learn the re-scorer on retail ``lines`` (invoice, stock_code, customer, ts) with
+    item ``texts``; register it as ``personal/<version>`` when ``models_dir`` is given.
+
+    ``foryou_full``: the for-you ranker fitted on all of ``lines`` (None: no ``foryou``
+    feature). ``foryou_before``: one fitted before the validation month; fitted here
+    (:func:`fit_foryou_before`) when ``foryou_full`` is given and it is not.
+
+    Raises:
+        ValueError: the history has no month before its last, or no validation query.
+        PersonalError: no validation query has a shopper history and a bought candidate.
+    """
+    started = time.monotonic()
+    # The examples first: a history too short for them fails before the minutes of a fit.
+    prepared = prepare_personal_training(
+        lines,
+        texts,
+        encoder.encode_document,
+        encoder.encode_query,
+        max_minutes=max_minutes,
+        progress=progress,
+    )
+    if foryou_full is not None and foryou_before is None:
+        foryou_before = fit_foryou_before(
+            lines,
+            texts,
+            encoder,
+            max_minutes=min(FORYOU_BEFORE_MINUTES, max_minutes / 2)
+            if max_minutes
+            else FORYOU_BEFORE_MINUTES,
+            cache_dir=models_dir / ".cache" / "embeddings" if models_dir else None,
+            progress=progress,
+        )
+    if foryou_before is None:
+        foryou_full = None  # one without the other would score a feature the weights never saw
+    version = new_version(models_dir, "personal") if models_dir is not None else None
+    rescorer, report = train_rescorer(
+        prepared,
+        max_minutes=max_minutes,
+        version=version,
+        foryou_train=foryou_before,
+        foryou_full=foryou_full,
+    )
+    card: dict[str, Any] = {
+        **rescorer.card,
+        "recommender": recommender_version,
+        "minutes": round((time.monotonic() - started) / 60, 2),
+    }
+    rescorer.card = card
+    model = None
+    if models_dir is not None and version is not None:
+        rescorer.save(staging_dir(models_dir, "personal", version))
+        model = register(models_dir, "personal", version, card)
+        rescorer.card = model.card
+    return TrainedPersonal(rescorer, report, model)
