@@ -135,11 +135,36 @@ def nightly_command(
     es_password: EsPasswordOption = None,
     es_ca_certs: EsCaCertsOption = None,
     es_timeout: EsTimeoutOption = None,
+    shopper_models: Annotated[
+        bool,
+        typer.Option(
+            help="Then retrain the recommender and the shopper-aware search re-scorer from "
+            "the event store when it holds events newer than the serving recommender's, "
+            "registering them only when their validation holds (see --shopper-tolerance)."
+        ),
+    ] = True,
+    events_db: Annotated[
+        Path | None,
+        typer.Option(help="Event store of the shopper step (default $SHOPSEARCH_EVENTS_DB)."),
+    ] = None,
+    shopper_minutes: Annotated[
+        float, typer.Option(min=0.1, help="Budget of the recommender's training, minutes.")
+    ] = 10.0,
+    shopper_tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Largest drop of the new recommender's validation R1 nDCG@20 / R2 hit@10 "
+            "below the serving one's before it is refused.",
+        ),
+    ] = 0.05,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the outcome as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Build tonight's snapshot, evaluate it BEFORE it serves, then promote or refuse it.
+    """Build tonight's snapshot, evaluate it BEFORE it serves, then promote or refuse it;
+    then retrain the shopper models from the event store.
 
     Steps, under a lock (a second run fails at once): skip when the serving snapshot was
     built from the same catalog and models; build (cached embeddings reused) and
@@ -147,10 +172,13 @@ def nightly_command(
     defaults on the judged queries; compare with the evaluation stored for the serving
     snapshot (evaluated now if none is comparable); promote only when no gated metric
     drops by more than --tolerance. A refused snapshot stays on disk for inspection.
+    The shopper step (unless --no-shopper-models) retrains recommender/<version> and
+    personal/<version> on the event store, with the catalog's titles as item texts.
     A one-page report (Markdown and JSON) goes to --report-dir.
 
-    Exit status: 0 promoted or up to date, 3 refused (metric and both values printed),
-    1 failed (serving snapshot untouched), 2 bad options.
+    Exit status: 0 promoted or up to date, 3 refused (the snapshot or the shopper
+    models; metric and both values printed), 1 failed (serving snapshot untouched),
+    2 bad options.
     """
     from shopsearch.indexer.catalog import CatalogError, ColumnMapping, load_catalog
     from shopsearch.indexer.judgments import DatasetError
@@ -221,13 +249,63 @@ def nightly_command(
     finally:
         if es is not None:
             es.close()
-    path = write_report(outcome, report_dir or settings.index_dir / "reports")
+    shoppers = None
+    if shopper_models:
+        shoppers = _shopper_step(
+            settings,
+            events_db or settings.events_db,
+            {p.id: p.title for p in products},
+            shopper_minutes,
+            shopper_tolerance,
+            bars,
+        )
+    path = write_report(
+        outcome,
+        report_dir or settings.index_dir / "reports",
+        shoppers.to_dict() if shoppers else None,
+    )
     if as_json:
-        sys.stdout.write(json.dumps({**outcome.to_dict(), "report": str(path)}, indent=2) + "\n")
+        document = {**outcome.to_dict(), "report": str(path)}
+        if shoppers is not None:
+            document["shoppers"] = shoppers.to_dict()
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         _print_outcome(outcome, comparison_rows(outcome), path)
-    if outcome.exit_code:
-        raise typer.Exit(outcome.exit_code)
+        if shoppers is not None:
+            style = "bold red" if shoppers.status == "refused" else "bold green"
+            console.print(f"[{style}]shopper models {shoppers.status}:[/] {shoppers.reason}")
+    exit_code = outcome.exit_code or (3 if shoppers and shoppers.status == "refused" else 0)
+    if exit_code:
+        raise typer.Exit(exit_code)
+
+
+def _shopper_step(
+    settings: Any,
+    events_db: Path,
+    texts: dict[str, str],
+    minutes: float,
+    tolerance: float,
+    bars: Any,
+) -> Any:
+    """:func:`indexer.nightly_shoppers.retrain_shopper_models` on the registry serve reads;
+    a failure here fails the job (exit 1) after the snapshot step has done its part."""
+    from shopsearch.indexer.nightly_shoppers import retrain_shopper_models
+    from shopsearch.retrieval.encoders import Encoder
+    from shopsearch.retrieval.types import ShopsearchError
+
+    try:
+        with bars.progress:
+            return retrain_shopper_models(
+                events_db,
+                texts,
+                settings.models_dir,
+                Encoder(device="cpu"),
+                max_minutes=minutes,
+                tolerance=tolerance,
+                progress=bars,
+            )
+    except ShopsearchError as exc:
+        raise fail(exc) from exc
 
 
 def _towers_path(settings: Any) -> Path:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from shopsearch.indexer.durable import write_atomic
 from shopsearch.indexer.nightly import NightlyOutcome
 
-__all__ = ["comparison_rows", "render_markdown", "write_report"]
+__all__ = ["comparison_rows", "render_markdown", "render_shoppers", "write_report"]
 
 _HEADLINE = {
     "promoted": "PROMOTED",
@@ -100,14 +102,38 @@ def render_markdown(outcome: NightlyOutcome) -> str:
     return "\n".join(lines)
 
 
-def write_report(outcome: NightlyOutcome, directory: Path) -> Path:
+def render_shoppers(shoppers: Mapping[str, Any]) -> str:
+    """The shopper models' section (:meth:`indexer.nightly_shoppers.ShopperModelsOutcome.to_dict`)."""
+    lines = ["", "## Shopper models", "", f"**{shoppers['status']}**: {shoppers['reason']}"]
+    names = sorted({*shoppers.get("serving", {}), *shoppers.get("candidate", {})})
+    if names:
+        lines += ["", "| validation figure | serving | new |", "|---|---|---|"]
+        for name in names:
+            cells = [shoppers.get(k, {}).get(name) for k in ("serving", "candidate")]
+            lines.append(
+                f"| {name} | " + " | ".join("" if v is None else f"{v:.4f}" for v in cells) + " |"
+            )
+    for kind in ("recommender", "personal"):
+        if shoppers.get(kind):
+            lines.append(f"\nregistered: `{shoppers[kind]}`")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    outcome: NightlyOutcome, directory: Path, shoppers: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``nightly-<time>.md`` and ``.json`` into ``directory`` (atomically, so a
-    killed job leaves no half report) and return the Markdown path."""
+    killed job leaves no half report) and return the Markdown path. ``shoppers``: the
+    shopper models' step, when it ran (a section and a ``shoppers`` key)."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = "nightly-" + outcome.at.replace(":", "").replace("-", "").split("+")[0]
     markdown = directory / f"{stem}.md"
     text = render_markdown(outcome)
-    data = json.dumps(outcome.to_dict(), indent=2)
+    document = outcome.to_dict()
+    if shoppers is not None:
+        text += render_shoppers(shoppers)
+        document["shoppers"] = dict(shoppers)
+    data = json.dumps(document, indent=2)
     write_atomic(markdown, lambda fh: fh.write(text.encode("utf-8")))
     write_atomic(directory / f"{stem}.json", lambda fh: fh.write(data.encode("utf-8")))
     return markdown

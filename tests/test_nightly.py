@@ -99,7 +99,10 @@ def nightly(
     data: dict[str, Path], index: Path, catalog: str, *extra: str
 ) -> tuple[int, dict[str, Any]]:
     """Run the command; its exit code and its JSON outcome."""
-    result = runner.invoke(app, [*argv(data, index, catalog), "--device", "cpu", "--json", *extra])
+    # No event store: the shopper step is skipped (tests/test_nightly_shoppers.py runs it).
+    no_events = ["--events-db", str(index.parent / "no-events.db")]
+    args = [*argv(data, index, catalog), "--device", "cpu", "--json", *no_events, *extra]
+    result = runner.invoke(app, args)
     if result.exit_code not in (0, 3):
         raise AssertionError(f"exit {result.exit_code}: {result.output[-3000:]}")
     start = result.stdout.index("{\n")
@@ -119,6 +122,7 @@ def test_promotes_once_refuses_a_worse_version_and_promotes_an_equal_one(
     manifest = store.manifest(served)
     assert manifest["evaluation"]["metrics"]["ndcg@10"] > 0.5  # the judged titles are found
     assert manifest["nightly"]["gate"] == "no-baseline"
+    assert first["shoppers"]["status"] == "skipped"
 
     # The same catalog and models again: nothing built, nothing promoted.
     code, again = nightly(data, index, "good")

@@ -63,6 +63,7 @@ __all__ = [
     "interaction_arrays",
     "load_recommender",
     "measure_latency",
+    "register_fitted",
     "retail_interactions",
     "train_recommender",
 ]
@@ -326,6 +327,17 @@ def train_recommender(
         progress=progress,
         version=version,
     )
+    return register_fitted(models_dir, version, fitted, sources)
+
+
+def register_fitted(
+    models_dir: Path,
+    version: str,
+    fitted: FittedRecommender,
+    sources: Mapping[str, str] | None = None,
+) -> TrainedRecommender:
+    """Save ``fitted`` (fitted with ``version``, from :func:`new_version`) and register it
+    as ``recommender/<version>``: from then on it is ``recommender/latest``."""
     staged = staging_dir(models_dir, "recommender", version)
     save_bundle(fitted.bundle, staged)
     card = {**fitted.card}

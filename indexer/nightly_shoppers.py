@@ -1,0 +1,174 @@
+"""The nightly job's second half: retrain the shopper models from the event store.
+
+After the snapshot step, ``shopsearch nightly`` calls :func:`retrain_shopper_models`:
+
+1. **Anything new?** No event store, or no purchase in it: ``skipped``. The serving
+   recommender (``recommender/latest``) was trained up to the store's newest event:
+   ``unchanged`` (two runs on the same events, one training).
+2. **Fit** the recommender on every interaction of the store, as `shopsearch train
+   recommender` does (tuning and the for-you ranker on the last 30 days), without
+   registering it yet.
+3. **Gate**: its validation figures (R1 nDCG@20 and R2 hit@10 of the tuned settings on its
+   own last 30 days) must not fall more than ``tolerance`` below the serving recommender's
+   figures on *its* last 30 days. The windows differ by a day, so this is a guard against
+   broken inputs (a half-imported day, a catalog that lost its texts), not a comparison
+   of models; a refusal registers nothing and the serving models stay.
+4. **Register** ``recommender/<version>``, then train the shopper-aware search re-scorer
+   beside it (``personal/<version>``, :func:`indexer.training.personal_model.train_personal`,
+   with this recommender's for-you ranker); a history too short for the re-scorer keeps
+   the previous one and says so.
+
+The server picks up both ``latest`` versions at its next registry look
+(``reload_interval_s``), so its recommendations and shopper-aware search change together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from shopsearch.indexer.events.store import EventStore
+from shopsearch.indexer.progress import ProgressFactory, no_progress
+from shopsearch.rerank.personal import PersonalError
+from shopsearch.retrieval.encoders import Encoder
+from shopsearch.retrieval.model_registry import RegistryError, load_card, new_version, resolve_model
+
+__all__ = ["GATED", "ShopperModelsOutcome", "retrain_shopper_models"]
+
+log = logging.getLogger(__name__)
+
+#: Validation figures the gate compares: (protocol, metric) of the recommender's card.
+GATED: tuple[tuple[str, str], ...] = (("R1", "ndcg@20"), ("R2", "hit@10"))
+Status = Literal["retrained", "unchanged", "skipped", "refused"]
+
+
+@dataclass
+class ShopperModelsOutcome:
+    """What the shopper step did: ``status``, why, the versions registered, and the
+    gated figures of the new and the serving recommender (``{"R1 ndcg@20": value}``)."""
+
+    status: Status
+    reason: str
+    recommender: str | None = None
+    personal: str | None = None
+    candidate: dict[str, float] = field(default_factory=dict)
+    serving: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "recommender": self.recommender,
+            "personal": self.personal,
+            "candidate": self.candidate,
+            "serving": self.serving,
+        }
+
+
+def _gated(card: Mapping[str, Any]) -> dict[str, float]:
+    metrics = card.get("validation", {}).get("metrics", {})
+    return {
+        f"{protocol} {metric}": float(metrics[protocol][metric])
+        for protocol, metric in GATED
+        if metric in metrics.get(protocol, {})
+    }
+
+
+def retrain_shopper_models(
+    events_db: Path,
+    texts: Mapping[str, str],
+    models_dir: Path,
+    encoder: Encoder,
+    *,
+    max_minutes: float = 10.0,
+    personal_minutes: float = 8.0,
+    tolerance: float = 0.05,
+    progress: ProgressFactory = no_progress,
+) -> ShopperModelsOutcome:
+    """Run the steps of the module docstring; ``texts`` are the catalog's item texts (cold
+    start, and the re-scorer's query words). A refusal is an outcome, not an exception.
+
+    Raises:
+        RecommenderTrainingError: the interactions cannot train a recommender.
+    """
+    from shopsearch.indexer.training.personal_model import train_personal
+    from shopsearch.indexer.training.recommender import fit_recommender, register_fitted
+
+    events_db = Path(events_db)
+    if not events_db.is_file():
+        return ShopperModelsOutcome("skipped", f"no event store at {events_db}")
+    with EventStore(events_db) as store:
+        interactions = store.interactions()
+    purchases = interactions[interactions["kind"] == "purchase"]
+    if purchases.empty:
+        return ShopperModelsOutcome("skipped", f"the event store {events_db} holds no purchase")
+    newest = interactions["ts"].max()
+    serving_card: dict[str, Any] = {}
+    with contextlib.suppress(RegistryError):  # none registered yet: nothing to compare with
+        serving_card = load_card(resolve_model("recommender/latest", models_dir))
+    serving = _gated(serving_card)
+    until = serving_card.get("trained_on", {}).get("until")
+    if until is not None and pd.Timestamp(until) >= newest:
+        return ShopperModelsOutcome(
+            "unchanged",
+            f"recommender {serving_card.get('version')} was trained up to the newest event "
+            f"({newest})",
+            recommender=serving_card.get("version"),
+            serving=serving,
+        )
+    version = new_version(models_dir, "recommender")
+    fitted = fit_recommender(
+        interactions,
+        texts,
+        encoder=encoder,
+        max_minutes=max_minutes,
+        cache_dir=models_dir / ".cache" / "embeddings",
+        progress=progress,
+        version=version,
+    )
+    candidate = _gated(fitted.card)
+    drops = [
+        f"{name} {candidate[name]:.4f} < serving {serving[name]:.4f} - {tolerance}"
+        for name in serving
+        if name in candidate and candidate[name] < serving[name] - tolerance
+    ]
+    if drops:
+        return ShopperModelsOutcome(
+            "refused",
+            "the new recommender's validation fell: " + "; ".join(drops),
+            candidate=candidate,
+            serving=serving,
+        )
+    trained = register_fitted(models_dir, version, fitted, {"events_db": str(events_db)})
+    outcome = ShopperModelsOutcome(
+        "retrained",
+        f"recommender {version} trained on {len(interactions)} events up to {newest}",
+        recommender=trained.model.spec,
+        candidate=candidate,
+        serving=serving,
+    )
+    lines = purchases.rename(
+        columns={"basket": "invoice", "item": "stock_code", "user": "customer"}
+    )
+    try:
+        personal = train_personal(
+            lines,
+            texts,
+            encoder,
+            foryou_full=trained.bundle.ranked,
+            models_dir=models_dir,
+            max_minutes=personal_minutes,
+            recommender_version=version,
+            progress=progress,
+        )
+    except (ValueError, PersonalError) as exc:
+        outcome.reason += f"; the shopper-aware re-scorer was kept ({exc})"
+        return outcome
+    outcome.personal = personal.model.spec if personal.model else None
+    return outcome
