@@ -35,9 +35,9 @@ import pandas as pd
 
 from shopsearch.indexer.events.store import EventStore
 from shopsearch.indexer.progress import ProgressFactory, no_progress
-from shopsearch.rerank.personal import PersonalError
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.model_registry import RegistryError, load_card, new_version, resolve_model
+from shopsearch.retrieval.types import ShopsearchError
 
 __all__ = ["GATED", "ShopperModelsOutcome", "retrain_shopper_models"]
 
@@ -167,7 +167,7 @@ def retrain_shopper_models(
             recommender_version=version,
             progress=progress,
         )
-    except (ValueError, PersonalError) as exc:
+    except (ValueError, ShopsearchError) as exc:  # too short a history, no shopper query
         outcome.reason += f"; the shopper-aware re-scorer was kept ({exc})"
         return outcome
     outcome.personal = personal.model.spec if personal.model else None
