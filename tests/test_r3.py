@@ -156,10 +156,16 @@ def test_reference_strategies_without_history_equal_the_base() -> None:
     assert rank_candidates(q.candidates, own(q, hist, base))[0] == "h1"
 
 
-#: Measured on the dev split (history < 2011-10-01, test October 2011, seed 0): see the
-#: issue 13 report. Measured (2026-12-02): attention-blend 0.5677, own-then-copurchase
-#: 0.5228, popularity 0.3903; floors sit about 0.01 under, so noise passes and a regression fails.
-R3_FLOORS = {"attention-blend": 0.555, "own-then-copurchase": 0.51, "popularity": 0.38}
+#: Measured on the dev split (history < 2011-10-01, test October 2011, seed 0), without
+#: the for-you rankers (``eval recommend`` adds them: 0.5820), 2026-12-05: attention-blend
+#: 0.5771, own-then-copurchase 0.5228, search-relevance 0.4494, popularity 0.3903; floors
+#: sit about 0.01 under, so noise passes and a regression fails.
+R3_FLOORS = {
+    "attention-blend": 0.565,
+    "own-then-copurchase": 0.51,
+    "search-relevance": 0.44,
+    "popularity": 0.38,
+}
 
 
 @pytest.mark.slow
