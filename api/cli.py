@@ -346,29 +346,28 @@ def demo(
 
 
 def _demo_shoppers(settings: Settings) -> None:
-    """Store the synthetic demo shoppers' events and, once, train a recommender on them."""
+    """Store the synthetic demo shoppers' events and train the shopper models on them as
+    the nightly job does (the recommender, then the shopper-aware search re-scorer; not
+    again while no event is new)."""
     from shopsearch.indexer.events.demo import demo_events
     from shopsearch.indexer.events.store import EventStore
-    from shopsearch.indexer.training.recommender import train_recommender
+    from shopsearch.indexer.nightly_shoppers import retrain_shopper_models
     from shopsearch.retrieval.encoders import Encoder
-    from shopsearch.retrieval.model_registry import list_models
 
     products, _ = load_catalog(sample_catalog_path())
     with EventStore(settings.events_db) as store:
         report = store.add(demo_events(products, settings.require_user_key()))
-        interactions = store.interactions()
     console.print(f"demo shoppers: {report.stored:,} new events in {settings.events_db}")
-    if list_models(settings.models_dir, "recommender"):
-        return
-    with console.status("training the demo recommender (about a minute)..."):
-        trained = train_recommender(
-            interactions,
+    with console.status("training the demo shopper models (about a minute)..."):
+        outcome = retrain_shopper_models(
+            settings.events_db,
             {p.id: p.title for p in products},
             settings.models_dir,
-            encoder=Encoder(settings.model_dir, device=settings.device),
+            Encoder(settings.model_dir, device=settings.device),
             max_minutes=1.0,
+            personal_minutes=1.0,
         )
-    console.print(f"demo recommender: {trained.model.path}")
+    console.print(f"demo shopper models {outcome.status}: {outcome.reason}")
 
 
 def mount_plugins(target: typer.Typer) -> None:

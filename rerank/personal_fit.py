@@ -39,13 +39,24 @@ from shopsearch.rerank.personal import (
 )
 from shopsearch.retrieval.recommend.base import HistoryItem
 
-__all__ = ["Example", "FitReport", "fit_weights", "is_held_out", "mrr_at_10", "train_rescorer"]
+__all__ = [
+    "MIN_EXAMPLES",
+    "Example",
+    "FitReport",
+    "fit_weights",
+    "is_held_out",
+    "mrr_at_10",
+    "train_rescorer",
+]
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 L2 = 1e-3
 HELD_OUT_SHARE = 0.2
+#: Fewest usable training queries: below it the weights fit noise (a few dozen demo
+#: queries gave a co-purchase weight of 7.5 and a negative attention weight).
+MIN_EXAMPLES = 200
 
 
 class Example(Protocol):
@@ -178,7 +189,8 @@ def train_rescorer(
     feature is 0 and its weight 0.
 
     Raises:
-        PersonalError: no example has both a history and a relevant candidate.
+        PersonalError: fewer than :data:`MIN_EXAMPLES` examples have both a history and a
+            relevant candidate.
     """
     params = params or PersonalParams()
     started = time.monotonic()
@@ -216,8 +228,12 @@ def train_rescorer(
         ys.append(ex.relevant)
         held.append(is_held_out(ex.customer))
         kept.append(ex)
-    if not xs:
-        raise PersonalError("no training example has a shopper history and a relevant candidate")
+    if len(xs) < MIN_EXAMPLES:
+        raise PersonalError(
+            f"{len(xs)} training queries have a shopper history and a bought candidate; a "
+            f"blend of {len(FEATURES)} weights needs at least {MIN_EXAMPLES} (more history, "
+            "or keep the built-in weights)"
+        )
     fit_idx = [k for k, h in enumerate(held) if not h] or list(range(len(xs)))
     weights: dict[str, dict[str, float]] = {}
     for strategy, names in STRATEGY_FEATURES.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,36 @@ def test_with_elasticsearch_the_alias_moves_only_on_promotion(
         existing = es_client.indices.get(index=f"{prefix}*", allow_no_indices=True)
         if existing.body:
             es_client.indices.delete(index=",".join(existing.body))
+
+
+def test_the_shopper_step_retrains_from_the_event_store_once(
+    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shopsearch.indexer.events.demo import demo_events
+    from shopsearch.indexer.events.store import EventStore
+    from shopsearch.retrieval.model_registry import list_models
+
+    products, _ = load_catalog(data["good"])
+    db = tmp_path / "events.db"
+    # A fixed end, so the months the re-scorer learns from do not depend on today's date.
+    end = datetime(2026, 11, 20, tzinfo=UTC)
+    with EventStore(db) as store:
+        store.add(demo_events(products, b"nightly-test-key-0123456789abcdef", now=end))
+    models = tmp_path / "models"
+    monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(models))
+    index = tmp_path / "index"
+    code, first = nightly(data, index, "good", "--events-db", str(db), "--shopper-minutes", "0.5")
+    assert code == 0 and first["shoppers"]["status"] == "retrained", first["shoppers"]
+    (recommender,) = list_models(models, "recommender")
+    assert first["shoppers"]["recommender"] == recommender.spec
+    # November's demo searches are too few to learn the re-scorer's blend from: the
+    # built-in weights stay, and the outcome says why.
+    assert "re-scorer was kept" in first["shoppers"]["reason"]
+    assert "training queries" in first["shoppers"]["reason"]
+    assert not list_models(models, "personal")
+    report = Path(first["report"]).read_text()
+    assert "## Shopper models" in report and recommender.spec in report
+    # The same events again: nothing is trained.
+    code, second = nightly(data, index, "good", "--events-db", str(db))
+    assert code == 0 and second["shoppers"]["status"] == "unchanged"
+    assert len(list_models(models, "recommender")) == 1

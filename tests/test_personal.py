@@ -249,3 +249,35 @@ def test_a_six_feature_model_loads_with_a_foryou_weight_of_zero(tmp_path: Path) 
     blend_file.write_text(json.dumps(blend))
     with pytest.raises(PersonalError, match="retrain it"):
         PersonalRescorer.load(tmp_path / "old")
+
+
+def test_too_few_training_queries_are_refused_not_fitted() -> None:
+    from shopsearch.indexer.training.personal import (
+        PersonalStats,
+        PreparedPersonal,
+        TrainingExample,
+    )
+    from shopsearch.rerank.personal_fit import MIN_EXAMPLES, train_rescorer
+
+    stats = PersonalStats(ITEMS, VECTORS, sp.csr_matrix((5, 5)), np.ones(5))
+    ids = ("bag-blue", "bag-red", "candle-red")
+    examples = [
+        TrainingExample(
+            qid=f"q{k}",
+            customer=f"c{k}",
+            query_vec=VECTORS[0],
+            candidate_ids=ids,
+            candidate_vecs=VECTORS[[1, 0, 2]],
+            base_scores=np.array([3.0, 2.0, 1.0]),
+            relevant=np.array([False, True, False]),
+            history=tuple(history("bag-red")),
+            now=NOW,
+        )
+        for k in range(MIN_EXAMPLES - 1)
+    ]
+    prepared = PreparedPersonal(stats, stats, examples, ("a", "b"), ("c", "d"), len(examples))
+    with pytest.raises(PersonalError, match=f"needs at least {MIN_EXAMPLES}"):
+        train_rescorer(prepared)
+    prepared.examples.append(examples[0])
+    scorer, report = train_rescorer(prepared)  # one more, and the blend is fitted
+    assert scorer.weights["blend"]["bought_before"] > 0 and report["fit.queries"] > 0

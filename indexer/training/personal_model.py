@@ -23,7 +23,7 @@ import pandas as pd
 
 from shopsearch.indexer.progress import ProgressFactory, no_progress
 from shopsearch.indexer.training.personal import month_start, prepare_personal_training
-from shopsearch.rerank.personal import ForYouScorer, PersonalRescorer
+from shopsearch.rerank.personal import ForYouScorer, PersonalError, PersonalRescorer
 from shopsearch.rerank.personal_fit import FitReport, train_rescorer
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.model_registry import (
@@ -111,7 +111,9 @@ def train_personal(
 
     Raises:
         ValueError: the history has no month before its last, or no validation query.
-        PersonalError: no validation query has a shopper history and a bought candidate.
+        PersonalError: too few validation queries have a shopper history and a bought
+            candidate, or the blend orders the held-out shoppers' searches worse than the
+            base order (nothing is registered).
     """
     started = time.monotonic()
     # The examples first: a history too short for them fails before the minutes of a fit.
@@ -144,6 +146,14 @@ def train_personal(
         foryou_train=foryou_before,
         foryou_full=foryou_full,
     )
+    held, base = report.get("held_out.mrr@10.blend"), report.get("held_out.mrr@10.base")
+    if held is not None and base is not None and held < base:
+        # The gate of a release: a blend that orders held-out shoppers' searches worse than
+        # the plain relevance does is not registered (the serving one stays).
+        raise PersonalError(
+            f"the blend's held-out MRR@10 {held:.4f} is below the base order's {base:.4f}; "
+            "not registered"
+        )
     card: dict[str, Any] = {
         **rescorer.card,
         "recommender": recommender_version,
