@@ -252,9 +252,12 @@ class PersonalRescorer:
         history: Sequence[HistoryItem],
         *,
         now: datetime | None = None,
+        with_foryou: bool = True,
     ) -> FloatArray:
         """The ``(len(candidate_ids), len(FEATURES))`` feature matrix (columns in
-        :data:`FEATURES` order). ``history`` must not be empty."""
+        :data:`FEATURES` order). ``history`` must not be empty. ``with_foryou=False``
+        leaves the ``foryou`` column 0 (the costliest one, for a strategy that does not
+        weigh it)."""
         n = len(candidate_ids)
         base = np.asarray(base_scores, dtype=np.float64)
         out = np.zeros((n, len(FEATURES)), dtype=np.float64)
@@ -268,7 +271,7 @@ class PersonalRescorer:
         out[:, 1] = np.log1p(own)
         out[:, 2] = own > 0
         known = folded.index >= 0
-        if self.foryou is not None:
+        if self.foryou is not None and with_foryou:
             chance = self.foryou.score_items(history[: self.params.max_history], candidate_ids)
             out[:, 6] = np.log(np.maximum(chance, FORYOU_FLOOR))
         if not known.any():
@@ -324,7 +327,16 @@ class PersonalRescorer:
             )
         if not history or n == 0:
             return PersonalScores(base.copy(), np.zeros(n))
-        x = self.features(query_vec, candidate_ids, candidate_vecs, base, history, now=now)
+        weighs_foryou = self.weights[strategy].get("foryou", 0.0) != 0.0
+        x = self.features(
+            query_vec,
+            candidate_ids,
+            candidate_vecs,
+            base,
+            history,
+            now=now,
+            with_foryou=weighs_foryou,
+        )
         return self.combine(x, base, strategy)
 
     def combine(self, x: FloatArray, base_scores: FloatArray, strategy: Strategy) -> PersonalScores:

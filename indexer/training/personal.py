@@ -32,7 +32,6 @@ already reads the query, as at serving time, where the base is the search's own 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -350,35 +349,36 @@ def prepare_personal_training(
     recent = popularity(before, RECENT_DAYS)
     words = sorted({q.word for q in queries})
     word_vecs = dict(zip(words, encode_queries([w.lower() for w in words]), strict=True))
-    examples: list[TrainingExample] = []
+    kept: list[WordQuery] = []
     pops: list[FloatArray] = []
     sims: list[FloatArray] = []
+    relevant: list[npt.NDArray[np.bool_]] = []
     with progress("validation queries", len(queries)) as advance:
         for query in queries:
             if max_minutes is not None and time.monotonic() - start_time > max_minutes * 60:
-                log.warning("personal training data: budget spent after %d queries", len(examples))
+                log.warning("personal training data: budget spent after %d queries", len(kept))
                 break
-            vecs = item_vectors[vocab.indices(query.candidates)]
+            kept.append(query)
             pops.append(np.log1p([float(recent.get(c, 0)) for c in query.candidates]))
+            vecs = item_vectors[vocab.indices(query.candidates)]
             sims.append((vecs @ word_vecs[query.word]).astype(np.float64))
-            examples.append(
-                TrainingExample(
-                    qid=query.qid,
-                    customer=query.customer,
-                    query_vec=word_vecs[query.word],
-                    candidate_ids=query.candidates,
-                    candidate_vecs=vecs,
-                    base_scores=pops[-1],
-                    relevant=np.array([c in query.relevant for c in query.candidates]),
-                    history=tuple(timelines.history_at(query.customer, query.ts)),
-                    now=query.ts,
-                )
-            )
+            relevant.append(np.array([c in query.relevant for c in query.candidates]))
             advance(1)
-    query_weight = fit_query_weight(pops, sims, [e.relevant for e in examples])
+    # The base is fitted first, without history; the examples carry it.
+    query_weight = fit_query_weight(pops, sims, relevant)
     examples = [
-        dataclasses.replace(e, base_scores=search_relevance(p, c, query_weight))
-        for e, p, c in zip(examples, pops, sims, strict=True)
+        TrainingExample(
+            qid=query.qid,
+            customer=query.customer,
+            query_vec=word_vecs[query.word],
+            candidate_ids=query.candidates,
+            candidate_vecs=item_vectors[vocab.indices(query.candidates)],
+            base_scores=search_relevance(pop, sim, query_weight),
+            relevant=rel,
+            history=tuple(timelines.history_at(query.customer, query.ts)),
+            now=query.ts,
+        )
+        for query, pop, sim, rel in zip(kept, pops, sims, relevant, strict=True)
     ]
     log.info("search relevance: log1p(popularity) + %.3f * c.q", query_weight)
     fmt = "%Y-%m-%d"
