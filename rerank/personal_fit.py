@@ -46,7 +46,9 @@ __all__ = [
     "fit_weights",
     "is_held_out",
     "mrr_at_10",
+    "require_enough",
     "train_rescorer",
+    "usable",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,22 @@ HELD_OUT_SHARE = 0.2
 #: Fewest usable training queries: below it the weights fit noise (a few dozen demo
 #: queries gave a co-purchase weight of 7.5 and a negative attention weight).
 MIN_EXAMPLES = 200
+
+
+def usable(example: Example) -> bool:
+    """Whether an example teaches anything: its shopper has history and it has a relevant
+    candidate."""
+    return bool(example.history) and bool(example.relevant.any())
+
+
+def require_enough(count: int) -> None:
+    """Raise :class:`PersonalError` when ``count`` usable examples are under :data:`MIN_EXAMPLES`."""
+    if count < MIN_EXAMPLES:
+        raise PersonalError(
+            f"{count} training queries have a shopper history and a bought candidate; a "
+            f"blend of {len(FEATURES)} weights needs at least {MIN_EXAMPLES} (more history, "
+            "or keep the built-in weights)"
+        )
 
 
 class Example(Protocol):
@@ -213,7 +231,7 @@ def train_rescorer(
         if max_minutes is not None and time.monotonic() - started > max_minutes * 60 * 0.8:
             log.warning("personal fit: budget spent after %d examples' features", len(xs))
             break
-        if not ex.history or not ex.relevant.any():
+        if not usable(ex):
             continue
         xs.append(
             scorer.features(
@@ -228,12 +246,7 @@ def train_rescorer(
         ys.append(ex.relevant)
         held.append(is_held_out(ex.customer))
         kept.append(ex)
-    if len(xs) < MIN_EXAMPLES:
-        raise PersonalError(
-            f"{len(xs)} training queries have a shopper history and a bought candidate; a "
-            f"blend of {len(FEATURES)} weights needs at least {MIN_EXAMPLES} (more history, "
-            "or keep the built-in weights)"
-        )
+    require_enough(len(xs))
     fit_idx = [k for k, h in enumerate(held) if not h] or list(range(len(xs)))
     weights: dict[str, dict[str, float]] = {}
     for strategy, names in STRATEGY_FEATURES.items():

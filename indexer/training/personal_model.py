@@ -24,7 +24,7 @@ import pandas as pd
 from shopsearch.indexer.progress import ProgressFactory, no_progress
 from shopsearch.indexer.training.personal import month_start, prepare_personal_training
 from shopsearch.rerank.personal import ForYouScorer, PersonalError, PersonalRescorer
-from shopsearch.rerank.personal_fit import FitReport, train_rescorer
+from shopsearch.rerank.personal_fit import FitReport, require_enough, train_rescorer, usable
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.model_registry import (
     RegisteredModel,
@@ -125,6 +125,8 @@ def train_personal(
         max_minutes=max_minutes,
         progress=progress,
     )
+    # Too few searches to learn from fail here, before the minutes of a second fit.
+    require_enough(sum(usable(e) for e in prepared.examples))
     if foryou_full is not None and foryou_before is None:
         foryou_before = fit_foryou_before(
             lines,
