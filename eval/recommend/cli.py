@@ -105,7 +105,9 @@ def recommend_command(
     """Compare recommendation strategies on R1, R1-new, R2 (and R3) side by side.
 
     Trains the recommender on --history exactly as `shopsearch train recommender` does
-    (tuning on its last 30 days, never on --test), fits the reference points, and writes
+    (tuning on its last 30 days, never on --test; for R3 also a second one on the months
+    before the history's last, whose for-you ranker the shopper-aware re-scorer learns
+    from), fits the reference points, and writes
     metrics.json ({protocol: {strategy: {metric: value}}}), latency.json, report.md and
     report.html to --out.
     """
