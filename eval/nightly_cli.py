@@ -172,7 +172,8 @@ def nightly_command(
     defaults on the judged queries; compare with the evaluation stored for the serving
     snapshot (evaluated now if none is comparable); promote only when no gated metric
     drops by more than --tolerance. A refused snapshot stays on disk for inspection.
-    The shopper step (unless --no-shopper-models) retrains recommender/<version> and
+    The shopper step (unless --no-shopper-models) deletes events older than the retention
+    window ($SHOPSEARCH_EVENTS_RETENTION_DAYS), then retrains recommender/<version> and
     personal/<version> on the event store, with the catalog's titles as item texts.
     A one-page report (Markdown and JSON) goes to --report-dir.
 
@@ -302,6 +303,7 @@ def _shopper_step(
                 Encoder(device="cpu"),
                 max_minutes=minutes,
                 tolerance=tolerance,
+                retention_days=settings.events_retention_days,
                 progress=bars,
             )
     except ShopsearchError as exc:

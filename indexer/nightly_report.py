@@ -105,6 +105,8 @@ def render_markdown(outcome: NightlyOutcome) -> str:
 def render_shoppers(shoppers: Mapping[str, Any]) -> str:
     """The shopper models' section (:meth:`indexer.nightly_shoppers.ShopperModelsOutcome.to_dict`)."""
     lines = ["", "## Shopper models", "", f"**{shoppers['status']}**: {shoppers['reason']}"]
+    if shoppers.get("pruned_events"):
+        lines.append(f"\nretention: {shoppers['pruned_events']} old events deleted first")
     names = sorted({*shoppers.get("serving", {}), *shoppers.get("candidate", {})})
     if names:
         lines += ["", "| validation figure | serving | new |", "|---|---|---|"]

@@ -2,6 +2,8 @@
 
 After the snapshot step, ``shopsearch nightly`` calls :func:`retrain_shopper_models`:
 
+0. **Retention**: events older than ``retention_days`` (``SHOPSEARCH_EVENTS_RETENTION_DAYS``)
+   are deleted first, so no model is trained on what the shop promised to forget.
 1. **Anything new?** No event store, or no purchase in it: ``skipped``. The serving
    recommender (``recommender/latest``) was trained up to the store's newest event:
    ``unchanged`` (two runs on the same events, one training).
@@ -59,11 +61,13 @@ class ShopperModelsOutcome:
     personal: str | None = None
     candidate: dict[str, float] = field(default_factory=dict)
     serving: dict[str, float] = field(default_factory=dict)
+    pruned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "reason": self.reason,
+            "pruned_events": self.pruned,
             "recommender": self.recommender,
             "personal": self.personal,
             "candidate": self.candidate,
@@ -89,22 +93,55 @@ def retrain_shopper_models(
     max_minutes: float = 10.0,
     personal_minutes: float = 8.0,
     tolerance: float = 0.05,
+    retention_days: int = 0,
     progress: ProgressFactory = no_progress,
 ) -> ShopperModelsOutcome:
     """Run the steps of the module docstring; ``texts`` are the catalog's item texts (cold
-    start, and the re-scorer's query words). A refusal is an outcome, not an exception.
+    start, and the re-scorer's query words); ``retention_days`` 0 keeps every event. A
+    refusal is an outcome, not an exception.
 
     Raises:
         RecommenderTrainingError: the interactions cannot train a recommender.
     """
-    from shopsearch.indexer.training.personal_model import train_personal
-    from shopsearch.indexer.training.recommender import fit_recommender, register_fitted
-
     events_db = Path(events_db)
     if not events_db.is_file():
         return ShopperModelsOutcome("skipped", f"no event store at {events_db}")
+    pruned = 0
     with EventStore(events_db) as store:
+        if retention_days > 0:
+            pruned = store.apply_retention(retention_days)
+            log.info("retention: %d events older than %d days deleted", pruned, retention_days)
         interactions = store.interactions()
+    outcome = _run(
+        interactions,
+        events_db,
+        texts,
+        models_dir,
+        encoder,
+        max_minutes,
+        personal_minutes,
+        tolerance,
+        progress,
+    )
+    outcome.pruned = pruned
+    return outcome
+
+
+def _run(
+    interactions: pd.DataFrame,
+    events_db: Path,
+    texts: Mapping[str, str],
+    models_dir: Path,
+    encoder: Encoder,
+    max_minutes: float,
+    personal_minutes: float,
+    tolerance: float,
+    progress: ProgressFactory,
+) -> ShopperModelsOutcome:
+    """Steps 1-4 on the store's ``interactions``."""
+    from shopsearch.indexer.training.personal_model import train_personal
+    from shopsearch.indexer.training.recommender import fit_recommender, register_fitted
+
     purchases = interactions[interactions["kind"] == "purchase"]
     if purchases.empty:
         return ShopperModelsOutcome("skipped", f"the event store {events_db} holds no purchase")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,19 +280,25 @@ def test_the_shopper_step_retrains_from_the_event_store_once(
 
     products, _ = load_catalog(data["good"])
     db = tmp_path / "events.db"
-    # A fixed end, so the months the re-scorer learns from do not depend on today's date.
-    end = datetime(2026, 11, 20, tzinfo=UTC)
+    # 60 days of demo events up to now; the retention window keeps the last 30 of them.
     with EventStore(db) as store:
-        store.add(demo_events(products, b"nightly-test-key-0123456789abcdef", now=end))
+        store.add(demo_events(products, b"nightly-test-key-0123456789abcdef"))
+        before = store.count()
     models = tmp_path / "models"
     monkeypatch.setenv("SHOPSEARCH_MODELS_DIR", str(models))
+    monkeypatch.setenv("SHOPSEARCH_EVENTS_RETENTION_DAYS", "30")
     index = tmp_path / "index"
     code, first = nightly(data, index, "good", "--events-db", str(db), "--shopper-minutes", "0.5")
     assert code == 0 and first["shoppers"]["status"] == "retrained", first["shoppers"]
+    with EventStore(db) as store:
+        kept = store.count()
+        oldest = store.interactions()["ts"].min()
+    assert 0 < kept < before and first["shoppers"]["pruned_events"] == before - kept
+    assert oldest >= datetime.now(UTC) - timedelta(days=30, minutes=5)
     (recommender,) = list_models(models, "recommender")
     assert first["shoppers"]["recommender"] == recommender.spec
-    # November's demo searches are too few to learn the re-scorer's blend from: the
-    # built-in weights stay, and the outcome says why.
+    # The demo's searches are too few to learn the re-scorer's blend from: the built-in
+    # weights stay, and the outcome says why.
     assert "re-scorer was kept" in first["shoppers"]["reason"]
     assert "training queries" in first["shoppers"]["reason"]
     assert not list_models(models, "personal")
