@@ -299,8 +299,8 @@ def test_the_shopper_step_retrains_from_the_event_store_once(
     assert first["shoppers"]["recommender"] == recommender.spec
     # The demo's searches are too few to learn the re-scorer's blend from: the built-in
     # weights stay, and the outcome says why.
+    # (Too few training queries, or on some dates no month before the last at all.)
     assert "re-scorer was kept" in first["shoppers"]["reason"]
-    assert "training queries" in first["shoppers"]["reason"]
     assert not list_models(models, "personal")
     report = Path(first["report"]).read_text()
     assert "## Shopper models" in report and recommender.spec in report
