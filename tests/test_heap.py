@@ -39,7 +39,9 @@ def test_freeze_moves_live_objects_out_of_the_collectors_passes() -> None:
     node = _Node()
     gone = weakref.ref(node)
     count, ms = freeze_long_lived()
-    assert count == gc.get_freeze_count() > 0 and ms >= 0
+    # >=, not ==: a keeper thread left by an earlier test may freeze a few objects more
+    # between the two reads (seen once in a full run: 1212688 vs 1212686).
+    assert count > 0 and gc.get_freeze_count() >= count and ms >= 0
     del node  # an unreachable cycle now, but frozen: full passes skip it
     gc.collect()
     assert gone() is not None
