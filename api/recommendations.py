@@ -35,7 +35,7 @@ from shopsearch.indexer.events.store import EventStore
 from shopsearch.indexer.snapshot_load import LoadedSnapshot
 from shopsearch.indexer.training.recommender import load_recommender
 from shopsearch.retrieval.filters import Filters
-from shopsearch.retrieval.model_registry import RegistryError, resolve_model
+from shopsearch.retrieval.model_registry import SpecWatch
 from shopsearch.retrieval.recommend.base import HistoryItem, Scored
 from shopsearch.retrieval.recommend.bundle import RecommenderBundle
 
@@ -89,24 +89,20 @@ class Recommendations:
         self._bundle_path: Path | None = None
         self._popular_rows: dict[str, list[int]] = {}
         self._warned = False
-        self._checked_at: float | None = None
         # 0 (no reloading) still re-checks now and then, so a first model is found.
-        self._recheck_s = settings.reload_interval_s or 30.0
+        self._watch = SpecWatch(
+            settings.recommender, settings.models_dir, settings.reload_interval_s or 30.0
+        )
 
     def bundle(self) -> RecommenderBundle | None:
         """The configured recommender, or None when none is trained (logged once).
 
-        The registry is looked up at most once per ``reload_interval_s`` (a directory
-        listing per request would be I/O on every answer); a newly trained
-        ``recommender/latest`` is picked up at the next look."""
-        now = time.monotonic()
+        The registry is looked up at most once per ``reload_interval_s``
+        (:class:`SpecWatch`); a newly trained ``recommender/latest`` is picked up at the
+        next look, and loaded once per resolved version."""
+        path = self._watch.current()
         with self._lock:
-            if self._checked_at is not None and now - self._checked_at < self._recheck_s:
-                return self._bundle
-            self._checked_at = now
-            try:
-                path = resolve_model(self.settings.recommender, self.settings.models_dir)
-            except RegistryError:
+            if path is None:
                 if not self._warned:
                     log.warning(
                         "no recommender %r in %s; recommendations use text neighbours and "

@@ -38,7 +38,7 @@ from shopsearch.rerank.personal import (
     default_weights,
     load_blend,
 )
-from shopsearch.retrieval.model_registry import RegistryError, resolve_model
+from shopsearch.retrieval.model_registry import SpecWatch
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.recommend.bundle import RecommenderBundle
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
@@ -92,8 +92,11 @@ class ShopperSignals:
         self._lock = threading.Lock()
         self._rescorer: PersonalRescorer | None = None
         self._rescorer_key: tuple[str, str | None, Path | None] | None = None
-        self._model_path: Path | None = None
-        self._model_checked_at: float | None = None
+        # The trained personal model's directory (None: the built-in weights), looked up
+        # at most once per reload interval, not on every search.
+        self._model = SpecWatch(
+            settings.personal_model, settings.models_dir, settings.reload_interval_s or 30.0
+        )
 
     # ---- who and what they did --------------------------------------------------------
 
@@ -123,7 +126,7 @@ class ShopperSignals:
         """The re-scorer over ``snapshot``'s items, built once per snapshot version,
         personal model and recommender version."""
         bundle = self._recommender()
-        model = self._personal_model()
+        model = self._model.current()
         key = (snapshot.version, bundle.version if bundle is not None else None, model)
         with self._lock:
             if self._rescorer is None or self._rescorer_key != key:
@@ -139,23 +142,6 @@ class ShopperSignals:
                     bundle.version if bundle and self._rescorer.foryou else "not used",
                 )
             return self._rescorer
-
-    def _personal_model(self) -> Path | None:
-        """The trained personal model's directory, or None (the built-in weights). The
-        registry is listed at most once per ``reload_interval_s`` (30 s when 0), not on
-        every search, so a newly trained ``personal/latest`` is picked up at the next look."""
-        now = time.monotonic()
-        recheck = self.settings.reload_interval_s or 30.0
-        if self._model_checked_at is not None and now - self._model_checked_at < recheck:
-            return self._model_path
-        try:
-            path: Path | None = resolve_model(
-                self.settings.personal_model, self.settings.models_dir
-            )
-        except RegistryError:
-            path = None
-        self._model_path, self._model_checked_at = path, now
-        return path
 
     def _build(
         self, snapshot: LoadedSnapshot, model: Path | None, bundle: RecommenderBundle | None

@@ -29,6 +29,8 @@ import logging
 import os
 import platform
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +44,7 @@ __all__ = [
     "LATEST",
     "RegisteredModel",
     "RegistryError",
+    "SpecWatch",
     "library_versions",
     "list_models",
     "load_card",
@@ -276,3 +279,35 @@ def resolve_model(spec: str | Path, models_dir: Path) -> Path:
         f"<kind>/<version> or <kind>/{LATEST} with kind one of: {', '.join(KINDS)} "
         f"(`shopsearch models list --models-dir {models_dir}` shows what exists)"
     )
+
+
+class SpecWatch:
+    """A model spec resolved at most once per ``interval_s`` (thread-safe).
+
+    Serving code asks which directory ``personal/latest`` or ``recommender/latest`` is on
+    every request; listing the registry each time would be I/O on the hot path. This
+    answers from memory between looks, so a newly registered version is picked up at the
+    next look, at most ``interval_s`` later. ``current()`` is None while the spec does
+    not resolve; ``error`` then says why (the registry's message, for a log line)."""
+
+    def __init__(self, spec: str | Path, models_dir: Path, interval_s: float) -> None:
+        self.spec = spec
+        self.models_dir = models_dir
+        self.interval_s = interval_s
+        self.error: str | None = None
+        self._path: Path | None = None
+        self._checked_at: float | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> Path | None:
+        """The spec's directory as of the last look (looking again when it is stale)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._checked_at is not None and now - self._checked_at < self.interval_s:
+                return self._path
+            self._checked_at = now
+            try:
+                self._path, self.error = resolve_model(self.spec, self.models_dir), None
+            except RegistryError as exc:
+                self._path, self.error = None, str(exc)
+            return self._path
