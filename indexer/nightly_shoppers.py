@@ -5,8 +5,9 @@ After the snapshot step, ``shopsearch nightly`` calls :func:`retrain_shopper_mod
 0. **Retention**: events older than ``retention_days`` (``SHOPSEARCH_EVENTS_RETENTION_DAYS``)
    are deleted first, so no model is trained on what the shop promised to forget.
 1. **Anything new?** No event store, or no purchase in it: ``skipped``. The serving
-   recommender (``recommender/latest``) was trained up to the store's newest event:
-   ``unchanged`` (two runs on the same events, one training).
+   recommender (``recommender/latest``) was trained on the store's span of events (up to
+   its newest event, and from its oldest on, so no event it learned from has been deleted
+   since): ``unchanged`` (two runs on the same events, one training).
 2. **Fit** the recommender on every interaction of the store, as `shopsearch train
    recommender` does (tuning and the for-you ranker on the last 30 days), without
    registering it yet.
@@ -31,7 +32,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -40,6 +41,9 @@ from shopsearch.indexer.progress import ProgressFactory, no_progress
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.model_registry import RegistryError, load_card, new_version, resolve_model
 from shopsearch.retrieval.types import ShopsearchError
+
+if TYPE_CHECKING:  # the training modules import torch; load them only when training
+    from shopsearch.indexer.training.recommender import TrainedRecommender
 
 __all__ = ["GATED", "ShopperModelsOutcome", "retrain_shopper_models"]
 
@@ -103,6 +107,8 @@ def retrain_shopper_models(
     Raises:
         RecommenderTrainingError: the interactions cannot train a recommender.
     """
+    from shopsearch.indexer.training.recommender import fit_recommender, register_fitted
+
     events_db = Path(events_db)
     if not events_db.is_file():
         return ShopperModelsOutcome("skipped", f"no event store at {events_db}")
@@ -112,52 +118,23 @@ def retrain_shopper_models(
             pruned = store.apply_retention(retention_days)
             log.info("retention: %d events older than %d days deleted", pruned, retention_days)
         interactions = store.interactions()
-    outcome = _run(
-        interactions,
-        events_db,
-        texts,
-        models_dir,
-        encoder,
-        max_minutes,
-        personal_minutes,
-        tolerance,
-        progress,
-    )
-    outcome.pruned = pruned
-    return outcome
-
-
-def _run(
-    interactions: pd.DataFrame,
-    events_db: Path,
-    texts: Mapping[str, str],
-    models_dir: Path,
-    encoder: Encoder,
-    max_minutes: float,
-    personal_minutes: float,
-    tolerance: float,
-    progress: ProgressFactory,
-) -> ShopperModelsOutcome:
-    """Steps 1-4 on the store's ``interactions``."""
-    from shopsearch.indexer.training.personal_model import train_personal
-    from shopsearch.indexer.training.recommender import fit_recommender, register_fitted
-
     purchases = interactions[interactions["kind"] == "purchase"]
     if purchases.empty:
-        return ShopperModelsOutcome("skipped", f"the event store {events_db} holds no purchase")
-    newest = interactions["ts"].max()
+        return ShopperModelsOutcome(
+            "skipped", f"the event store {events_db} holds no purchase", pruned=pruned
+        )
     serving_card: dict[str, Any] = {}
     with contextlib.suppress(RegistryError):  # none registered yet: nothing to compare with
         serving_card = load_card(resolve_model("recommender/latest", models_dir))
     serving = _gated(serving_card)
-    until = serving_card.get("trained_on", {}).get("until")
-    if until is not None and pd.Timestamp(until) >= newest:
+    same = _same_events(serving_card, interactions)
+    if same is not None:
         return ShopperModelsOutcome(
             "unchanged",
-            f"recommender {serving_card.get('version')} was trained up to the newest event "
-            f"({newest})",
+            same,
             recommender=serving_card.get("version"),
             serving=serving,
+            pruned=pruned,
         )
     version = new_version(models_dir, "recommender")
     fitted = fit_recommender(
@@ -181,15 +158,58 @@ def _run(
             "the new recommender's validation fell: " + "; ".join(drops),
             candidate=candidate,
             serving=serving,
+            pruned=pruned,
         )
     trained = register_fitted(models_dir, version, fitted, {"events_db": str(events_db)})
     outcome = ShopperModelsOutcome(
         "retrained",
-        f"recommender {version} trained on {len(interactions)} events up to {newest}",
+        f"recommender {version} trained on {len(interactions)} events up to "
+        f"{interactions['ts'].max()}",
         recommender=trained.model.spec,
         candidate=candidate,
         serving=serving,
+        pruned=pruned,
     )
+    outcome.personal, kept = _train_rescorer(
+        purchases, texts, encoder, trained, models_dir, personal_minutes, progress
+    )
+    if kept is not None:
+        outcome.reason += f"; the shopper-aware re-scorer was kept ({kept})"
+    return outcome
+
+
+def _same_events(card: Mapping[str, Any], interactions: pd.DataFrame) -> str | None:
+    """Why the serving recommender (``card``) already describes ``interactions``, or None
+    when it must be retrained: it saw every event (trained up to the newest one) and no
+    event it saw has been deleted since (trained from the oldest one on; retention or an
+    erasure of old events makes its span start earlier, and a model must not keep
+    what the shop promised to forget)."""
+    span = card.get("trained_on", {})
+    if "until" not in span or "from" not in span:
+        return None
+    oldest, newest = interactions["ts"].min(), interactions["ts"].max()
+    if pd.Timestamp(span["until"]) < newest or pd.Timestamp(span["from"]) < oldest:
+        return None
+    return (
+        f"recommender {card.get('version')} was trained on the same span of events "
+        f"({oldest} to {newest})"
+    )
+
+
+def _train_rescorer(
+    purchases: pd.DataFrame,
+    texts: Mapping[str, str],
+    encoder: Encoder,
+    trained: TrainedRecommender,
+    models_dir: Path,
+    max_minutes: float,
+    progress: ProgressFactory,
+) -> tuple[str | None, str | None]:
+    """Step 4's second half: the re-scorer beside ``trained``. Returns the registered
+    spec (None when its held-out gate kept the serving one) and, when the history cannot
+    train one at all, why (the serving re-scorer stays)."""
+    from shopsearch.indexer.training.personal_model import train_personal
+
     lines = purchases.rename(
         columns={"basket": "invoice", "item": "stock_code", "user": "customer"}
     )
@@ -200,12 +220,10 @@ def _run(
             encoder,
             foryou_full=trained.bundle.ranked,
             models_dir=models_dir,
-            max_minutes=personal_minutes,
-            recommender_version=version,
+            max_minutes=max_minutes,
+            recommender_version=trained.model.version,
             progress=progress,
         )
     except (ValueError, ShopsearchError) as exc:  # too short a history, no shopper query
-        outcome.reason += f"; the shopper-aware re-scorer was kept ({exc})"
-        return outcome
-    outcome.personal = personal.model.spec if personal.model else None
-    return outcome
+        return None, str(exc)
+    return (personal.model.spec if personal.model else None), None

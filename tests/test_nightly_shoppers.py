@@ -6,6 +6,7 @@ refuses (registering nothing) a recommender whose validation fell."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -61,10 +62,12 @@ def test_retrains_then_stays_then_refuses_a_fallen_recommender(
     again = retrain_shopper_models(db, texts, models, encoder, max_minutes=1.0)
     assert again.status == "unchanged", again.reason
 
-    # A week more of events, and a serving recommender whose validation looks far better
-    # than any new one can: the new one is refused and nothing is registered.
+    # The first week of August is deleted (retention), so the serving recommender learned
+    # from events the store no longer holds: it is retrained although nothing is new. Its
+    # validation was made to look far better than any new one can: the new one is
+    # refused and nothing is registered.
     with EventStore(db) as store:
-        import_events(store, retail_events(_months(history, "2011-10-01", "2011-10-08"), KEY))
+        assert store.apply_retention(54, now=datetime(2011, 9, 25, tzinfo=UTC)) > 0
     card_path = resolve_model("recommender/latest", models) / "model_card.json"
     card = json.loads(card_path.read_text())
     card["validation"]["metrics"]["R2"]["hit@10"] = 0.99
@@ -73,3 +76,17 @@ def test_retrains_then_stays_then_refuses_a_fallen_recommender(
     assert refused.status == "refused" and "R2 hit@10" in refused.reason, refused
     assert len(list_models(models, "recommender")) == 1
     assert len(list_models(models, "personal")) == 1
+
+
+def test_the_serving_recommender_is_current_only_for_the_same_span_of_events() -> None:
+    from shopsearch.indexer.nightly_shoppers import _same_events
+
+    ts = pd.to_datetime(["2011-08-01", "2011-09-30"], utc=True)
+    events = pd.DataFrame({"ts": ts})
+    card = {"version": "v1", "trained_on": {"from": str(ts[0]), "until": str(ts[1])}}
+    assert _same_events(card, events) is not None
+    newer = pd.DataFrame({"ts": ts.append(pd.DatetimeIndex([ts[1] + pd.Timedelta(days=1)]))})
+    assert _same_events(card, newer) is None  # an event it has not seen
+    pruned = pd.DataFrame({"ts": pd.DatetimeIndex([ts[0] + pd.Timedelta(days=7), ts[1]])})
+    assert _same_events(card, pruned) is None  # it learned from events since deleted
+    assert _same_events({}, events) is None  # nothing serving yet
