@@ -182,3 +182,43 @@ def test_r3_on_the_dev_split(encoder: Encoder) -> None:
     base = result.rankings["search-relevance"]
     for name in ("own-then-copurchase", "copurchase-boost", "attention-blend"):
         assert result.rankings[f"{name}/no-history"] == base
+
+
+@pytest.mark.slow
+def test_a_history_too_short_for_the_rescorer_skips_r3_before_any_ranker_fit(
+    encoder: Encoder,
+) -> None:
+    """The before-month recommender costs minutes: with fewer usable training queries than
+    a re-scorer needs, R3 is skipped with a note before it is fitted (and the run still
+    reports its other protocols)."""
+    from shopsearch.eval.recommend.r3 import ForYouRankers
+    from shopsearch.eval.recommend.runner import run_protocols
+    from shopsearch.indexer.retail import dev_split, load_lines
+    from shopsearch.indexer.training.recommender import retail_interactions
+    from tests.test_personal import FixedForYou
+
+    path = DATASETS / "online-retail" / "transactions.csv.gz"
+    require(Path(path).is_file(), f"online-retail data not found at {path}")
+    split = dev_split(load_lines(path))
+    few = set(split.history["customer"].dropna().unique()[:40])
+    history = split.history[split.history["customer"].isin(few)]
+    test = split.test[split.test["customer"].isin(few)]
+    fits: list[int] = []
+
+    def fit_before() -> FixedForYou:
+        fits.append(1)
+        return FixedForYou({})
+
+    out = run_protocols(
+        retail_interactions(history),
+        retail_interactions(test),
+        {},
+        protocols=["R3"],
+        history_lines=history,
+        test_lines=test,
+        encoder=encoder,
+        foryou=ForYouRankers(full=FixedForYou({}), fit_before=fit_before),
+    )
+    assert fits == []
+    assert "R3" not in out.metrics
+    assert any(n.startswith("R3 skipped") and "at least 200" in n for n in out.notes), out.notes

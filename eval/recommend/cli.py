@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -112,6 +113,7 @@ def recommend_command(
     report.html to --out.
     """
     from shopsearch.api.cli_common import models_dir_setting
+    from shopsearch.eval.recommend.r3 import ForYouRankers
     from shopsearch.eval.recommend.runner import ALL_PROTOCOLS, run_protocols, write_outputs
     from shopsearch.eval.recommend.strategies import reference_strategies, trained_strategies
     from shopsearch.indexer.retail import dev_split, item_descriptions, load_lines
@@ -195,15 +197,19 @@ def recommend_command(
             foryou = None
             if "R3" in wanted and bundle.ranked is not None:
                 # The re-scorer's foryou feature: a ranker that knew only the months
-                # before its validation month, and the one fitted on the whole history.
-                before = fit_foryou_before(
-                    history_lines,
-                    texts,
-                    encoder,
-                    cache_dir=registry / ".cache" / "embeddings",
-                    progress=bars,
+                # before its validation month (fitted only when R3 has enough training
+                # queries for a re-scorer), and the one fitted on the whole history.
+                foryou = ForYouRankers(
+                    full=bundle.ranked,
+                    fit_before=partial(
+                        fit_foryou_before,
+                        history_lines,
+                        texts,
+                        encoder,
+                        cache_dir=registry / ".cache" / "embeddings",
+                        progress=bars,
+                    ),
                 )
-                foryou = (before, bundle.ranked) if before is not None else None
             events = interaction_arrays(hist)
             strategies = {
                 **reference_strategies(events, bundle.vocab),

@@ -44,13 +44,14 @@ from shopsearch.indexer.training.personal import (
 )
 from shopsearch.rerank.personal import ForYouScorer, PersonalRescorer
 from shopsearch.rerank.personal import Strategy as PersonalStrategy
-from shopsearch.rerank.personal_fit import train_rescorer
+from shopsearch.rerank.personal_fit import require_enough, train_rescorer, usable
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
 
 __all__ = [
     "R3_METRICS",
+    "ForYouRankers",
     "R3Data",
     "R3Result",
     "Strategy",
@@ -66,6 +67,17 @@ __all__ = [
 R3_METRICS = ("mrr@10", "ndcg@10")
 FloatArray = npt.NDArray[np.float64]
 R3Query = WordQuery
+
+
+@dataclass(frozen=True)
+class ForYouRankers:
+    """The for-you rankers of the re-scorer's ``foryou`` feature: ``full``, fitted on the
+    whole history, and ``fit_before``, which fits the one that knew only the months before
+    the re-scorer's validation month (minutes: called only once the history has enough
+    training queries for a re-scorer; None when it is too short for a ranker)."""
+
+    full: ForYouScorer
+    fit_before: Callable[[], ForYouScorer | None]
 
 
 @dataclass
@@ -322,7 +334,7 @@ def run_r3(
     seed: int = 0,
     history_limit: int = HISTORY_LIMIT,
     max_train_minutes: float | None = None,
-    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
+    foryou: ForYouRankers | None = None,
 ) -> R3Result:
     """Protocol R3 for every strategy side by side.
 
@@ -332,9 +344,13 @@ def run_r3(
     again with an empty history (``<name>/no-history``), which must equal
     ``search-relevance``. Without a ``rescorer``, one is trained on ``history_lines`` alone
     (statistics before its last month, validation queries of that month; never a test
-    line), with ``foryou`` (for-you rankers fitted before that month and on all the
-    history, :func:`indexer.training.personal_model.fit_foryou_before`) for its
-    ``foryou`` feature.
+    line), with ``foryou``'s rankers for its ``foryou`` feature.
+
+    Raises:
+        ValueError: no month before the history's last, or no validation query.
+        PersonalError: fewer usable validation queries than a re-scorer needs
+            (:data:`rerank.personal_fit.MIN_EXAMPLES`); raised before ``foryou``'s
+            before-month ranker is fitted.
     """
     data = R3Data.build(history_lines, test_lines, history_limit)
     queries = word_queries(history_lines, test_lines, data.descriptions, seed=seed)
@@ -347,11 +363,12 @@ def run_r3(
             seed=seed,
             max_minutes=max_train_minutes,
         )
+        # Too few training queries fail here, before the minutes of a before-month fit.
+        require_enough(sum(usable(e) for e in prepared.examples))
+        before = foryou.fit_before() if foryou is not None else None
+        full = foryou.full if foryou is not None and before is not None else None
         rescorer, _ = train_rescorer(
-            prepared,
-            max_minutes=max_train_minutes,
-            foryou_train=foryou[0] if foryou else None,
-            foryou_full=foryou[1] if foryou else None,
+            prepared, max_minutes=max_train_minutes, foryou_train=before, foryou_full=full
         )
     relevance = rescorer.card.get("trained_on", {}).get("search_relevance", {})
     query_weight = float(relevance.get("query_similarity", 0.0))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,9 +30,12 @@ from shopsearch.indexer.recommend_protocols import (
     r1_queries,
     r2_queries,
 )
-from shopsearch.rerank.personal import ForYouScorer
+from shopsearch.rerank.personal import PersonalError
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.base import Recommender, Scored
+
+if TYPE_CHECKING:  # r3 loads the re-scorer's training code; it is imported when R3 runs
+    from shopsearch.eval.recommend.r3 import ForYouRankers
 
 __all__ = ["ALL_PROTOCOLS", "Evaluation", "run_protocols", "write_outputs"]
 
@@ -104,7 +107,7 @@ def run_protocols(
     test_lines: pd.DataFrame | None = None,
     encoder: Encoder | None = None,
     on_strategy: Callable[[str, str], None] | None = None,
-    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
+    foryou: ForYouRankers | None = None,
 ) -> Evaluation:
     """Every strategy on every protocol of ``protocols``.
 
@@ -112,8 +115,8 @@ def run_protocols(
     shopper-aware search: its own strategies, the re-scorer trained on the history)
     needs the raw retail lines ``history_lines``/``test_lines`` (descriptions) and the
     ``encoder`` (query and item vectors); without them it is skipped with a note.
-    ``foryou``: for-you rankers fitted before the history's last month and on all of it,
-    the re-scorer's ``foryou`` feature (:func:`eval.recommend.r3.run_r3`).
+    ``foryou``: the for-you rankers of the re-scorer's ``foryou`` feature
+    (:class:`eval.recommend.r3.ForYouRankers`).
     """
     unknown = set(protocols) - set(ALL_PROTOCOLS)
     if unknown:
@@ -150,7 +153,7 @@ def _run_r3(
     test_lines: pd.DataFrame | None,
     encoder: Encoder | None,
     seed: int,
-    foryou: tuple[ForYouScorer, ForYouScorer] | None = None,
+    foryou: ForYouRankers | None = None,
 ) -> None:
     if history_lines is None or test_lines is None or encoder is None:
         out.notes.append("R3 skipped: it needs the retail lines (with descriptions) and an encoder")
@@ -159,9 +162,10 @@ def _run_r3(
 
     try:
         result = run_r3(history_lines, test_lines, encoder=encoder, seed=seed, foryou=foryou)
-    except ValueError as exc:
+    except (ValueError, PersonalError) as exc:
         # Too short a history to train the re-scorer on (it needs a month before its
-        # validation month) or no query word: the other protocols still report.
+        # validation month and enough queries in it) or no query word: the other
+        # protocols still report.
         log.warning("R3 skipped: %s", exc)
         out.notes.append(f"R3 skipped: {exc}")
         return
