@@ -38,13 +38,12 @@ from shopsearch.indexer.training.personal import (
     ShopperTimelines,
     WordQuery,
     popularity,
-    prepare_personal_training,
     search_relevance,
     word_queries,
 )
+from shopsearch.indexer.training.personal_model import fit_blend
 from shopsearch.rerank.personal import ForYouScorer, PersonalRescorer
 from shopsearch.rerank.personal import Strategy as PersonalStrategy
-from shopsearch.rerank.personal_fit import require_enough, train_rescorer, usable
 from shopsearch.retrieval.encoders import Encoder
 from shopsearch.retrieval.recommend.base import HistoryItem
 from shopsearch.retrieval.recommend.interactions import ItemVocab, basket_item_matrix, cooccurrence
@@ -355,20 +354,14 @@ def run_r3(
     data = R3Data.build(history_lines, test_lines, history_limit)
     queries = word_queries(history_lines, test_lines, data.descriptions, seed=seed)
     if rescorer is None:
-        prepared = prepare_personal_training(
+        rescorer, _ = fit_blend(
             history_lines,
             data.descriptions,
-            encoder.encode_document,
-            encoder.encode_query,
+            encoder,
+            foryou_full=foryou.full if foryou is not None else None,
+            fit_before=foryou.fit_before if foryou is not None else None,
             seed=seed,
             max_minutes=max_train_minutes,
-        )
-        # Too few training queries fail here, before the minutes of a before-month fit.
-        require_enough(sum(usable(e) for e in prepared.examples))
-        before = foryou.fit_before() if foryou is not None else None
-        full = foryou.full if foryou is not None and before is not None else None
-        rescorer, _ = train_rescorer(
-            prepared, max_minutes=max_train_minutes, foryou_train=before, foryou_full=full
         )
     relevance = rescorer.card.get("trained_on", {}).get("search_relevance", {})
     query_weight = float(relevance.get("query_similarity", 0.0))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from shopsearch.retrieval.model_registry import (
 )
 from shopsearch.retrieval.recommend.ranker import RankedForYou
 
-__all__ = ["TrainedPersonal", "fit_foryou_before", "train_personal"]
+__all__ = ["TrainedPersonal", "fit_blend", "fit_foryou_before", "train_personal"]
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,58 @@ def fit_foryou_before(
     return fitted.bundle.ranked
 
 
+def fit_blend(
+    lines: pd.DataFrame,
+    texts: Mapping[str, str],
+    encoder: Encoder,
+    *,
+    foryou_full: ForYouScorer | None,
+    fit_before: Callable[[], ForYouScorer | None] | None,
+    version: str | None = None,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    progress: ProgressFactory = no_progress,
+) -> tuple[PersonalRescorer, FitReport]:
+    """The re-scorer's blend learned on retail ``lines``, unregistered: the training
+    queries of the last month (:func:`prepare_personal_training`), then, only when there
+    are enough of them, ``fit_before()`` (the for-you ranker that knew only the months
+    before that month: minutes), then the fit. ``foryou_full`` (the ranker fitted on all
+    of ``lines``) is used only with a before-month ranker: one without the other would
+    score a feature the weights never saw.
+
+    Raises:
+        ValueError: the history has no month before its last, or no validation query.
+        PersonalError: too few validation queries have a shopper history and a bought
+            candidate (:data:`rerank.personal_fit.MIN_EXAMPLES`); ``fit_before`` was not
+            called.
+    """
+    prepared = prepare_personal_training(
+        lines,
+        texts,
+        encoder.encode_document,
+        encoder.encode_query,
+        seed=seed,
+        max_minutes=max_minutes,
+        progress=progress,
+    )
+    # Too few searches to learn from fail here, before the minutes of a second fit.
+    require_enough(sum(usable(e) for e in prepared.examples))
+    before = fit_before() if foryou_full is not None and fit_before is not None else None
+    return train_rescorer(
+        prepared,
+        max_minutes=max_minutes,
+        version=version,
+        foryou_train=before,
+        foryou_full=foryou_full if before is not None else None,
+    )
+
+
 def train_personal(
     lines: pd.DataFrame,
     texts: Mapping[str, str],
     encoder: Encoder,
     *,
     foryou_full: ForYouScorer | None,
-    foryou_before: ForYouScorer | None = None,
     models_dir: Path | None = None,
     max_minutes: float | None = None,
     recommender_version: str | None = None,
@@ -106,8 +152,8 @@ def train_personal(
     item ``texts``; register it as ``personal/<version>`` when ``models_dir`` is given.
 
     ``foryou_full``: the for-you ranker fitted on all of ``lines`` (None: no ``foryou``
-    feature). ``foryou_before``: one fitted before the validation month; fitted here
-    (:func:`fit_foryou_before`) when ``foryou_full`` is given and it is not.
+    feature); the one that knew only the months before the validation month is fitted
+    here (:func:`fit_foryou_before`) once :func:`fit_blend` has enough training queries.
 
     Raises:
         ValueError: the history has no month before its last, or no validation query.
@@ -116,37 +162,27 @@ def train_personal(
             base order (nothing is registered).
     """
     started = time.monotonic()
-    # The examples first: a history too short for them fails before the minutes of a fit.
-    prepared = prepare_personal_training(
+    fit_before = partial(
+        fit_foryou_before,
         lines,
         texts,
-        encoder.encode_document,
-        encoder.encode_query,
-        max_minutes=max_minutes,
+        encoder,
+        max_minutes=min(FORYOU_BEFORE_MINUTES, max_minutes / 2)
+        if max_minutes
+        else FORYOU_BEFORE_MINUTES,
+        cache_dir=models_dir / ".cache" / "embeddings" if models_dir else None,
         progress=progress,
     )
-    # Too few searches to learn from fail here, before the minutes of a second fit.
-    require_enough(sum(usable(e) for e in prepared.examples))
-    if foryou_full is not None and foryou_before is None:
-        foryou_before = fit_foryou_before(
-            lines,
-            texts,
-            encoder,
-            max_minutes=min(FORYOU_BEFORE_MINUTES, max_minutes / 2)
-            if max_minutes
-            else FORYOU_BEFORE_MINUTES,
-            cache_dir=models_dir / ".cache" / "embeddings" if models_dir else None,
-            progress=progress,
-        )
-    if foryou_before is None:
-        foryou_full = None  # one without the other would score a feature the weights never saw
     version = new_version(models_dir, "personal") if models_dir is not None else None
-    rescorer, report = train_rescorer(
-        prepared,
-        max_minutes=max_minutes,
-        version=version,
-        foryou_train=foryou_before,
+    rescorer, report = fit_blend(
+        lines,
+        texts,
+        encoder,
         foryou_full=foryou_full,
+        fit_before=fit_before,
+        version=version,
+        max_minutes=max_minutes,
+        progress=progress,
     )
     held, base = report.get("held_out.mrr@10.blend"), report.get("held_out.mrr@10.base")
     if held is not None and base is not None and held < base:
