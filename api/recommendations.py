@@ -89,15 +89,14 @@ class Recommendations:
         self._bundle_path: Path | None = None
         self._popular_rows: dict[str, list[int]] = {}
         self._warned = False
-        # 0 (no reloading) still re-checks now and then, so a first model is found.
         self._watch = SpecWatch(
-            settings.recommender, settings.models_dir, settings.reload_interval_s or 30.0
+            settings.recommender, settings.models_dir, settings.registry_recheck_s
         )
 
     def bundle(self) -> RecommenderBundle | None:
         """The configured recommender, or None when none is trained (logged once).
 
-        The registry is looked up at most once per ``reload_interval_s``
+        The registry is looked up at most once per ``registry_recheck_s``
         (:class:`SpecWatch`); a newly trained ``recommender/latest`` is picked up at the
         next look, and loaded once per resolved version."""
         path = self._watch.current()
@@ -105,10 +104,8 @@ class Recommendations:
             if path is None:
                 if not self._warned:
                     log.warning(
-                        "no recommender %r in %s; recommendations use text neighbours and "
-                        "popularity (train one: shopsearch train recommender)",
-                        self.settings.recommender,
-                        self.settings.models_dir,
+                        "%s; until then recommendations use text neighbours and popularity",
+                        self._watch.error,
                     )
                     self._warned = True
                 self._bundle = self._bundle_path = None

@@ -473,6 +473,13 @@ class Settings(BaseSettings):
         """Where the merchandising rules live: ``merch_dir``, else ``<index_dir>/merch``."""
         return self.merch_dir if self.merch_dir is not None else self.index_dir / "merch"
 
+    @property
+    def registry_recheck_s(self) -> float:
+        """How often serving looks for a newly registered model (``recommender/latest``,
+        ``personal/latest``): every ``reload_interval_s``, and every 30 s when that is 0
+        (no snapshot reloading), so a first model is still found."""
+        return self.reload_interval_s or 30.0
+
     def require_user_key(self) -> bytes:
         """The pseudonymisation key as bytes; call at start-up of anything that takes
         events, so a server without a key refuses to start instead of storing raw ids.

@@ -95,7 +95,7 @@ class ShopperSignals:
         # The trained personal model's directory (None: the built-in weights), looked up
         # at most once per reload interval, not on every search.
         self._model = SpecWatch(
-            settings.personal_model, settings.models_dir, settings.reload_interval_s or 30.0
+            settings.personal_model, settings.models_dir, settings.registry_recheck_s
         )
 
     # ---- who and what they did --------------------------------------------------------
