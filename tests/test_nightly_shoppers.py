@@ -62,10 +62,10 @@ def test_retrains_then_stays_then_refuses_a_fallen_recommender(
     again = retrain_shopper_models(db, texts, models, encoder, max_minutes=1.0)
     assert again.status == "unchanged", again.reason
 
-    # The first week of August is deleted (retention), so the serving recommender learned
-    # from events the store no longer holds: it is retrained although nothing is new. Its
-    # validation was made to look far better than any new one can: the new one is
-    # refused and nothing is registered.
+    # August's first day is deleted (retention: 54 days before 25 September), so the
+    # serving recommender learned from events the store no longer holds: it is retrained
+    # although nothing is new. Its validation was made to look far better than any new
+    # one can: the new one is refused and nothing is registered.
     with EventStore(db) as store:
         assert store.apply_retention(54, now=datetime(2011, 9, 25, tzinfo=UTC)) > 0
     card_path = resolve_model("recommender/latest", models) / "model_card.json"
